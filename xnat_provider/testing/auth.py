@@ -1,0 +1,289 @@
+"""Logins, HTTP sessions (JSESSIONID), account lock-out and alias tokens, as XNAT 1.8 does them.
+
+- A basic-auth request without a valid session cookie creates a new HTTP session and sets ``JSESSIONID``
+  (which is why clients that send credentials on every call pile up sessions on a real server).
+- Sessions expire after an idle timeout; every authenticated answer carries the quoted
+  ``SESSION_EXPIRATION_TIME="<now ms>,<timeout ms>"`` cookie that xnatpy parses.
+- Too many failed logins lock the account for a while; a locked account fails even with the right password.
+- Alias tokens are UUID aliases with a 64-character secret that log in like a user and expire.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from .http import Request, Response, Router, XnatHttpError
+from .store import Store
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass
+class HttpSession:
+    login: str
+    last_access: float
+
+
+class Auth:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        site_id: str,
+        session_timeout: float,
+        token_lifetime: float,
+        max_failed_logins: int,
+        lockout_seconds: float,
+    ):
+        self.store = store
+        self.site_id = site_id
+        self.session_timeout = session_timeout
+        self.token_lifetime = token_lifetime
+        self.max_failed_logins = max_failed_logins
+        self.lockout_seconds = lockout_seconds
+        self.sessions: dict[str, HttpSession] = {}
+        self._lock = threading.Lock()
+        self.logins = 0  # successful credential checks, for tests and benchmarks
+
+    # ---- users -------------------------------------------------------------------------------------
+    def add_user(self, login: str, password: str, admin: bool = False) -> None:
+        with self.store.tx():
+            self.store.run(
+                "INSERT INTO users(login, password, admin) VALUES(?, ?, ?) "
+                "ON CONFLICT(login) DO UPDATE SET password=excluded.password, admin=excluded.admin",
+                login, password, int(admin),
+            )
+
+    def is_admin(self, login: str | None) -> bool:
+        row = self.store.one("SELECT admin FROM users WHERE login=?", login)
+        return bool(row and row["admin"])
+
+    # ---- sessions ----------------------------------------------------------------------------------
+    def new_session(self, login: str) -> str:
+        sid = secrets.token_hex(16).upper()
+        with self._lock:
+            self.sessions[sid] = HttpSession(login, time.time())
+        return sid
+
+    def session_user(self, sid: str | None) -> str | None:
+        if not sid:
+            return None
+        with self._lock:
+            s = self.sessions.get(sid)
+            if s is None:
+                return None
+            now = time.time()
+            if now - s.last_access > self.session_timeout:
+                del self.sessions[sid]
+                return None
+            s.last_access = now
+            return s.login
+
+    def end_session(self, sid: str | None) -> None:
+        with self._lock:
+            self.sessions.pop(sid or "", None)
+
+    def expire_all(self) -> int:
+        with self._lock:
+            n = len(self.sessions)
+            self.sessions.clear()
+            return n
+
+    # ---- credentials -------------------------------------------------------------------------------
+    def check_credentials(self, username: str, password: str) -> str:
+        """Return the login the credentials stand for, or raise 401. Counts failures and locks."""
+        now = time.time()
+        if UUID_RE.match(username):
+            with self.store.tx():
+                tok = self.store.one("SELECT * FROM tokens WHERE alias=?", username)
+                if tok and tok["enabled"] and tok["expires"] > now and secrets.compare_digest(tok["secret"], password):
+                    if tok["single_use"]:
+                        self.store.run("DELETE FROM tokens WHERE id=?", tok["id"])
+                    self.logins += 1
+                    return tok["login"]
+            raise XnatHttpError(401, "Login attempt failed. Please try again.")
+        with self.store.tx():
+            user = self.store.one("SELECT * FROM users WHERE login=?", username)
+            if user is None or not user["enabled"]:
+                raise XnatHttpError(401, "Login attempt failed. Please try again.")
+            if user["locked_until"] and user["locked_until"] > now:
+                raise XnatHttpError(401, "User account is locked. Please contact the site administrator.")
+            if not secrets.compare_digest(user["password"], password):
+                failed = user["failed_logins"] + 1
+                locked = now + self.lockout_seconds if failed >= self.max_failed_logins else None
+                self.store.run(
+                    "UPDATE users SET failed_logins=?, locked_until=? WHERE login=?",
+                    0 if locked else failed, locked, username,
+                )
+                if locked:
+                    raise XnatHttpError(401, "User account is locked. Please contact the site administrator.")
+                raise XnatHttpError(401, "Login attempt failed. Please try again.")
+            self.store.run("UPDATE users SET failed_logins=0, locked_until=NULL WHERE login=?", username)
+        self.logins += 1
+        return username
+
+    @staticmethod
+    def basic_credentials(req: Request) -> tuple[str, str] | None:
+        header = req.headers.get("Authorization") or ""
+        if not header.lower().startswith("basic "):
+            return None
+        try:
+            raw = base64.b64decode(header[6:].strip()).decode("utf-8")
+        except Exception as exc:
+            raise XnatHttpError(400, "Malformed Authorization header.") from exc
+        user, _, password = raw.partition(":")
+        return user, password
+
+    def authenticate(self, req: Request, cookie_sid: str | None, required: bool) -> Response | None:
+        """Attach the user to the request; answer 401 (with ``WWW-Authenticate``) when required."""
+        login = self.session_user(cookie_sid)
+        if login:
+            req.user, req.session_id = login, cookie_sid
+            return None
+        creds = self.basic_credentials(req)
+        if creds:
+            try:
+                login = self.check_credentials(*creds)
+            except XnatHttpError as exc:
+                if not required:
+                    return None
+                resp = Response.error(401, exc.message)
+                resp.headers["WWW-Authenticate"] = f'Basic realm="{self.site_id}"'
+                return resp
+            req.user, req.session_id = login, self.new_session(login)
+            req.new_session = True
+            return None
+        if required:
+            resp = Response.error(401, "Unauthorized")
+            resp.headers["WWW-Authenticate"] = f'Basic realm="{self.site_id}"'
+            return resp
+        return None
+
+    # ---- tokens ------------------------------------------------------------------------------------
+    def issue_token(self, login: str, single_use: bool = False) -> dict:
+        alphabet = string.ascii_letters + string.digits
+        secret = "".join(secrets.choice(alphabet) for _ in range(64))
+        alias, now = str(uuid.uuid4()), time.time()
+        with self.store.tx():
+            tid = self.store.run(
+                "INSERT INTO tokens(alias, secret, login, created, expires, single_use) VALUES(?,?,?,?,?,?)",
+                alias, secret, login, now, now + self.token_lifetime, int(single_use),
+            )
+        return self.token_json(self.store.one("SELECT * FROM tokens WHERE id=?", tid))
+
+    @staticmethod
+    def token_json(t: dict) -> dict:
+        return {
+            "alias": t["alias"], "secret": t["secret"], "xdatUserId": t["login"],
+            "singleUse": bool(t["single_use"]), "estimatedExpirationTime": int(t["expires"] * 1000),
+            "id": t["id"], "enabled": bool(t["enabled"]), "created": int(t["created"] * 1000),
+            "timestamp": int(t["created"] * 1000), "disabled": 0,
+        }
+
+
+def register(router: Router, auth: Auth, version: str) -> None:
+    def site_root(req: Request) -> Response:
+        page = "<html><head><title>XNAT</title></head><body><h1>XNAT emulator</h1></body></html>"
+        return Response(body=page.encode(), content_type="text/html")
+
+    def jsession(req: Request) -> Response:
+        if req.method == "DELETE":
+            auth.end_session(req.session_id)
+            resp = Response(body=b"", content_type="text/plain")
+            resp.cookies.append("JSESSIONID=; Path=/; Max-Age=0; HttpOnly")
+            req.session_id = None
+            return resp
+        text = req.session_id or ""
+        if req.flag("CSRF"):
+            text += "; XNAT_CSRF=" + secrets.token_hex(8)
+        return Response.text(text)
+
+    def services_auth(req: Request) -> Response:
+        user = req.first("username", "j_username")
+        password = req.first("password", "j_password", default="")
+        provider = req.first("provider", "login_method")
+        if provider and provider not in ("localdb", "token"):
+            raise XnatHttpError(400, f"Unknown authentication provider: {provider}")
+        if not user:
+            raise XnatHttpError(401, "Login attempt failed. Please try again.")
+        login = auth.check_credentials(user, password or "")
+        sid = auth.new_session(login)
+        req.user, req.session_id = login, sid
+        req.new_session = True
+        return Response.text(sid)
+
+    def user_auth(req: Request) -> Response:
+        return Response.text(f"User '{req.user}' is logged in")
+
+    def build_info(req: Request) -> Response:
+        info = {
+            "version": version, "buildNumber": "emulator", "buildDate": "", "sha": "emulator",
+            "isDirty": "false", "branch": "emulator", "commit": "emulator", "tag": version,
+            "shaFull": "emulator", "timestamp": "0",
+        }
+        return Response(body=json.dumps(info).encode(), content_type="application/json")
+
+    def tokens(req: Request) -> Response:
+        op = req.route_params["op"]
+        rest = [p for p in req.route_params.get("rest", "").split("/") if p]
+        if op in ("issue", "show"):
+            target = req.user
+            if rest[:1] == ["user"] and len(rest) == 2:
+                target = rest[1]
+                if target != req.user and not auth.is_admin(req.user):
+                    raise XnatHttpError(403, "Only administrators can manage tokens for other users.")
+                if not auth.store.one("SELECT login FROM users WHERE login=?", target):
+                    raise XnatHttpError(404, f"Unknown user: {target}")
+            elif rest:
+                raise XnatHttpError(400, "Invalid token operation.")
+            if op == "issue":
+                return _json(auth.issue_token(target))
+            rows = auth.store.all("SELECT * FROM tokens WHERE login=? AND expires>?", target, time.time())
+            return _json([auth.token_json(t) for t in rows])
+        if op == "validate":
+            if len(rest) < 2:
+                raise XnatHttpError(401, "A token alias and secret are required.")
+            alias, secret = rest[0], rest[1]
+            tok = auth.store.one("SELECT * FROM tokens WHERE alias=?", alias)
+            if tok is None:
+                raise XnatHttpError(404, "Unknown token.")
+            ok = tok["enabled"] and tok["expires"] > time.time() and secrets.compare_digest(tok["secret"], secret)
+            if ok and tok["single_use"]:
+                auth.store.run("DELETE FROM tokens WHERE id=?", tok["id"])
+            return _json({"valid": tok["login"]} if ok else {})
+        if op == "invalidate":
+            if len(rest) != 1:
+                raise XnatHttpError(400, "Invalid token operation.")
+            key = rest[0]
+            tok = auth.store.one("SELECT * FROM tokens WHERE alias=? OR CAST(id AS TEXT)=?", key, key)
+            if tok is None:
+                raise XnatHttpError(404, "Unknown token.")
+            if tok["login"] != req.user and not auth.is_admin(req.user):
+                raise XnatHttpError(403, "You cannot invalidate another user's token.")
+            auth.store.run("DELETE FROM tokens WHERE id=?", tok["id"])
+            return _json({"result": "OK"})
+        raise XnatHttpError(400, f"Unknown token operation: {op}")
+
+    def version_gone(req: Request) -> Response:
+        raise XnatHttpError(404, "The requested resource does not exist.")
+
+    router.add("GET", r"/", site_root, public=True)
+    router.add(("GET", "POST", "DELETE"), r"/data/JSESSION", jsession)
+    router.add(("PUT", "POST"), r"/data/services/auth", services_auth, public=True)
+    router.add("GET", r"/data/auth", user_auth)
+    router.add("GET", r"/xapi/siteConfig/buildInfo", build_info)
+    router.add("GET", r"/xapi/siteConfig/buildInfo/version", lambda r: Response.text(version))
+    router.add("GET", r"/data/version", version_gone)
+    router.add("GET", r"/data/services/tokens/(?P<op>[^/]+)(?:/(?P<rest>.*))?", tokens)
+
+
+def _json(value: object) -> Response:
+    return Response(body=json.dumps(value).encode(), content_type="application/json")

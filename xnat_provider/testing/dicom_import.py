@@ -1,0 +1,239 @@
+"""The import service, ``POST /data/services/import``, with XNAT's DICOM-zip and gradual-DICOM handlers.
+
+Each file is read with pydicom and routed as XNAT does: request parameters first (``PROJECT_ID``,
+``SUBJECT_ID``, ``EXPT_LABEL``, their lower-case DICOM-zip aliases, or ``dest``), then ``Project:``,
+``Subject:`` and ``Session:`` in the comment fields, then Study Description or Accession Number (project),
+Patient Name (subject) and Patient ID (session). Files are grouped into prearchive sessions by study and into
+scans by series number. A file that is not DICOM stops the import with 400 unless ``Ignore-Unparsable=true``;
+what was received before it stays in the prearchive, as on a real server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from . import representations as rep
+from .http import Request, Response, Router, XnatHttpError
+from .uploads import cleanup, is_multipart, receive_multipart, spool
+
+if TYPE_CHECKING:
+    from .emulator import XnatEmulator
+
+COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
+KV_RE = re.compile(r"(project|subject|session|aa)\s*:\s*([\w\-]*)", re.IGNORECASE)
+CT_NAMES = {
+    "application/zip": "upload.zip", "application/x-zip-compressed": "upload.zip",
+    "application/x-tar": "upload.tar", "application/x-gtar": "upload.tar.gz", "application/x-gzip": "upload.tar.gz",
+    "application/gzip": "upload.tar.gz", "application/octet-stream": "upload", "application/dicom": "upload.dcm",
+}
+
+
+def sanitise(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", value.strip()).strip("_")
+
+
+def comment_values(ds: Any) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for tag in COMMENT_TAGS:
+        for key, value in KV_RE.findall(str(ds.get(tag, "") or "")):
+            found.setdefault(key.lower(), value)
+    return found
+
+
+class Importer:
+    def __init__(self, emu: XnatEmulator):
+        self.emu = emu
+        self.pre = emu.prearchive
+
+    # ---- routing -----------------------------------------------------------------------------------
+    def route(self, ds: Any, params: dict[str, str | None]) -> tuple[str, str, str]:
+        comments = comment_values(ds)
+        model = self.emu.model
+        project = None
+        for candidate in (params.get("project"), comments.get("project"), str(ds.get("StudyDescription", "") or ""),
+                          str(ds.get("AccessionNumber", "") or "")):
+            if candidate and model.project(candidate.strip()):
+                project = model.project(candidate.strip())["id"]  # type: ignore[index]
+                break
+        subject = params.get("subject") or comments.get("subject") or sanitise(str(ds.get("PatientName", "") or ""))
+        session = params.get("session") or comments.get("session") or sanitise(str(ds.get("PatientID", "") or ""))
+        return project or "Unassigned", subject, session or "dicom_upload"
+
+    def _params(self, req: Request) -> dict[str, str | None]:
+        dest = req.param("dest") or ""
+        parts = [p for p in dest.split("/") if p]
+        if parts[:1] == ["data"]:
+            parts = parts[1:]
+        p: dict[str, str | None] = {
+            "project": req.first("PROJECT_ID", "project"), "subject": req.first("SUBJECT_ID", "subject"),
+            "session": req.first("EXPT_LABEL", "session"),
+        }
+        if parts[:2] in (["archive", "projects"], ["prearchive", "projects"]) and len(parts) >= 3:
+            p["project"] = p["project"] or parts[2]
+            if parts[0] == "archive":
+                if len(parts) >= 5 and parts[3] == "subjects":
+                    p["subject"] = p["subject"] or parts[4]
+                if len(parts) >= 7 and parts[5] == "experiments":
+                    p["session"] = p["session"] or parts[6]
+        if p["project"] and self.emu.model.project(p["project"]) is None:
+            p["project"] = None  # XNAT silently ignores an unknown project and routes by the headers
+        return p
+
+    # ---- entries -----------------------------------------------------------------------------------
+    @staticmethod
+    def entries(archive: Path, name: str) -> Iterator[tuple[str, IO[bytes]]]:
+        lower = name.lower()
+        if lower.endswith(".zip"):
+            try:
+                zf = zipfile.ZipFile(archive)
+            except zipfile.BadZipFile as exc:
+                raise XnatHttpError(400, f"Unable to read the uploaded zip file: {exc}") from exc
+            with zf:
+                for info in zf.infolist():
+                    if not info.is_dir():
+                        with zf.open(info) as fh:
+                            yield info.filename, fh
+        elif lower.endswith((".tar", ".tar.gz", ".tgz")):
+            try:
+                with tarfile.open(archive, "r:*") as tf:
+                    for member in tf:
+                        if member.isfile():
+                            fh = tf.extractfile(member)
+                            if fh is not None:
+                                yield member.name, fh
+            except tarfile.TarError as exc:
+                raise XnatHttpError(400, f"Unable to read the uploaded tar file: {exc}") from exc
+        elif lower.endswith(".dcm"):
+            with open(archive, "rb") as fh:
+                yield name, fh
+        else:
+            raise XnatHttpError(400, f"Unsupported format for {name!r}: send a zip or tar (Content-Type "
+                                     "application/zip or application/x-tar).")
+
+    # ---- the service -------------------------------------------------------------------------------
+    def handle(self, req: Request) -> Response:
+        handler = req.param("import-handler") or "DICOM-zip"
+        if handler not in ("DICOM-zip", "SI", "gradual-DICOM"):
+            if handler in ("XAR", "inbox"):
+                raise XnatHttpError(400, f"The {handler} import handler is not supported by the emulator.")
+            raise XnatHttpError(404, f"Unknown import handler: {handler}")
+        staging = self.emu.store.path("tmp/imports")
+        staging.mkdir(parents=True, exist_ok=True)
+        if is_multipart(req):
+            if req.flag("inbody"):
+                raise XnatHttpError(406, "A multipart request cannot also send inbody=true.")
+            fields, files = receive_multipart(req, staging)
+            req.form.extend(fields)
+            if len(files) != 1:
+                cleanup(files)
+                raise XnatHttpError(400, "Importer is limited to one uploaded resource at a time."
+                                    if files else "No file was found in the multipart request.")
+            upload, name = files[0].path, files[0].filename
+        else:
+            if req.body.exhausted:
+                if req.param("src"):
+                    raise XnatHttpError(400, "Importing from the user cache (src=) is not supported by the emulator.")
+                raise XnatHttpError(400, "The request body was empty: try inbody=true or use multipart/form-data.")
+            ctype = req.content_type
+            if ctype not in CT_NAMES and not req.flag("inbody"):
+                raise XnatHttpError(415, f"Unsupported Content-Type for an import: {ctype or 'none'}.")
+            name = CT_NAMES.get(ctype, "upload")
+            if handler == "gradual-DICOM" and name == "upload":
+                name = "upload.dcm"
+            upload = staging / f".import-{os.urandom(6).hex()}.part"
+            spool(req, upload)
+        try:
+            return self._import(req, upload, name)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def _import(self, req: Request, upload: Path, name: str) -> Response:
+        params = self._params(req)
+        ignore = req.flag("Ignore-Unparsable")
+        tmp_dir = self.emu.store.path("tmp/imports")
+        touched: dict[tuple[str, str, str], dict] = {}
+        overrides = {k: req.param(k) for k in ("SOURCE", "VISIT", "PROTOCOL", "TIMEZONE", "prevent_anon",
+                                                "prevent_auto_commit")}
+        failure: XnatHttpError | None = None
+        for entry_name, fh in self.entries(upload, name):
+            tmp = tmp_dir / f".entry-{os.urandom(6).hex()}.part"
+            with open(tmp, "wb") as out:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    out.write(chunk)
+            ds = self._read(tmp)
+            if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
+                tmp.unlink(missing_ok=True)
+                if ds is None and ignore:
+                    continue
+                what = "is not a DICOM file" if ds is None else "has no SOPClassUID or SOPInstanceUID"
+                failure = XnatHttpError(400, f"Unable to import {entry_name}: the entry {what}.")
+                break
+            project, subject, session = self.route(ds, params)
+            study = str(ds.get("StudyInstanceUID", "") or "")
+            key = (project, study, session)
+            row = touched.get(key) or self.pre.receiving_row(project, study, session)
+            if row is None:
+                row = self.pre.new_row(project, study, session, subject, overrides)
+            touched[key] = row
+            scan_dir = self._scan_dir(ds)
+            target = self.pre.session_dir(row) / "SCANS" / scan_dir / "DICOM" / f"{ds.SOPInstanceUID}.dcm"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            self.pre.touch(row)
+        uris = self._finish(req, list(touched.values()), params)
+        if failure:
+            raise failure
+        if not touched:
+            raise XnatHttpError(400, "The upload contained no DICOM files.")
+        return rep.uri_list(uris, req.param("format"))
+
+    def _finish(self, req: Request, rows: list[dict], params: dict[str, str | None]) -> list[str]:
+        """With ``dest`` the sessions are built now (and archived for an /archive dest)."""
+        dest = (req.param("dest") or "").replace("/data/", "/", 1)
+        uris = []
+        for row in rows:
+            row = self.pre.require(row["project"], row["timestamp"], row["folder"])
+            if dest:
+                row = self.pre.build(row)
+                archive = dest.startswith("/archive") or req.flag("auto-archive") or self.emu.auto_archive(row)
+                if archive and row["status"] == "READY":
+                    uris.append(self.pre.archive(row, req.param("overwrite"), req.user or "admin",
+                                                 project=params["project"], subject=params["subject"],
+                                                 label=params["session"]))
+                    continue
+            uris.append(f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folder']}")
+        return uris
+
+    @staticmethod
+    def _read(path: Path) -> Any:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            try:  # DICOM without the 128-byte preamble is still DICOM to XNAT's parser
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            except Exception:
+                return None
+            return ds if ds.get("SOPInstanceUID") and ds.get("StudyInstanceUID") else None
+        except Exception:
+            return None
+
+    @staticmethod
+    def _scan_dir(ds: Any) -> str:
+        number = str(ds.get("SeriesNumber", "") or "").strip()
+        if number and re.fullmatch(r"[\w\-.]+", number):
+            return number
+        uid = re.sub(r"[^\w\-.]", "_", str(ds.get("SeriesInstanceUID", "") or ""))
+        return uid or "NA"
+
+
+def register(router: Router, emu: XnatEmulator) -> None:
+    router.add("POST", r"/data/services/import", Importer(emu).handle)

@@ -1,0 +1,122 @@
+"""Receiving request bodies onto disk: raw bodies and multipart forms, streamed and digested on the way.
+
+Uploads never sit in memory: each file goes straight to a temporary file while its MD5 is computed, and the
+caller decides where it belongs. python-multipart's streaming parser does the multipart framing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from .http import CHUNK, Request, XnatHttpError
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    filename: str
+    path: Path
+    size: int
+    md5: str
+
+
+def spool(req: Request, dest: Path) -> tuple[int, str]:
+    """Write the raw request body to ``dest``; returns (size, md5)."""
+    h, size = hashlib.md5(), 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(dest, "wb") as f:
+            for chunk in req.body.chunks():
+                f.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return size, h.hexdigest()
+
+
+def is_multipart(req: Request) -> bool:
+    return req.content_type == "multipart/form-data"
+
+
+def receive_multipart(req: Request, tmp_dir: Path) -> tuple[list[tuple[str, str]], list[ReceivedFile]]:
+    """Parse a multipart body: form fields (small, kept in memory) and files (streamed to ``tmp_dir``)."""
+    _, opts = parse_options_header(req.headers.get("Content-Type") or "")
+    boundary = opts.get(b"boundary")
+    if not boundary:
+        raise XnatHttpError(400, "Multipart request without a boundary.")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fields: list[tuple[str, str]] = []
+    files: list[ReceivedFile] = []
+    state: dict = {}
+
+    def on_part_begin() -> None:
+        state.update(headers={}, name="", value=bytearray(), fh=None, md5=None, size=0, filename=None)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["hf"] = state.get("hf", b"") + data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["hv"] = state.get("hv", b"") + data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state.pop("hf", b"").decode("latin-1").lower()] = state.pop("hv", b"")
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
+        state["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
+        filename = disp.get(b"filename")
+        if filename is not None:
+            name = os.path.basename(filename.decode("utf-8", "replace").replace("\\", "/")) or "upload"
+            path = tmp_dir / f".mp-{len(files)}-{os.urandom(4).hex()}.part"
+            state.update(filename=name, path=path, fh=open(path, "wb"), md5=hashlib.md5())  # noqa: SIM115
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if state["fh"] is not None:
+            state["fh"].write(chunk)
+            state["md5"].update(chunk)
+            state["size"] += len(chunk)
+        else:
+            state["value"] += chunk
+            if len(state["value"]) > 1 << 20:
+                raise XnatHttpError(413, "Form field too large.")
+
+    def on_part_end() -> None:
+        if state["fh"] is not None:
+            state["fh"].close()
+            files.append(ReceivedFile(state["name"], state["filename"], state["path"], state["size"],
+                                      state["md5"].hexdigest()))
+        else:
+            fields.append((state["name"], state["value"].decode("utf-8", "replace")))
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+    })
+    try:
+        for chunk in req.body.chunks(CHUNK):
+            parser.write(chunk)
+        parser.finalize()
+    except XnatHttpError:
+        cleanup(files, state)
+        raise
+    except Exception as exc:
+        cleanup(files, state)
+        raise XnatHttpError(400, f"Malformed multipart body: {exc}") from exc
+    return fields, files
+
+
+def cleanup(files: list[ReceivedFile], state: dict | None = None) -> None:
+    if state and state.get("fh") is not None and not state["fh"].closed:
+        state["fh"].close()
+        state["path"].unlink(missing_ok=True)
+    for f in files:
+        f.path.unlink(missing_ok=True)
