@@ -110,23 +110,26 @@ class Auth:
                     self.logins += 1
                     return tok["login"]
             raise XnatHttpError(401, "Login attempt failed. Please try again.")
-        with self.store.tx():
+        failure = None
+        with self.store.tx():  # the failure count must be committed, so raise only after the transaction
             user = self.store.one("SELECT * FROM users WHERE login=?", username)
             if user is None or not user["enabled"]:
-                raise XnatHttpError(401, "Login attempt failed. Please try again.")
-            if user["locked_until"] and user["locked_until"] > now:
-                raise XnatHttpError(401, "User account is locked. Please contact the site administrator.")
-            if not secrets.compare_digest(user["password"], password):
+                failure = "Login attempt failed. Please try again."
+            elif user["locked_until"] and user["locked_until"] > now:
+                failure = "User account is locked. Please contact the site administrator."
+            elif not secrets.compare_digest(user["password"], password):
                 failed = user["failed_logins"] + 1
                 locked = now + self.lockout_seconds if failed >= self.max_failed_logins else None
                 self.store.run(
                     "UPDATE users SET failed_logins=?, locked_until=? WHERE login=?",
                     0 if locked else failed, locked, username,
                 )
-                if locked:
-                    raise XnatHttpError(401, "User account is locked. Please contact the site administrator.")
-                raise XnatHttpError(401, "Login attempt failed. Please try again.")
-            self.store.run("UPDATE users SET failed_logins=0, locked_until=NULL WHERE login=?", username)
+                failure = ("User account is locked. Please contact the site administrator." if locked
+                           else "Login attempt failed. Please try again.")
+            else:
+                self.store.run("UPDATE users SET failed_logins=0, locked_until=NULL WHERE login=?", username)
+        if failure:
+            raise XnatHttpError(401, failure)
         self.logins += 1
         return username
 
@@ -173,7 +176,7 @@ class Auth:
         secret = "".join(secrets.choice(alphabet) for _ in range(64))
         alias, now = str(uuid.uuid4()), time.time()
         with self.store.tx():
-            tid = self.store.run(
+            tid = self.store.insert(
                 "INSERT INTO tokens(alias, secret, login, created, expires, single_use) VALUES(?,?,?,?,?,?)",
                 alias, secret, login, now, now + self.token_lifetime, int(single_use),
             )

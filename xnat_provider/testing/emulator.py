@@ -80,6 +80,7 @@ class XnatEmulator:
         self.range_requests = range_requests
         self.archive_conflict_status = archive_conflict_status
         self.store = Store(self.data_dir)
+        shutil.rmtree(self.data_dir / "tmp", ignore_errors=True)  # uploads a crash left half-received
         self.model = Model(self.store, site_id)
         self.faults = Faults()
         self.auth = Auth(self.store, site_id=site_id, session_timeout=session_timeout, token_lifetime=token_lifetime,

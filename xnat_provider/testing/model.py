@@ -265,7 +265,7 @@ class Model:
             if existing and existing["label"] == label:
                 return existing, False
             root = self.resource_root(owner_kind, owner_id, label)
-            rid = self.store.run(
+            rid = self.store.insert(
                 "INSERT INTO resources(owner_kind, owner_id, label, format, content, description, tags, root) "
                 "VALUES(?,?,?,?,?,?,?,?)", owner_kind, owner_id, label, attrs.get("format"), attrs.get("content"),
                 attrs.get("description"), attrs.get("tags"), root,

@@ -44,14 +44,23 @@ def make_study(
     comments: str | None = None,
     study_description: str | None = None,
     study_uid: str | None = None,
+    uid_seed: str | None = None,
 ) -> Study:
-    """Write a study of real DICOM files under ``dest``; returns its UID and files by series number."""
+    """Write a study of real DICOM files under ``dest``; returns its UID and files by series number.
+
+    With ``uid_seed`` every UID is derived from the seed, so the same call makes the same study again (what a
+    scanner resending a study does); without it each call makes a new study.
+    """
+
+    def uid(*parts: object) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, *map(str, parts)]) if uid_seed else generate_uid()
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    study = Study(study_uid or generate_uid())
+    study = Study(study_uid or uid("study"))
     base = pydicom.dcmread(template(modality))
     for number, description in series:
-        series_uid = generate_uid()
+        series_uid = uid("series", number)
         for i in range(1, instances + 1):
             ds = base.copy()
             ds.PatientName = patient_name
@@ -61,7 +70,7 @@ def make_study(
             ds.SeriesNumber = number
             ds.SeriesDescription = description
             ds.InstanceNumber = i
-            ds.SOPInstanceUID = generate_uid()
+            ds.SOPInstanceUID = uid("instance", number, i)
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.StudyDate = "20240115"
             ds.StudyTime = "101500"

@@ -117,9 +117,14 @@ class Store:
             return dict(r) if r else None
 
     def run(self, sql: str, *args: Any) -> int:
+        """Execute a statement; returns the number of rows it changed."""
         with self._lock:
-            cur = self._conn.execute(sql, args)
-            return cur.lastrowid if cur.lastrowid is not None else cur.rowcount
+            return self._conn.execute(sql, args).rowcount
+
+    def insert(self, sql: str, *args: Any) -> int:
+        """Execute an INSERT; returns the new row id."""
+        with self._lock:
+            return int(self._conn.execute(sql, args).lastrowid or 0)
 
     def next_id(self, name: str) -> int:
         with self.tx():
