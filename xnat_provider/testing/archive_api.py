@@ -7,6 +7,7 @@ Addressing follows XNAT: under ``/data/projects/{P}/...`` subjects and experimen
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,13 @@ OWNER = (
 )
 FIELD_RE = re.compile(r"^(?P<type>[\w:]+)/fields/field\[name=(?P<name>[^\]]+)\]/(?P<part>field|name)$", re.I)
 ATTR_RE = re.compile(r"^(?P<type>[\w:]+)/(?P<attr>[\w]+)$")
+# Abstract types every stored experiment extends (the ``xsiType`` filter of an experiment listing).
+SUPERTYPES = {"xnat:experimentdata", "xnat:subjectassessordata"}
+# XNAT's XMLPathShortcuts for experiment listings: a ``columns=`` xpath with a shortcut comes back under the
+# shortcut's name (pyxnat reads ``subject_ID`` after asking for ``xnat:subjectAssessorData/subject_id``), and
+# the same names and xpaths filter the listing as query parameters.
+EXPERIMENT_SHORTCUTS = {"xnat:subjectassessordata/subject_id": "subject_ID", "xnat:subjectdata/label": "subject_label"}
+EXPERIMENT_FILTERS = ("ID", "project", "subject_ID", "subject_label")
 
 ROOT_ELEMENTS = {
     "xnat:projectData": "xnat:Project", "xnat:subjectData": "xnat:Subject",
@@ -109,8 +117,10 @@ class ArchiveApi:
 
     # ---- listings ----------------------------------------------------------------------------------
     def _columns(self, req: Request, default: list[str]) -> list[str]:
+        """``columns=`` replaces the defaults (duplicates dropped); XNAT's ``formatHeaders`` always adds ``URI``."""
         cols = req.param("columns")
-        return [c for c in cols.split(",") if c] if cols else default
+        out = list(dict.fromkeys(c for c in cols.split(",") if c)) if cols else default
+        return out if "URI" in out else [*out, "URI"]
 
     def _with_xpaths(self, row: dict, cols: list[str], owner: tuple[str, str]) -> dict:
         out = dict(row)
@@ -170,14 +180,20 @@ class ArchiveApi:
             args.append(self.model.require_subject(args[0], p["subject"])["id"])
         else:
             default = [*default, "subject_ID", "subject_label"]
-        for key, col in (("xsiType", "xsi_type"), ("label", "label"), ("subject_label", None)):
-            v = req.param(key)
-            if v and col:
-                sql += f" AND {col}=?"
-                args.append(v)
-        cols = self._columns(req, default)
+        types = [t for t in (req.param("xsiType") or "").split(",") if t]
+        if types and not SUPERTYPES.intersection(t.lower() for t in types):  # a supertype matches every experiment
+            sql += f" AND lower(xsi_type) IN ({','.join('?' * len(types))})"
+            args.extend(t.lower() for t in types)
+        if req.param("label"):
+            sql += " AND label=?"
+            args.append(req.param("label"))
+        cols = list(dict.fromkeys(EXPERIMENT_SHORTCUTS.get(c.lower(), c) for c in self._columns(req, default)))
+        filters = {EXPERIMENT_SHORTCUTS.get(k.lower(), k): v for k, v in req.query}
+        filters = {k: v for k, v in filters.items() if k in EXPERIMENT_FILTERS}
         rows = [self._with_xpaths(self._experiment_row(e), cols, ("experiment", e["id"]))
                 for e in self.model.store.all(sql + " ORDER BY id", *args)]
+        rows = [r for r in rows if all(fnmatch.fnmatchcase(r[k].lower(), v.lower()) if "*" in v else r[k] == v
+                                       for k, v in filters.items())]
         return rep.table(req.format("json"), cols, rows, title="Experiments")
 
     def _scan_row(self, exp: dict, s: dict) -> dict:

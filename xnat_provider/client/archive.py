@@ -1,0 +1,188 @@
+"""Archive lookups and creation, custom fields, alias tokens and the DICOM dump: the small calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatServerError
+from .models import AliasToken, Experiment, Scan
+from .protocol import (
+    base_path,
+    check_label,
+    custom_field_param,
+    fields_from_item,
+    first_item,
+    q,
+    result_rows,
+)
+from .session import XnatSession
+
+SESSION_TYPES = ("xnat:mrSessionData", "xnat:ctSessionData", "xnat:petSessionData", "xnat:otherDicomSessionData")
+
+
+class ArchiveMixin:
+    session: XnatSession
+
+    # ---- reading -----------------------------------------------------------------------------------
+    def _rows(self, path: str, **params: Any) -> list[dict[str, str]]:
+        resp = self.session.request("GET", path, params={"format": "json", **params})
+        return result_rows(resp.content, "GET", path)
+
+    def _item(self, path: str) -> dict[str, Any]:
+        resp = self.session.request("GET", path, params={"format": "json"})
+        return first_item(resp.content, "GET", path)
+
+    def list_projects(self) -> list[str]:
+        return [r["ID"] for r in self._rows("/data/projects")]
+
+    def project_exists(self, project: str) -> bool:
+        try:
+            self._item(base_path(project))
+        except XnatNotFoundError:
+            return False
+        return True
+
+    def list_subjects(self, project: str) -> list[dict[str, str]]:
+        return [{"id": r["ID"], "label": r["label"]} for r in self._rows(f"{base_path(project)}/subjects")]
+
+    def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
+        rows = self._rows(f"{base_path(project, subject)}/experiments",
+                          columns="ID,label,xsiType,date,subject_ID,subject_label,project")
+        return [Experiment(id=r["ID"], label=r["label"], project=r.get("project") or project,
+                           subject_id=r.get("subject_ID", ""), subject_label=r.get("subject_label") or (subject or ""),
+                           xsi_type=r["xsiType"], date=r.get("date", ""), uri=f"/data/experiments/{r['ID']}")
+                for r in rows]
+
+    def get_experiment(self, project: str, experiment: str) -> Experiment:
+        """An experiment by label or ID within its project; :class:`XnatNotFoundError` if absent."""
+        item = self._item(base_path(project, experiment=experiment))
+        d = item["data_fields"]
+        subject_label = ""
+        if d.get("subject_ID"):
+            try:
+                subject_label = self._item(base_path(project, d["subject_ID"]))["data_fields"].get("label", "")
+            except XnatError:
+                subject_label = ""
+        return Experiment(id=d["ID"], label=d.get("label", ""), project=d.get("project", project),
+                          subject_id=d.get("subject_ID", ""), subject_label=subject_label,
+                          xsi_type=item["meta"]["xsi:type"], date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}")
+
+    def find_experiment(self, project: str, label: str) -> Experiment | None:
+        try:
+            return self.get_experiment(project, label)
+        except XnatNotFoundError:
+            return None
+
+    def list_scans(self, project: str, experiment: str) -> list[Scan]:
+        path = f"{base_path(project, experiment=experiment)}/scans"
+        return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
+                     xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
+                for r in self._rows(path)]
+
+    def list_resources(self, path: str) -> list[dict[str, str]]:
+        """Resources of an archive object path (see :func:`~xnat_provider.client.protocol.base_path`)."""
+        return self._rows(f"{path}/resources")
+
+    # ---- creating ----------------------------------------------------------------------------------
+    def create_subject(self, project: str, label: str) -> str:
+        """Create a subject (or find it); returns its ID."""
+        check_label(label, "subject")
+        return self.session.request("PUT", base_path(project, label)).text.strip()
+
+    def create_experiment(self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData",
+                          **attributes: str) -> str:
+        """Create an experiment (and its subject if needed) or find it; returns its ID."""
+        check_label(subject, "subject")
+        check_label(label, "experiment")
+        if xsi_type not in SESSION_TYPES:
+            raise XnatBadInputError(f"Unsupported session xsiType {xsi_type!r}; expected one of {SESSION_TYPES}")
+        params = {"xsiType": xsi_type, **{f"{xsi_type}/{k}": v for k, v in attributes.items()}}
+        return self.session.request("PUT", base_path(project, subject, label), params=params).text.strip()
+
+    # ---- custom fields -----------------------------------------------------------------------------
+    def _field_target(self, project: str, subject: str | None, experiment: str | None) -> tuple[str, str]:
+        if experiment is not None:
+            path = base_path(project, subject, experiment)
+            return path, self._item(path)["meta"]["xsi:type"]
+        if subject is not None:
+            return base_path(project, subject), "xnat:subjectData"
+        return base_path(project), "xnat:projectData"
+
+    def get_fields(self, project: str, subject: str | None = None, experiment: str | None = None) -> dict[str, str]:
+        path, _ = self._field_target(project, subject, experiment)
+        return fields_from_item(self._item(path))
+
+    def set_fields(self, project: str, fields: dict[str, Any], subject: str | None = None,
+                   experiment: str | None = None) -> dict[str, str]:
+        """Set custom fields, then read them back: XNAT may answer 200 and store nothing on some paths.
+
+        Returns the fields as stored. Names are lower-case, as XNAT keeps them.
+        """
+        if not fields:
+            raise XnatBadInputError("No fields to set.")
+        wanted = {}
+        for name, value in fields.items():
+            if not name or not str(name).replace("_", "").isalnum():
+                raise XnatBadInputError(f"Invalid custom field name {name!r}: letters, digits and '_' only.")
+            if value is None:
+                raise XnatBadInputError(f"Field {name!r} has no value; use delete_fields to remove a field.")
+            wanted[str(name).lower()] = str(value)
+        path, xsi = self._field_target(project, subject, experiment)
+        params = {"xsiType": xsi, **{custom_field_param(xsi, k): v for k, v in wanted.items()}}
+        self.session.request("PUT", path, params=params)
+        stored = {k.lower(): v for k, v in fields_from_item(self._item(path)).items()}
+        wrong = {k: (v, stored.get(k)) for k, v in wanted.items() if stored.get(k) != v}
+        if wrong:
+            raise XnatServerError(f"PUT {path}: XNAT answered success but did not store the fields "
+                                  f"(wanted, stored): {wrong}", method="PUT", path=path)
+        return {k: stored[k] for k in wanted}
+
+    def delete_fields(self, project: str, names: list[str], subject: str | None = None,
+                      experiment: str | None = None) -> None:
+        path, xsi = self._field_target(project, subject, experiment)
+        params: dict[str, str] = {"xsiType": xsi}
+        for n in names:
+            params[custom_field_param(xsi, n.lower())] = "NULL"
+            params[f"{xsi}/fields/field[name={n.lower()}]/name"] = "NULL"
+        self.session.request("PUT", path, params=params)
+        left = {k.lower() for k in fields_from_item(self._item(path))} & {n.lower() for n in names}
+        if left:
+            raise XnatServerError(f"PUT {path}: XNAT answered success but kept the fields {sorted(left)}",
+                                  method="PUT", path=path)
+
+    # ---- alias tokens ------------------------------------------------------------------------------
+    def issue_token(self, user: str | None = None) -> AliasToken:
+        """A new alias token for the logged-in user, or for ``user`` (site administrators only)."""
+        path = "/data/services/tokens/issue" + (f"/user/{q(user)}" if user else "")
+        token = AliasToken.from_json(self.session.request("GET", path, retry=False).json())
+        self.session.add_secret(token.secret)
+        return token
+
+    def validate_token(self, token: AliasToken | str, secret: str | None = None) -> str | None:
+        """The user a token stands for, or None when it is invalid or expired."""
+        alias, secret = (token.alias, token.secret) if isinstance(token, AliasToken) else (token, secret)
+        if not secret:
+            raise XnatBadInputError("validate_token needs the token's secret.")
+        self.session.add_secret(secret)
+        try:
+            data = self.session.request("GET", f"/data/services/tokens/validate/{q(alias)}/{q(secret)}").json()
+        except XnatNotFoundError:
+            return None
+        return data.get("valid") or None
+
+    def invalidate_token(self, token: AliasToken | str) -> None:
+        alias = token.alias if isinstance(token, AliasToken) else token
+        try:
+            self.session.request("GET", f"/data/services/tokens/invalidate/{q(alias)}")
+        except XnatNotFoundError:
+            pass  # already gone: the goal is reached
+
+    # ---- DICOM -------------------------------------------------------------------------------------
+    def dicom_dump(self, project: str, experiment: str, scan: str | None = None,
+                   fields: list[str] | None = None) -> list[dict[str, str]]:
+        """XNAT's DICOM dump of a session's (or a scan's) first file: rows of tag, vr, value, description."""
+        src = f"/archive/projects/{q(project)}/experiments/{q(experiment)}" + (f"/scans/{q(scan)}" if scan else "")
+        params: list[tuple[str, str]] = [("src", src), ("format", "json")]
+        params += [("field", f) for f in fields or []]
+        resp = self.session.request("GET", "/data/services/dicomdump", params=params)
+        return result_rows(resp.content, "GET", "/data/services/dicomdump")

@@ -1,0 +1,89 @@
+"""``XnatClient``: the plain-Python XNAT client (no Airflow imports), usable from any workflow engine.
+
+    from xnat_provider.client import XnatClient
+
+    with XnatClient("https://xnat.example.org", user="alice", password="...") as xnat:
+        refs = xnat.import_dicom("study.zip", project="P1")
+        archived = xnat.archive(refs[0])
+        xnat.download_scans("P1", archived.label, "out/", scans=["T1w"])
+
+Each capability lives in its own module (auth and retries in ``session``, then ``archive``, ``prearchive``,
+``imports``, ``downloads``, ``uploads``); this class only puts them together over one login.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import pydicom
+
+from .archive import ArchiveMixin
+from .downloads import DownloadMixin
+from .errors import XnatTransferError
+from .imports import ImportMixin
+from .models import RemoteFile
+from .prearchive import PrearchiveMixin
+from .session import ClientConfig, XnatSession
+from .uploads import UploadMixin
+
+
+class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, UploadMixin):
+    """One XNAT server, one login, shared safely between threads. See the module docstring."""
+
+    def __init__(self, url: str | ClientConfig, user: str | None = None, password: str | None = None,
+                 **options: Any):
+        config = url if isinstance(url, ClientConfig) else ClientConfig(url=url, user=user, password=password,
+                                                                         **options)
+        self.session = XnatSession(config)
+
+    @property
+    def config(self) -> ClientConfig:
+        return self.session.config
+
+    def login(self) -> None:
+        self.session.login()
+
+    def whoami(self) -> str:
+        """The user XNAT says is logged in (``GET /data/auth``)."""
+        text = self.session.request("GET", "/data/auth").text.strip()
+        return text.removeprefix("User '").split("'", 1)[0]
+
+    def version(self) -> str:
+        """XNAT's version, from ``/xapi/siteConfig/buildInfo`` (``/data/version`` is gone in 1.8)."""
+        return str(self.session.request("GET", "/xapi/siteConfig/buildInfo", params={"format": "json"})
+                   .json().get("version", ""))
+
+    def close(self) -> None:
+        """Log out (``DELETE /data/JSESSION``) and release connections."""
+        self.session.logout()
+
+    def __enter__(self) -> XnatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_header(self, remote: RemoteFile | str, max_bytes: int = 1 << 20) -> pydicom.Dataset:
+        """One file's DICOM header without its pixel data, reading only the first bytes of the file."""
+        uri = remote.uri if isinstance(remote, RemoteFile) else remote
+        resp = self.session.request("GET", uri, stream=True, headers={"Range": f"bytes=0-{max_bytes - 1}"},
+                                    ok_statuses=(206,))
+        with resp:
+            buf = io.BytesIO()
+            for chunk in resp.iter_content(64 * 1024):
+                buf.write(chunk)
+                if buf.tell() >= max_bytes:
+                    break  # the server ignored Range: stop reading, the header is in what we have
+        buf.seek(0)
+        try:
+            return pydicom.dcmread(buf, stop_before_pixels=True, defer_size=1024)
+        except Exception as exc:
+            raise XnatTransferError(f"GET {uri}: no readable DICOM header in the first {max_bytes} bytes "
+                                    f"({type(exc).__name__}: {exc})", method="GET", path=uri) from exc
+
+
+def from_env(prefix: str = "XNAT_") -> XnatClient:
+    """A client from ``XNAT_URL``, ``XNAT_USER`` and ``XNAT_PASSWORD`` (handy outside Airflow)."""
+    return XnatClient(os.environ[f"{prefix}URL"], os.environ.get(f"{prefix}USER"), os.environ.get(f"{prefix}PASSWORD"))

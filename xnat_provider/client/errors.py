@@ -1,0 +1,75 @@
+"""Typed errors, so that callers (and Airflow retry policies) can tell what went wrong without parsing text.
+
+Every error carries the HTTP method, the path and XNAT's own message (the ``<h3>`` of its status page) where
+there was one, and never a secret: the client redacts passwords, token secrets and session ids from every
+message before raising.
+
+Which to retry: :class:`XnatServerError` and :class:`XnatTransferError` are worth another try;
+:class:`XnatAuthError`, :class:`XnatPermissionError`, :class:`XnatNotFoundError`, :class:`XnatConflictError`
+and :class:`XnatBadInputError` will fail the same way again.
+"""
+
+from __future__ import annotations
+
+
+class XnatError(Exception):
+    """Base of every error the client raises."""
+
+    def __init__(self, message: str, *, method: str | None = None, path: str | None = None,
+                 status: int | None = None, xnat_message: str | None = None):
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+        self.xnat_message = xnat_message
+
+    retryable = False
+
+
+class XnatAuthError(XnatError):
+    """Login failed, the account is locked, or the session could not be renewed (401)."""
+
+
+class XnatPermissionError(XnatError):
+    """Authenticated but not allowed (403)."""
+
+
+class XnatNotFoundError(XnatError):
+    """The project, subject, experiment, scan, resource, file or prearchive session does not exist (404)."""
+
+
+class XnatConflictError(XnatError):
+    """The server refused because of existing data: 409, or an archive that failed with a merge conflict
+    (XNAT 1.8.9+ answers that as 500 ``FAILED: ...`` and leaves the prearchive row in CONFLICT)."""
+
+
+class XnatServerError(XnatError):
+    """XNAT or a gateway failed (5xx, 429, or an error page answered with 200). Usually worth a retry."""
+
+    retryable = True
+
+
+class XnatTransferError(XnatError):
+    """A transfer ended short or its bytes do not match the size or MD5 the server lists. Worth a retry: a
+    retry resumes or redoes only what is missing."""
+
+    retryable = True
+
+
+class XnatBadInputError(XnatError, ValueError):
+    """The caller's input is wrong (missing local file, bad label, unsafe path...), caught before or by XNAT
+    (400, 417, 422)."""
+
+
+def error_for_status(status: int) -> type[XnatError]:
+    if status == 401:
+        return XnatAuthError
+    if status == 403:
+        return XnatPermissionError
+    if status == 404:
+        return XnatNotFoundError
+    if status == 409:
+        return XnatConflictError
+    if status in (400, 406, 411, 413, 415, 417, 422):
+        return XnatBadInputError
+    return XnatServerError

@@ -1,0 +1,168 @@
+"""The prearchive: list, get, archive, move, rebuild and delete sessions, safely under retries.
+
+Archiving is a POST that may take effect even when its answer is lost (a gateway's 504 while XNAT kept
+working). The client never resends it blindly: after an ambiguous failure it looks at the prearchive row and
+at the archive, and only archives again when the session is still waiting there. A merge conflict comes back
+as :class:`XnatConflictError` whether XNAT says 409 (older servers) or 500 ``FAILED: ...`` (1.8.9+).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatNotFoundError, XnatServerError
+from .models import PrearchiveSession, SessionRef
+from .protocol import check_label, prearchive_sessions, prearchive_src, q, result_rows, uri_list
+from .session import XnatSession
+
+log = logging.getLogger("xnat_provider.client")
+OVERWRITE_MODES = (None, "none", "append", "delete")
+
+
+def _ambiguous(exc: XnatError) -> bool:
+    """A failure after which the request may still have taken effect."""
+    return isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)
+
+
+class PrearchiveMixin:
+    session: XnatSession
+
+    def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
+                        study_uid: str | None = None) -> list[PrearchiveSession]:
+        """Prearchive sessions, optionally of one project, in some statuses, or of one study."""
+        path = "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
+        rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
+        sessions = prearchive_sessions(rows)
+        if status is not None:
+            wanted = {status} if isinstance(status, str) else set(status)
+            sessions = [s for s in sessions if s.status in wanted]
+        if study_uid is not None:
+            sessions = [s for s in sessions if s.study_uid == study_uid]
+        return sessions
+
+    def get_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession:
+        src = prearchive_src(session)
+        rows = result_rows(self.session.request("GET", src, params={"format": "json"}).content, "GET", src)
+        if not rows:
+            raise XnatNotFoundError(f"GET {src}: no such prearchive session", method="GET", path=src, status=404)
+        return PrearchiveSession.from_row(rows[0])
+
+    def find_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
+        try:
+            return self.get_prearchive(session)
+        except XnatNotFoundError:
+            return None
+
+    # ---- archive -----------------------------------------------------------------------------------
+    def archive(
+        self,
+        session: PrearchiveSession | SessionRef | str,
+        *,
+        overwrite: str | None = None,
+        project: str | None = None,
+        subject: str | None = None,
+        label: str | None = None,
+        quarantine: bool | None = None,
+        trigger_pipelines: bool | None = None,
+        settle_seconds: float = 30.0,
+    ) -> SessionRef:
+        """Archive a prearchive session (relabelled if asked); returns the archived session's reference.
+
+        ``overwrite``: None (a conflict is an error), ``append`` (merge) or ``delete`` (replace).
+        """
+        if overwrite not in OVERWRITE_MODES:
+            raise XnatBadInputError(f"overwrite must be one of {OVERWRITE_MODES[1:]}, not {overwrite!r}")
+        for value, what in ((project, "project"), (subject, "subject"), (label, "session")):
+            if value is not None:
+                check_label(value, what)
+        src = prearchive_src(session)
+        before = self.get_prearchive(src)
+        target_project = project or before.project
+        target_label = label or before.name
+        params: list[tuple[str, str]] = [("src", src), ("auto-archive", "false")]
+        if overwrite and overwrite != "none":
+            params.append(("overwrite", overwrite))
+        for key, value in (("project", project), ("subject", subject), ("session", label)):
+            if value:
+                params.append((key, value))
+        if quarantine is not None:
+            params.append(("quarantine", str(quarantine).lower()))
+        if trigger_pipelines is not None:
+            params.append(("triggerPipelines", str(trigger_pipelines).lower()))
+        for attempt in range(self.session.config.retries):
+            try:
+                resp = self.session.request("POST", "/data/services/archive", params=params, retry=False,
+                                            allow_redirects=False, ok_statuses=(301, 302, 303))
+            except XnatError as exc:
+                if not _ambiguous(exc) or attempt + 1 >= self.session.config.retries:
+                    raise
+                found = self._archived_after_ambiguity(src, target_project, target_label, settle_seconds)
+                if found is not None:
+                    log.warning("Archive of %s answered %s but took effect; not resending", src, exc.status)
+                    return found
+                log.warning("Archive of %s failed (%s) without effect; archiving again", src, exc)
+                time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
+                continue
+            location = resp.headers.get("Location") if resp.status_code in (301, 302, 303) else None
+            uris = [location] if location else uri_list(resp.text)
+            if not uris:
+                raise XnatServerError(f"POST /data/services/archive: no archive URI in the answer for {src}",
+                                      method="POST", path="/data/services/archive", status=resp.status_code)
+            path = uris[0].split("://", 1)[-1]
+            path = path[path.index("/data/"):] if "/data/" in path else path
+            return SessionRef.parse(path)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _archived_after_ambiguity(self, src: str, project: str, label: str, settle: float) -> SessionRef | None:
+        """Poll until the archive outcome is known: archived (a ref), still waiting (None), or failed (raise)."""
+        deadline = time.monotonic() + settle
+        while True:
+            row = self.find_prearchive(src)
+            if row is None:
+                exp = self.find_experiment(project, label)  # type: ignore[attr-defined]
+                if exp is not None:
+                    return SessionRef(uri=f"/data/archive/projects/{project}/subjects/{exp.subject_label}"
+                                          f"/experiments/{exp.label}", project=project, subject=exp.subject_label,
+                                      label=exp.label)
+            elif row.status == "READY":
+                return None  # nothing happened: archiving again is safe
+            elif row.status == "CONFLICT":
+                raise XnatConflictError(f"POST /data/services/archive: {src} is now in CONFLICT",
+                                        method="POST", path="/data/services/archive")
+            elif row.status == "ERROR":
+                raise XnatServerError(f"POST /data/services/archive: {src} is now in ERROR",
+                                      method="POST", path="/data/services/archive")
+            if time.monotonic() > deadline:
+                raise XnatServerError(f"POST /data/services/archive: outcome for {src} still unknown after "
+                                      f"{settle:.0f} s (status {row.status if row else 'gone, no experiment'})",
+                                      method="POST", path="/data/services/archive")
+            time.sleep(1.0)
+
+    # ---- queued batch services ---------------------------------------------------------------------
+    def _batch(self, op: str, session: PrearchiveSession | SessionRef | str, **extra: str) -> PrearchiveSession | None:
+        src = prearchive_src(session)
+        path = f"/data/services/prearchive/{op}"
+        try:
+            resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
+        except XnatError as exc:
+            if not _ambiguous(exc):
+                raise
+            # Queued operations are cheap to check: did the row change as asked?
+            row = self.find_prearchive(src)
+            if row is None or row.status.startswith(("QUEUED_", "_")):
+                return row
+            resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
+        rows = result_rows(resp.content, "POST", path)
+        return PrearchiveSession.from_row(rows[0]) if rows else None
+
+    def move_prearchive(self, session: PrearchiveSession | SessionRef | str, project: str) -> PrearchiveSession | None:
+        check_label(project, "project")
+        return self._batch("move", session, newProject=project)
+
+    def rebuild_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
+        return self._batch("rebuild", session)
+
+    def delete_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
+        return self._batch("delete", session)

@@ -1,0 +1,170 @@
+"""What the sync and the async clients share: URL building, response parsing, error mapping.
+
+Kept free of any HTTP library so that the requests-based client and the httpx-based async client build the
+same URLs, read the same answers and raise the same errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from lxml import etree
+
+from .errors import XnatConflictError, XnatError, XnatServerError, error_for_status
+from .models import PrearchiveSession, SessionRef
+
+# A label XNAT accepts for projects, subjects and experiments.
+LABEL_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def q(segment: str) -> str:
+    """Quote one path segment (labels, IDs, file names) for an XNAT URL."""
+    return quote(str(segment), safe="")
+
+
+def qpath(path: str) -> str:
+    """Quote a relative file path, keeping its slashes."""
+    return "/".join(q(p) for p in path.split("/"))
+
+
+def check_label(value: str, what: str) -> str:
+    if not value or not LABEL_RE.match(value):
+        from .errors import XnatBadInputError
+
+        raise XnatBadInputError(f"Invalid {what} label {value!r}: XNAT accepts letters, digits, '_' and '-' only.")
+    return value
+
+
+def base_path(project: str | None = None, subject: str | None = None, experiment: str | None = None,
+              scan: str | None = None, assessor: str | None = None) -> str:
+    """The archive path of an object, addressed by labels or IDs under its project where given."""
+    if experiment is None and (scan or assessor):
+        raise ValueError("a scan or assessor needs its experiment")
+    if experiment is not None and project is None:
+        path = f"/data/experiments/{q(experiment)}"
+    else:
+        if project is None:
+            raise ValueError("a project is required")
+        path = f"/data/projects/{q(project)}"
+        if subject is not None:
+            path += f"/subjects/{q(subject)}"
+        if experiment is not None:
+            path += f"/experiments/{q(experiment)}"
+    if scan is not None:
+        path += f"/scans/{q(scan)}"
+    if assessor is not None:
+        path += f"/assessors/{q(assessor)}"
+    return path
+
+
+# ---- reading answers -----------------------------------------------------------------------------------------
+HTML_PREFIXES = ("<html", "<!doctype", "<!DOCTYPE", "<HTML")
+
+
+def looks_like_html(text: str) -> bool:
+    return text.lstrip()[:20].lower().startswith(("<html", "<!doctype"))
+
+
+def xnat_message(body: str) -> str:
+    """XNAT's own message from a status page (the ``<h3>``), or a short plain-text body."""
+    if looks_like_html(body):
+        try:
+            doc = etree.fromstring(body.encode("utf-8", "replace"), etree.HTMLParser())
+            if doc is not None:
+                for tag in ("h3", "h1", "title"):
+                    found = doc.find(f".//{tag}")
+                    if found is not None and (found.text or "").strip():
+                        return " ".join(found.text.split())
+        except (etree.ParserError, ValueError):
+            pass
+        return ""
+    return " ".join(body.split())[:300]
+
+
+def raise_for_answer(method: str, path: str, status: int, body: str, redact: Any = str) -> None:
+    """Raise the typed error for a failed answer (status >= 400, or an error page sent with 200)."""
+    message = redact(xnat_message(body))
+    where = redact(path)
+    if status < 400:
+        raise XnatServerError(f"{method} {where}: XNAT answered an error page with status {status}: {message}",
+                              method=method, path=where, status=status, xnat_message=message)
+    cls = error_for_status(status)
+    if status == 500 and message.startswith("FAILED"):
+        cls = XnatConflictError if _is_conflict(message) else XnatServerError
+    text = f"{method} {where}: {status}" + (f" {message}" if message else "")
+    raise cls(text, method=method, path=where, status=status, xnat_message=message)
+
+
+def _is_conflict(message: str) -> bool:
+    words = ("already exists", "already contains", "invalid modification", "conflict", "matching files")
+    return any(w in message.lower() for w in words)
+
+
+def result_rows(body: str | bytes, method: str = "GET", path: str = "") -> list[dict[str, str]]:
+    """Rows of an XNAT ``ResultSet`` JSON listing."""
+    try:
+        data = json.loads(body)
+        rows = data["ResultSet"]["Result"]
+    except (ValueError, KeyError, TypeError) as exc:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        raise XnatServerError(f"{method} {path}: expected an XNAT result set, got {text[:120]!r}",
+                              method=method, path=path) from exc
+    return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+
+
+def uri_list(body: str) -> list[str]:
+    return [line.strip() for line in body.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def session_refs(body: str) -> list[SessionRef]:
+    return [SessionRef.parse(u) for u in uri_list(body)]
+
+
+def prearchive_sessions(rows: Iterable[dict[str, str]]) -> list[PrearchiveSession]:
+    return [PrearchiveSession.from_row(r) for r in rows]
+
+
+def prearchive_src(session: PrearchiveSession | SessionRef | str) -> str:
+    """The ``src`` value the archive and batch services take."""
+    uri = session if isinstance(session, str) else session.uri
+    uri = uri if uri.startswith("/data/") else "/data" + uri
+    if not uri.startswith("/data/prearchive/projects/"):
+        raise ValueError(f"not a prearchive session: {uri}")
+    return uri
+
+
+def custom_field_param(xsi_type: str, name: str) -> str:
+    return f"{xsi_type}/fields/field[name={name}]/field"
+
+
+def fields_from_item(item: dict[str, Any]) -> dict[str, str]:
+    """Custom fields from an object's JSON (the ``fields/field`` child)."""
+    out: dict[str, str] = {}
+    for child in item.get("children", []):
+        if child.get("field") == "fields/field":
+            for f in child.get("items", []):
+                d = f.get("data_fields", {})
+                if "name" in d:
+                    out[str(d["name"])] = str(d.get("field", ""))
+    return out
+
+
+def first_item(body: str | bytes, method: str, path: str) -> dict[str, Any]:
+    try:
+        items = json.loads(body)["items"]
+        return next(i for i in items if not i.get("meta", {}).get("isHistory"))
+    except (ValueError, KeyError, StopIteration, TypeError) as exc:
+        raise XnatServerError(f"{method} {path}: expected an XNAT object document", method=method,
+                              path=path) from exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, XnatServerError) and (exc.status in TRANSIENT_STATUSES)
+
+
+__all__ = ["XnatError"]

@@ -1,0 +1,295 @@
+"""The transport: one login reused, re-login on expiry, safe retries, typed errors, secrets redacted.
+
+Why each rule:
+- **One login.** XNAT creates an HTTP session for every basic-auth request that has no cookie, and warns that
+  this can exhaust Tomcat; so the client logs in once (``/data/services/auth``) and rides on ``JSESSIONID``.
+- **Re-login once on 401.** Sessions expire after 15 idle minutes; long jobs must survive that. Several
+  threads may see the 401 at once: only the first logs in again (a generation counter tells the others the
+  cookie is fresh). A second 401 is an :class:`XnatAuthError`, never a loop of logins: XNAT locks accounts
+  after repeated failures.
+- **Retries only where safe.** GET, HEAD, PUT and DELETE are retried with exponential backoff and jitter on
+  connection errors, timeouts, 429, 502, 503 and 504 (honouring ``Retry-After``). POST (import, archive,
+  batch services) is never resent here: those callers first look for the effect of an ambiguous attempt.
+- **Errors say what happened.** Method, path, status and XNAT's ``<h3>`` message, with every known secret
+  replaced by ``***``; an HTML error page answered with status 200 is an error too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+
+from .. import __version__
+from .errors import XnatAuthError, XnatBadInputError, XnatServerError
+from .protocol import TRANSIENT_STATUSES, looks_like_html, raise_for_answer
+
+log = logging.getLogger("xnat_provider.client")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+Body = bytes | str | Iterable[bytes] | Callable[[], Any] | None
+
+
+@dataclass
+class ClientConfig:
+    """How to reach XNAT. ``url`` may carry a path prefix (``https://host/xnat``).
+
+    ``user`` may be an alias token's alias (then ``password`` is its secret). ``verify`` is True, False or a
+    CA bundle path. ``retries`` counts attempts of an idempotent request; ``backoff`` is the first wait in
+    seconds, doubled each time up to ``backoff_max``. ``on_secret`` is called with every secret the client
+    learns (password, token secrets, session ids) so that a host, such as Airflow, can mask it in logs.
+    """
+
+    url: str
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    verify: bool | str = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    retries: int = 5
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    workers: int = 4
+    user_agent: str = f"airflow-provider-xnat/{__version__}"
+    on_secret: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url if "://" in self.url else f"https://{self.url}")
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise XnatBadInputError(f"Invalid XNAT URL {self.url!r}: expected http(s)://host[:port][/path]")
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        if self.retries < 1:
+            raise XnatBadInputError("retries must be at least 1")
+
+
+class _RetryAfter(tenacity.wait.wait_base):
+    """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.fallback = tenacity.wait_exponential_jitter(initial=initial, max=maximum)
+        self.maximum = maximum
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            return min(float(after), self.maximum)
+        return self.fallback(retry_state)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    return isinstance(exc, XnatServerError) and exc.status in TRANSIENT_STATUSES
+
+
+class XnatSession:
+    """An authenticated connection to one XNAT server, safe to share between threads."""
+
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.base_url = config.url
+        self.http = requests.Session()
+        self.http.headers["User-Agent"] = config.user_agent
+        self.http.verify = config.verify
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._logged_in = False
+        self._rebased = False
+        self._secrets: set[str] = set()
+        self.login_attempts = 0
+        self.requests_sent = 0
+        if config.password:
+            self.add_secret(config.password)
+
+    # ---- secrets -----------------------------------------------------------------------------------
+    def add_secret(self, value: str | None) -> None:
+        """Remember a secret: it is redacted from every message and handed to ``on_secret``."""
+        if value and value not in self._secrets:
+            self._secrets.add(value)
+            if self.config.on_secret:
+                self.config.on_secret(value)
+
+    def redact(self, text: str) -> str:
+        for s in sorted(self._secrets, key=len, reverse=True):
+            if len(s) >= 3:
+                text = text.replace(s, "***")
+        return text
+
+    # ---- login -------------------------------------------------------------------------------------
+    @property
+    def session_id(self) -> str | None:
+        return self.http.cookies.get("JSESSIONID")
+
+    def login(self) -> None:
+        """Log in (once); later requests carry the session cookie, not the credentials."""
+        with self._lock:
+            if not self._logged_in:
+                self._login_locked()
+
+    def _login_locked(self) -> None:
+        if not self.config.user:
+            raise XnatAuthError("No XNAT user configured: set a login (user or token alias) and password.")
+        if not self._rebased:
+            self._follow_site_redirect()
+        self.login_attempts += 1
+        url = self.base_url + "/data/services/auth"
+        try:
+            resp = self.http.post(url, data={"username": self.config.user, "password": self.config.password or ""},
+                                  timeout=(self.config.connect_timeout, self.config.read_timeout),
+                                  allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise XnatServerError(f"POST /data/services/auth: could not reach XNAT at {self.base_url}: "
+                                  f"{type(exc).__name__}", method="POST", path="/data/services/auth") from exc
+        self.requests_sent += 1
+        if resp.status_code != 200 or looks_like_html(resp.text):
+            raise_for_answer("POST", "/data/services/auth", resp.status_code, resp.text, self.redact)
+        sid = resp.text.strip()
+        self.add_secret(sid)
+        if not self.http.cookies.get("JSESSIONID"):
+            host = urlsplit(self.base_url).hostname or ""
+            self.http.cookies.set("JSESSIONID", sid, domain=host, path="/")
+        self._generation += 1
+        self._logged_in = True
+        log.info("Logged in to XNAT at %s as %s", self.base_url, self.redact(self.config.user))
+
+    def _follow_site_redirect(self) -> None:
+        """A server URL that redirects (http to https, a moved path) is followed once and used from then on."""
+        self._rebased = True
+        try:
+            resp = self.http.get(self.base_url + "/", timeout=(self.config.connect_timeout, 30), allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout):
+            return  # the login request reports the connection problem
+        self.requests_sent += 1 + len(resp.history)
+        if not resp.history:
+            return
+        final = resp.url
+        m = re.match(r"(.*?)/(?:app|data)/", final)
+        new_base = (m.group(1) if m else final).rstrip("/")
+        if new_base and new_base != self.base_url:
+            log.warning("XNAT at %s redirects to %s; using that from now on", self.base_url, new_base)
+            self.base_url = new_base
+
+    def _relogin(self, generation: int) -> None:
+        with self._lock:
+            if self._generation != generation:
+                return  # another thread already renewed the session
+            self.http.cookies.clear()
+            self._logged_in = False
+            log.info("XNAT session expired; logging in again")
+            self._login_locked()
+
+    def logout(self) -> None:
+        with self._lock:
+            if self._logged_in:
+                try:
+                    self.http.delete(self.base_url + "/data/JSESSION", timeout=(self.config.connect_timeout, 30))
+                except requests.RequestException:
+                    pass
+                self._logged_in = False
+        self.http.close()
+
+    # ---- requests ----------------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | list[tuple[str, Any]] | None = None,
+        data: Body = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        retry: bool | None = None,
+        allow_redirects: bool = True,
+        expect_html: bool = False,
+        ok_statuses: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """Send a request and return a successful response, or raise the typed error.
+
+        ``data`` may be a callable returning a fresh body, which a retry calls again (a stream cannot be
+        re-read). ``retry`` defaults to True for idempotent methods only. ``ok_statuses`` are statuses the
+        caller handles itself (for instance 303 from the archive service).
+        """
+        method = method.upper()
+        retry = method in IDEMPOTENT if retry is None else retry
+
+        def attempt() -> requests.Response:
+            return self._attempt(method, path, params, data, headers, stream, allow_redirects, expect_html,
+                                 ok_statuses)
+
+        if not retry:
+            try:
+                return attempt()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise self._unreachable(method, path, exc) from exc
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.config.retries),
+            wait=_RetryAfter(self.config.backoff, self.config.backoff_max),
+            retry=tenacity.retry_if_exception(is_retryable),
+            before_sleep=lambda rs: log.warning(
+                "%s %s failed (%s); retry %d of %d", method, self.redact(path),
+                self.redact(str(rs.outcome.exception())) if rs.outcome else "?", rs.attempt_number,
+                self.config.retries - 1),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise self._unreachable(method, path, exc) from exc
+
+    def _unreachable(self, method: str, path: str, exc: BaseException) -> XnatServerError:
+        where = self.redact(path)
+        return XnatServerError(f"{method} {where}: no answer from XNAT ({type(exc).__name__}: "
+                               f"{self.redact(str(exc))[:200]})", method=method, path=where)
+
+    def _attempt(self, method: str, path: str, params: Any, data: Body, headers: dict[str, str] | None,
+                 stream: bool, allow_redirects: bool, expect_html: bool,
+                 ok_statuses: tuple[int, ...]) -> requests.Response:
+        self.login()
+        generation = self._generation
+        resp = self._send(method, path, params, data, headers, stream, allow_redirects)
+        if resp.status_code == 401:
+            resp.close()
+            self._relogin(generation)
+            resp = self._send(method, path, params, data, headers, stream, allow_redirects)
+            if resp.status_code == 401:
+                resp.close()
+                raise XnatAuthError(f"{method} {self.redact(path)}: 401 even after logging in again",
+                                    method=method, path=self.redact(path), status=401)
+        if resp.status_code in ok_statuses:
+            return resp
+        if resp.status_code >= 400:
+            body = resp.text
+            retry_after = resp.headers.get("Retry-After")
+            try:
+                raise_for_answer(method, path, resp.status_code, body, self.redact)
+            except XnatServerError as exc:
+                if retry_after and retry_after.strip().isdigit():
+                    exc.retry_after = int(retry_after)  # type: ignore[attr-defined]
+                raise
+        html = "text/html" in resp.headers.get("Content-Type", "")
+        if html and not stream and not expect_html and looks_like_html(resp.text):
+            raise_for_answer(method, path, resp.status_code, resp.text, self.redact)
+        return resp
+
+    def _send(self, method: str, path: str, params: Any, data: Body, headers: dict[str, str] | None,
+              stream: bool, allow_redirects: bool) -> requests.Response:
+        body = data() if callable(data) else data
+        started = time.monotonic()
+        resp = self.http.request(method, self.url(path), params=params, data=body, headers=headers, stream=stream,
+                                 allow_redirects=allow_redirects,
+                                 timeout=(self.config.connect_timeout, self.config.read_timeout))
+        self.requests_sent += 1
+        log.debug("%s %s -> %s in %.3f s", method, self.redact(path), resp.status_code, time.monotonic() - started)
+        return resp
