@@ -23,6 +23,7 @@ from pydicom.errors import InvalidDicomError
 
 from . import representations as rep
 from .http import Request, Response, Router, XnatHttpError
+from .prearchive import ArchiveConflict
 from .uploads import cleanup, is_multipart, receive_multipart, spool
 
 if TYPE_CHECKING:
@@ -73,9 +74,12 @@ class Importer:
         parts = [p for p in dest.split("/") if p]
         if parts[:1] == ["data"]:
             parts = parts[1:]
+        # gradual-DICOM (also a raw application/dicom body without a handler) reads only the upper-case names.
+        handler = req.param("import-handler") or ("gradual-DICOM" if req.content_type == "application/dicom" else "")
+        lower = handler != "gradual-DICOM"
         p: dict[str, str | None] = {
-            "project": req.first("PROJECT_ID", "project"), "subject": req.first("SUBJECT_ID", "subject"),
-            "session": req.first("EXPT_LABEL", "session"),
+            key: req.first(upper, *([key] if lower else []))
+            for key, upper in (("project", "PROJECT_ID"), ("subject", "SUBJECT_ID"), ("session", "EXPT_LABEL"))
         }
         if parts[:2] in (["archive", "projects"], ["prearchive", "projects"]) and len(parts) >= 3:
             p["project"] = p["project"] or parts[2]
@@ -206,9 +210,14 @@ class Importer:
                 row = self.pre.build(row)
                 archive = dest.startswith("/archive") or req.flag("auto-archive") or self.emu.auto_archive(row)
                 if archive and row["status"] == "READY":
-                    uris.append(self.pre.archive(row, req.param("overwrite"), req.user or "admin",
-                                                 project=params["project"], subject=params["subject"],
-                                                 label=params["session"]))
+                    try:
+                        uris.append(self.pre.archive(row, req.param("overwrite"), req.user or "admin",
+                                                     project=params["project"], subject=params["subject"],
+                                                     label=params["session"]))
+                    except ArchiveConflict as exc:  # the row stays in the prearchive, CONFLICT or ERROR
+                        raise XnatHttpError(400, "Unable to archive for the Prearchive session /data/prearchive/"
+                                                 f"projects/{row['project']}/{row['timestamp']}/{row['folder']}: "
+                                                 f"{exc.reason}") from exc
                     continue
             uris.append(f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folder']}")
         return uris

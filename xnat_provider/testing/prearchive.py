@@ -113,9 +113,15 @@ class Prearchive:
             return self.require(project, ts, folder)
 
     def receiving_row(self, project: str, tag: str, name: str) -> dict | None:
-        return self.store.one(
-            "SELECT * FROM prearchive WHERE project=? AND tag=? AND name=? AND status IN "
-            "('RECEIVING', 'RECEIVING_INTERRUPT') AND held=0 ORDER BY timestamp DESC", project, tag, name)
+        """The row new files join: RECEIVING, or waiting to be built (which becomes RECEIVING_INTERRUPT)."""
+        row = self.store.one(
+            "SELECT * FROM prearchive WHERE project=? AND tag=? AND name=? AND held=0 AND (status IN "
+            "('RECEIVING', 'RECEIVING_INTERRUPT') OR (status='BUILDING' AND next_op='build')) "
+            "ORDER BY timestamp DESC", project, tag, name)
+        if row and row["status"] == "BUILDING":
+            self.set_status(row, "RECEIVING_INTERRUPT")
+            row = self.require(row["project"], row["timestamp"], row["folder"])
+        return row
 
     def set_status(self, row: dict, status: str, message: str | None = None, due: float | None = None,
                    next_op: str | None = None, op_arg: str | None = None) -> None:
@@ -192,9 +198,9 @@ class Prearchive:
         status, op = row["status"], row["next_op"]
         if status in ("RECEIVING", "RECEIVING_INTERRUPT"):
             self.set_status(row, "BUILDING", due=now + self.build_seconds, next_op="build")
-        elif op == "build":
+        elif op in ("build", "rebuilt"):
             built = self.build(row)
-            if built["status"] == "READY" and self.emu.auto_archive(built):
+            if op == "build" and built["status"] == "READY" and self.emu.auto_archive(built):
                 self.archive_quietly(built)
         elif status.startswith("QUEUED_"):
             self.set_status(row, "_" + status[len("QUEUED_"):], due=now + self.queue_seconds, next_op=op,
@@ -203,11 +209,12 @@ class Prearchive:
             self.delete(row)
         elif op == "move":
             self.move(row, row["op_arg"])
-        elif op == "rebuild":
-            self.set_status(row, "BUILDING", due=now, next_op="build")
+        elif op == "rebuild":  # a rebuild never auto-archives (PrearchiveBatchRebuild)
+            self.set_status(row, "BUILDING", due=now, next_op="rebuilt")
 
     def queue(self, row: dict, op: str, arg: str | None = None) -> dict:
-        if row["status"].startswith(("QUEUED_", "_")) or row["status"] in ("ARCHIVING", "BUILDING"):
+        stuck = bool(row["held"]) and op == "rebuild"  # an operator's rebuild releases a stuck session
+        if not stuck and (row["status"].startswith(("QUEUED_", "_")) or row["status"] in ("ARCHIVING", "BUILDING")):
             raise XnatHttpError(403, "Operation already in progress on this prearchive entry.")
         if row["held"] and op == "rebuild":
             self.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
