@@ -1,4 +1,8 @@
-"""Provider registration read by Airflow through the ``apache_airflow_provider`` entry point."""
+"""Provider registration, read by Airflow through the ``apache_airflow_provider`` entry point.
+
+The connection form is declarative (``conn-fields`` and ``ui-field-behaviour``, Airflow >= 3.2), so the
+API server can show it without importing the hook.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,43 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "XNAT",
                 "external-doc-url": "https://www.xnat.org/",
                 "tags": ["software"],
+            }
+        ],
+        "hooks": [{"integration-name": "XNAT", "python-modules": ["xnat_provider.hooks.xnat"]}],
+        "connection-types": [
+            {
+                "connection-type": "xnat",
+                "hook-class-name": "xnat_provider.hooks.xnat.XnatHook",
+                "hook-name": "XNAT",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema"],
+                    "relabeling": {
+                        "host": "XNAT URL",
+                        "login": "User or token alias",
+                        "password": "Password or token secret",
+                    },
+                    "placeholders": {
+                        "host": "https://xnat.example.org (a path prefix such as /xnat is fine)",
+                        "port": "optional when the URL has one",
+                        "login": "alice, or an alias token's alias",
+                        "password": "password, or the alias token's secret",
+                    },
+                },
+                "conn-fields": {
+                    "verify_ssl": {"label": "Verify TLS certificates",
+                                   "schema": {"type": ["boolean", "null"], "default": True}},
+                    "ca_bundle": {"label": "CA bundle path", "schema": {"type": ["string", "null"]}},
+                    "connect_timeout": {"label": "Connect timeout (s)",
+                                        "schema": {"type": ["number", "null"], "default": 10}},
+                    "read_timeout": {"label": "Read timeout (s)",
+                                     "schema": {"type": ["number", "null"], "default": 300}},
+                    "retries": {"label": "Attempts per idempotent request",
+                                "schema": {"type": ["integer", "null"], "default": 5, "minimum": 1}},
+                    "backoff": {"label": "First retry wait (s)",
+                                "schema": {"type": ["number", "null"], "default": 1.0}},
+                    "workers": {"label": "Parallel downloads",
+                                "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1}},
+                },
             }
         ],
     }

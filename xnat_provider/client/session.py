@@ -17,6 +17,7 @@ Why each rule:
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -35,6 +36,30 @@ from .protocol import TRANSIENT_STATUSES, looks_like_html, raise_for_answer
 log = logging.getLogger("xnat_provider.client")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+# Every secret any client in this process has learnt. XNAT puts token secrets in URL paths
+# (tokens/validate/{alias}/{secret}) and urllib3 logs URLs at DEBUG, so its log records are redacted too.
+_KNOWN_SECRETS: set[str] = set()
+
+
+def redact_text(text: str, secrets: set[str] | None = None) -> str:
+    for s in sorted(_KNOWN_SECRETS if secrets is None else secrets, key=len, reverse=True):
+        if len(s) >= 3:
+            text = text.replace(s, "***")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _KNOWN_SECRETS:
+            message = record.getMessage()
+            clean = redact_text(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
+
+
+for _name in ("urllib3.connectionpool", "xnat_provider.client"):
+    logging.getLogger(_name).addFilter(_RedactingFilter())
 Body = bytes | str | Iterable[bytes] | Callable[[], Any] | None
 
 
@@ -71,10 +96,10 @@ class ClientConfig:
 
 
 class _RetryAfter(tenacity.wait.wait_base):
-    """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one."""
+    """Exponential backoff with full jitter, or the server's ``Retry-After`` when it sent one."""
 
     def __init__(self, initial: float, maximum: float):
-        self.fallback = tenacity.wait_exponential_jitter(initial=initial, max=maximum)
+        self.initial = initial
         self.maximum = maximum
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
@@ -82,7 +107,8 @@ class _RetryAfter(tenacity.wait.wait_base):
         after = getattr(exc, "retry_after", None)
         if after is not None:
             return min(float(after), self.maximum)
-        return self.fallback(retry_state)
+        ceiling = min(self.initial * 2 ** (retry_state.attempt_number - 1), self.maximum)
+        return random.uniform(ceiling / 2, ceiling)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -115,14 +141,12 @@ class XnatSession:
         """Remember a secret: it is redacted from every message and handed to ``on_secret``."""
         if value and value not in self._secrets:
             self._secrets.add(value)
+            _KNOWN_SECRETS.add(value)
             if self.config.on_secret:
                 self.config.on_secret(value)
 
     def redact(self, text: str) -> str:
-        for s in sorted(self._secrets, key=len, reverse=True):
-            if len(s) >= 3:
-                text = text.replace(s, "***")
-        return text
+        return redact_text(text, self._secrets)
 
     # ---- login -------------------------------------------------------------------------------------
     @property
