@@ -149,7 +149,7 @@ def test_error_page_with_status_200_is_an_error(client, emu) -> None:
 
 def test_unreachable_server_is_a_server_error(tmp_path) -> None:
     with XnatClient("http://127.0.0.1:9", "a", "b", retries=2, backoff=0.01, connect_timeout=1) as c:
-        with pytest.raises(XnatServerError, match="could not reach XNAT|no answer"):
+        with pytest.raises(XnatServerError, match=r"could not reach XNAT|no answer"):
             c.list_projects()
 
 
@@ -167,12 +167,12 @@ def test_redirecting_server_url_is_followed_once(emu) -> None:
     import http.server
 
     class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(301)
             self.send_header("Location", emu.url + "/app/template/Login.vm")
             self.end_headers()
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *a):
             pass

@@ -1,0 +1,186 @@
+"""``AsyncXnatClient``: the polling calls for triggers, on httpx, with the sync client's semantics.
+
+Triggers run in the triggerer's event loop and must never block it, so they use this client. It shares URL
+building, answer parsing and error mapping with the sync client (``protocol``), and follows the same rules:
+one login reused, one re-login on 401 (never a loop), retries with backoff only for idempotent calls on
+connection errors, timeouts, 429, 502, 503 and 504, typed errors, secrets redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+import tenacity
+
+from .errors import XnatAuthError, XnatNotFoundError, XnatServerError
+from .models import Experiment, PrearchiveSession
+from .protocol import (
+    base_path,
+    fields_from_item,
+    first_item,
+    is_transient,
+    looks_like_html,
+    prearchive_sessions,
+    prearchive_src,
+    q,
+    raise_for_answer,
+    result_rows,
+)
+from .session import ClientConfig, _RetryAfter, redact_text
+
+log = logging.getLogger("xnat_provider.client")
+
+
+class AsyncXnatClient:
+    """Async access to the calls a trigger polls. Use as ``async with AsyncXnatClient(config) as xnat:``."""
+
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.base_url = config.url
+        self._secrets: set[str] = set()
+        if config.password:
+            self._add_secret(config.password)
+        self.http = httpx.AsyncClient(
+            verify=config.verify, headers={"User-Agent": config.user_agent}, follow_redirects=True,
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._logged_in = False
+        self.login_attempts = 0
+
+    def _add_secret(self, value: str | None) -> None:
+        if value and value not in self._secrets:
+            self._secrets.add(value)
+            if self.config.on_secret:
+                self.config.on_secret(value)
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, self._secrets)
+
+    async def __aenter__(self) -> AsyncXnatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._logged_in:
+            try:
+                await self.http.delete(self.base_url + "/data/JSESSION")
+            except httpx.HTTPError:
+                pass
+            self._logged_in = False
+        await self.http.aclose()
+
+    # ---- login -------------------------------------------------------------------------------------
+    async def login(self) -> None:
+        async with self._lock:
+            if not self._logged_in:
+                await self._login_locked()
+
+    async def _login_locked(self) -> None:
+        if not self.config.user:
+            raise XnatAuthError("No XNAT user configured: set a login (user or token alias) and password.")
+        self.login_attempts += 1
+        try:
+            resp = await self.http.post(self.base_url + "/data/services/auth",
+                                        data={"username": self.config.user, "password": self.config.password or ""})
+        except httpx.TransportError as exc:
+            raise XnatServerError(f"POST /data/services/auth: could not reach XNAT at {self.base_url}: "
+                                  f"{type(exc).__name__}", method="POST", path="/data/services/auth") from exc
+        if resp.status_code != 200 or looks_like_html(resp.text):
+            raise_for_answer("POST", "/data/services/auth", resp.status_code, resp.text, self.redact)
+        sid = resp.text.strip()
+        self._add_secret(sid)
+        if not self.http.cookies.get("JSESSIONID"):
+            self.http.cookies.set("JSESSIONID", sid)
+        self._generation += 1
+        self._logged_in = True
+
+    async def _relogin(self, generation: int) -> None:
+        async with self._lock:
+            if self._generation != generation:
+                return
+            self.http.cookies.clear()
+            self._logged_in = False
+            await self._login_locked()
+
+    # ---- requests ----------------------------------------------------------------------------------
+    async def request(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        """An idempotent call (GET, HEAD), retried on transient failures; returns a successful response."""
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.config.retries),
+            wait=_RetryAfter(self.config.backoff, self.config.backoff_max),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, httpx.TransportError) or is_transient(e)),
+            reraise=True)
+        try:
+            return await retrying(self._attempt, method.upper(), path, params)
+        except httpx.TransportError as exc:
+            raise XnatServerError(f"{method} {self.redact(path)}: no answer from XNAT ({type(exc).__name__})",
+                                  method=method, path=self.redact(path)) from exc
+
+    async def _attempt(self, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
+        await self.login()
+        generation = self._generation
+        resp = await self.http.request(method, self.base_url + path, params=params)
+        if resp.status_code == 401:
+            await self._relogin(generation)
+            resp = await self.http.request(method, self.base_url + path, params=params)
+            if resp.status_code == 401:
+                raise XnatAuthError(f"{method} {self.redact(path)}: 401 even after logging in again",
+                                    method=method, path=self.redact(path), status=401)
+        if resp.status_code >= 400 or ("text/html" in resp.headers.get("Content-Type", "")
+                                       and looks_like_html(resp.text)):
+            raise_for_answer(method, path, resp.status_code, resp.text, self.redact)
+        return resp
+
+    async def _rows(self, path: str, **params: Any) -> list[dict[str, str]]:
+        resp = await self.request("GET", path, {"format": "json", **params})
+        return result_rows(resp.content, "GET", path)
+
+    # ---- the polling calls -------------------------------------------------------------------------
+    async def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
+                              study_uid: str | None = None) -> list[PrearchiveSession]:
+        path = "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
+        sessions = prearchive_sessions(await self._rows(path))
+        if status is not None:
+            wanted = {status} if isinstance(status, str) else set(status)
+            sessions = [s for s in sessions if s.status in wanted]
+        if study_uid is not None:
+            sessions = [s for s in sessions if s.study_uid == study_uid]
+        return sessions
+
+    async def find_prearchive(self, session: PrearchiveSession | str) -> PrearchiveSession | None:
+        src = prearchive_src(session)
+        try:
+            rows = await self._rows(src)
+        except XnatNotFoundError:
+            return None
+        return PrearchiveSession.from_row(rows[0]) if rows else None
+
+    async def find_experiment(self, project: str, label: str) -> Experiment | None:
+        path = base_path(project, experiment=label)
+        try:
+            resp = await self.request("GET", path, {"format": "json"})
+        except XnatNotFoundError:
+            return None
+        item = first_item(resp.content, "GET", path)
+        d = item["data_fields"]
+        return Experiment(id=d["ID"], label=d.get("label", ""), project=d.get("project", project),
+                          subject_id=d.get("subject_ID", ""), subject_label="", xsi_type=item["meta"]["xsi:type"],
+                          date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}")
+
+    async def get_fields(self, project: str, experiment: str) -> dict[str, str]:
+        path = base_path(project, experiment=experiment)
+        resp = await self.request("GET", path, {"format": "json"})
+        return fields_from_item(first_item(resp.content, "GET", path))
+
+    async def list_scans(self, project: str, experiment: str) -> list[dict[str, str]]:
+        return await self._rows(f"{base_path(project, experiment=experiment)}/scans")
+
+    async def list_resources(self, path: str) -> list[dict[str, str]]:
+        return await self._rows(f"{path}/resources")
