@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
 from airflow.sdk.log import mask_secret
 
 from ..client import AliasToken, ClientConfig, XnatClient, XnatError
@@ -47,6 +47,27 @@ def connection_url(host: str | None, port: int | None = None, schema: str | None
     return f"{scheme}://{netloc}" + (f"/{path.strip('/')}" if path and path.strip("/") else "")
 
 
+def client_config_from_connection(conn: Connection) -> ClientConfig:
+    """The client settings a Connection stands for; shared by the hook and the triggers."""
+    extra = conn.extra_dejson or {}
+    options: dict[str, Any] = {}
+    for key, cast in EXTRA_NUMBERS.items():
+        if extra.get(key) not in (None, ""):
+            try:
+                options[key] = cast(extra[key])
+            except (TypeError, ValueError) as exc:
+                raise XnatError(f"Connection {conn.conn_id!r}: extra {key!r} must be a number, "
+                                f"not {extra[key]!r}") from exc
+    verify: bool | str = _truthy(extra.get("verify_ssl", True))
+    if verify and extra.get("ca_bundle"):
+        verify = str(extra["ca_bundle"])
+    if conn.password:
+        mask_secret(conn.password)
+    return ClientConfig(
+        url=connection_url(conn.host, conn.port, conn.schema, extra.get("protocol")), user=conn.login,
+        password=conn.password, verify=verify, on_secret=mask_secret, **options)
+
+
 class XnatHook(BaseHook):
     """Interact with XNAT through an ``xnat`` connection. ``get_conn()`` returns the :class:`XnatClient`.
 
@@ -64,24 +85,7 @@ class XnatHook(BaseHook):
 
     @cached_property
     def client_config(self) -> ClientConfig:
-        conn = self.get_connection(self.xnat_conn_id)
-        extra = conn.extra_dejson or {}
-        options: dict[str, Any] = {}
-        for key, cast in EXTRA_NUMBERS.items():
-            if extra.get(key) not in (None, ""):
-                try:
-                    options[key] = cast(extra[key])
-                except (TypeError, ValueError) as exc:
-                    raise XnatError(f"Connection {self.xnat_conn_id!r}: extra {key!r} must be a number, "
-                                    f"not {extra[key]!r}") from exc
-        verify: bool | str = _truthy(extra.get("verify_ssl", True))
-        if verify and extra.get("ca_bundle"):
-            verify = str(extra["ca_bundle"])
-        if conn.password:
-            mask_secret(conn.password)
-        return ClientConfig(
-            url=connection_url(conn.host, conn.port, conn.schema, extra.get("protocol")), user=conn.login,
-            password=conn.password, verify=verify, on_secret=mask_secret, **options)
+        return client_config_from_connection(self.get_connection(self.xnat_conn_id))
 
     @cached_property
     def client(self) -> XnatClient:

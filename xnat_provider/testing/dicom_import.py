@@ -154,7 +154,7 @@ class Importer:
             if handler == "gradual-DICOM" and name == "upload":
                 name = "upload.dcm"
             upload = staging / f".import-{os.urandom(6).hex()}.part"
-            spool(req, upload)
+            spool(req, upload, digest=False)  # the import never uses the upload's MD5
         try:
             return self._import(req, upload, name)
         finally:

@@ -230,6 +230,11 @@ class Router:
         return None, {}, known
 
 
+    def path_public(self, path: str) -> bool:
+        """True when a public route owns this path (so a wrong method is 405, not 401)."""
+        return any(r.public and r.pattern.match(path) for r in self.routes)
+
+
 def normalise_path(raw: str) -> tuple[str, bool]:
     """Fold XNAT's aliases: ``/REST`` is ``/data``; ``/data/archive/X`` is ``/data/X``."""
     path = raw.split("?", 1)[0]

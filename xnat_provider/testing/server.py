@@ -121,7 +121,8 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             method=self.command, path=path, raw_path=self.path, query=parse_qsl(query, keep_blank_values=True),
             headers=self.headers, body=body, server=emu, trailing_slash=trailing,
         )
-        emu.faults.count(self.command, path)
+        if not path.startswith("/__emulator__"):  # the control API is not XNAT traffic
+            emu.faults.count(self.command, path)
         drop_after: int | None = None
         try:
             resp = self._handle(req)
@@ -176,7 +177,8 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
                 jar = SimpleCookie()
             if "JSESSIONID" in jar:
                 cookie_sid = jar["JSESSIONID"].value
-        denied = emu.auth.authenticate(req, cookie_sid, required=not (route and route.public))
+        public = route.public if route else emu.router.path_public(req.path)
+        denied = emu.auth.authenticate(req, cookie_sid, required=not public)
         if denied:
             return denied
         if route is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,58 @@ class ReceivedFile:
     md5: str
 
 
-def spool(req: Request, dest: Path) -> tuple[int, str]:
-    """Write the raw request body to ``dest``; returns (size, md5)."""
-    h, size = hashlib.md5(), 0
+class PipelinedMd5:
+    """MD5 of a stream computed on a helper thread, so that hashing overlaps receiving and writing.
+
+    MD5 (about 700 MB/s in CPython, which releases the GIL for large buffers) is the slowest step of an upload
+    over loopback; overlapping it with the socket reads and file writes gained 10-20 % (see BENCHMARKS.md). The
+    first chunk is hashed in line (small bodies never start a thread); later ones go through a bounded queue,
+    which caps the memory held at ``depth`` chunks.
+    """
+
+    def __init__(self, depth: int = 8):
+        self._h = hashlib.md5()
+        self._chunks = 0
+        self._q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        self._chunks += 1
+        if self._chunks == 1:
+            self._h.update(data)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="xnat-md5")
+            self._thread.start()
+        self._q.put(data)
+
+    def _run(self) -> None:
+        while (data := self._q.get()) is not None:
+            self._h.update(data)
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+        return self._h.hexdigest()
+
+    close = hexdigest
+
+
+class _NoDigest:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return ""
+
+    close = hexdigest
+
+
+def spool(req: Request, dest: Path, digest: bool = True) -> tuple[int, str]:
+    """Write the raw request body to ``dest``; returns (size, md5), the md5 empty when not ``digest``."""
+    h, size = (PipelinedMd5() if digest else _NoDigest()), 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(dest, "wb") as f:
@@ -36,6 +87,7 @@ def spool(req: Request, dest: Path) -> tuple[int, str]:
                 h.update(chunk)
                 size += len(chunk)
     except BaseException:
+        h.close()
         dest.unlink(missing_ok=True)
         raise
     return size, h.hexdigest()
@@ -75,7 +127,7 @@ def receive_multipart(req: Request, tmp_dir: Path) -> tuple[list[tuple[str, str]
         if filename is not None:
             name = os.path.basename(filename.decode("utf-8", "replace").replace("\\", "/")) or "upload"
             path = tmp_dir / f".mp-{len(files)}-{os.urandom(4).hex()}.part"
-            state.update(filename=name, path=path, fh=open(path, "wb"), md5=hashlib.md5())  # noqa: SIM115
+            state.update(filename=name, path=path, fh=open(path, "wb"), md5=PipelinedMd5())
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -117,6 +169,7 @@ def receive_multipart(req: Request, tmp_dir: Path) -> tuple[list[tuple[str, str]
 def cleanup(files: list[ReceivedFile], state: dict | None = None) -> None:
     if state and state.get("fh") is not None and not state["fh"].closed:
         state["fh"].close()
+        state["md5"].close()  # stops its helper thread
         state["path"].unlink(missing_ok=True)
     for f in files:
         f.path.unlink(missing_ok=True)

@@ -1,0 +1,153 @@
+"""What "ready" means, decided in one place for sensors (poke, reschedule) and their triggers (deferred).
+
+Both modes feed the same observations into the same pure functions, so a deferred wait and a poke wait agree
+on every status XNAT has. No Airflow imports: this is plain logic over the client's values.
+
+Prearchive statuses: RECEIVING, BUILDING, RECEIVING_INTERRUPT, ARCHIVING, MOVING, DELETING, SEPARATING,
+``QUEUED_*`` (queued) and ``_*`` (running, locked) mean "keep waiting"; READY is success once the session has
+not changed for ``quiet_period`` seconds (a session still being extended or split keeps changing); CONFLICT and
+ERROR fail unless told to skip them; a session whose status and ``lastmod`` have not moved for
+``stall_timeout`` seconds is stalled: rebuilt once if asked, then a failure with a clear message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .client.models import PrearchiveSession, status_is_busy, status_is_failed
+
+WAIT, DONE, FAIL, REBUILD = "wait", "done", "fail", "rebuild"
+
+
+@dataclass(frozen=True)
+class PrearchiveCriteria:
+    """Which prearchive sessions to wait for, and how patiently. JSON-safe (triggers serialise it)."""
+
+    project: str
+    subject: str | None = None
+    session: str | None = None
+    study_uid: str | None = None
+    min_count: int = 1
+    quiet_period: float = 0.0
+    stall_timeout: float | None = None
+    rebuild_stalled: bool = False
+    skip_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.project:
+            raise ValueError("project is required")
+        if self.min_count < 1:
+            raise ValueError("min_count must be at least 1")
+        if self.quiet_period < 0 or (self.stall_timeout is not None and self.stall_timeout <= 0):
+            raise ValueError("quiet_period must be >= 0 and stall_timeout > 0")
+
+    def matches(self, s: PrearchiveSession) -> bool:
+        return ((self.subject is None or s.subject == self.subject)
+                and (self.session is None or s.name == self.session or s.folder == self.session)
+                and (self.study_uid is None or s.study_uid == self.study_uid))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Verdict:
+    action: str  # wait, done, fail, rebuild
+    message: str = ""
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PrearchiveWatch:
+    """Observations across polls: when each session was first seen with its current status and lastmod.
+
+    ``state`` is JSON-safe so that a rescheduled sensor or a re-deferred trigger can carry it on.
+    """
+
+    criteria: PrearchiveCriteria
+    state: dict[str, Any] = field(default_factory=lambda: {"seen": {}, "rebuilt": []})
+
+    def observe(self, sessions: list[PrearchiveSession], now: float | None = None) -> Verdict:
+        now = time.time() if now is None else now
+        c = self.criteria
+        matched = [s for s in sessions if c.matches(s)]
+        seen: dict[str, list[Any]] = self.state.setdefault("seen", {})
+        current = {}
+        for s in matched:
+            key = f"{s.status}|{s.lastmod}"
+            prev = seen.get(s.uri)
+            current[s.uri] = prev if prev and prev[0] == key else [key, now]
+        self.state["seen"] = current
+        since = {uri: now - v[1] for uri, v in current.items()}
+
+        failed = [s for s in matched if status_is_failed(s.status)]
+        if failed and not c.skip_failed:
+            names = ", ".join(f"{s.name} ({s.status})" for s in failed)
+            return Verdict(FAIL, f"Prearchive session {names} in project {c.project} failed: XNAT marks a session "
+                                 "CONFLICT when it clashes with archived data and ERROR when it could not build or "
+                                 "archive it. Inspect it in XNAT's prearchive, or pass skip_failed=True to ignore it.",
+                           [s.to_dict() for s in failed])
+        ready = [s for s in matched if s.status == "READY" and since[s.uri] >= c.quiet_period]
+        if len(ready) >= c.min_count:
+            return Verdict(DONE, f"{len(ready)} prearchive session(s) READY", [s.to_dict() for s in ready])
+        if c.stall_timeout is not None:
+            stalled = [s for s in matched if status_is_busy(s.status) and since[s.uri] >= c.stall_timeout]
+            for s in stalled:
+                if c.rebuild_stalled and s.uri not in self.state.setdefault("rebuilt", []):
+                    return Verdict(REBUILD, f"{s.name} stalled in {s.status}; asking XNAT to rebuild it once",
+                                   [s.to_dict()])
+            if stalled:
+                s = stalled[0]
+                again = " even after a rebuild" if s.uri in self.state.get("rebuilt", []) else ""
+                return Verdict(FAIL, f"Prearchive session {s.name} in project {c.project} has been {s.status} with no "
+                                     f"change for {since[s.uri]:.0f} s (stall_timeout={c.stall_timeout:.0f} s){again}.",
+                               [s.to_dict()])
+        waiting = ", ".join(f"{s.name}: {s.status}" for s in matched) or "none yet"
+        return Verdict(WAIT, f"waiting for {c.min_count} READY session(s) in {c.project} ({waiting})",
+                       [s.to_dict() for s in matched])
+
+    def rebuilt(self, uri: str) -> None:
+        self.state.setdefault("rebuilt", []).append(uri)
+        self.state.get("seen", {}).pop(uri, None)
+
+
+@dataclass(frozen=True)
+class SessionCriteria:
+    """An archived session to wait for: by label (or any session of a subject), with optional conditions."""
+
+    project: str
+    session: str | None = None
+    subject: str | None = None
+    min_scans: int = 0
+    resource: str | None = None
+    field_name: str | None = None
+    field_value: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.project or not (self.session or self.subject):
+            raise ValueError("project and a session label (or a subject) are required")
+        if (self.field_name is None) != (self.field_value is None):
+            raise ValueError("field_name and field_value go together")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def session_verdict(c: SessionCriteria, experiment: dict[str, Any] | None, scans: int, resources: list[str],
+                    fields: dict[str, str]) -> Verdict:
+    """Judge one observation of an archived session against the criteria."""
+    if experiment is None:
+        who = c.session or f"a session of subject {c.subject}"
+        return Verdict(WAIT, f"{who} is not archived in {c.project} yet")
+    missing = []
+    if scans < c.min_scans:
+        missing.append(f"{scans} of {c.min_scans} scans")
+    if c.resource and c.resource not in resources:
+        missing.append(f"no {c.resource} resource yet")
+    if c.field_name and fields.get(c.field_name.lower()) != c.field_value:
+        missing.append(f"field {c.field_name}={fields.get(c.field_name.lower())!r}, waiting for {c.field_value!r}")
+    if missing:
+        return Verdict(WAIT, f"{experiment['label']}: " + "; ".join(missing), [experiment])
+    return Verdict(DONE, f"{experiment['label']} is archived and ready", [experiment])
