@@ -22,7 +22,7 @@ import requests
 
 from .errors import XnatBadInputError, XnatError, XnatTransferError
 from .models import Manifest, RemoteFile
-from .protocol import base_path, q, result_rows
+from .protocol import base_path, looks_like_html, q, raise_for_answer, result_rows
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -195,6 +195,25 @@ class DownloadMixin:
             pairs += [(f, safe_join(dest, f"{scan.id}/{resource}/{f.path}")) for f in files]
         return self.download_files(pairs, workers)
 
+    def download_session(self, project: str, experiment: str, dest: str | os.PathLike[str],
+                         assessors: bool = True, workers: int | None = None) -> Manifest:
+        """Every file of a session, file by file, verified and resumable: ``dest/scans/<scan id>/<resource>/``,
+        ``dest/resources/<resource>/`` (the session's own resources) and ``dest/assessors/<label>/<resource>/``."""
+        dest = Path(dest)
+        exp = base_path(project, experiment=experiment)
+        pairs: list[tuple[RemoteFile, Path]] = []
+
+        def add(path: str, prefix: str) -> None:
+            pairs.extend((f, safe_join(dest, f"{prefix}/{f.resource}/{f.path}")) for f in self.list_files(path))
+
+        for scan in self.list_scans(project, experiment):  # type: ignore[attr-defined]
+            add(f"{exp}/scans/{q(scan.id)}", f"scans/{scan.id}")
+        add(exp, "resources")
+        if assessors:
+            for row in self._rows(f"{exp}/assessors"):  # type: ignore[attr-defined]
+                add(f"{exp}/assessors/{q(row['ID'])}", f"assessors/{row.get('label') or row['ID']}")
+        return self.download_files(pairs, workers)
+
     # ---- zips --------------------------------------------------------------------------------------
     def download_zip(self, path: str, dest: str | os.PathLike[str], extract: bool = True) -> Manifest:
         """``GET {path}?format=zip`` to a temporary file, then (optionally) extract it safely into ``dest``."""
@@ -202,6 +221,12 @@ class DownloadMixin:
         dest.mkdir(parents=True, exist_ok=True)
         part = dest / ".download.zip.part"
         resp = self.session.request("GET", path, params={"format": "zip"}, stream=True)
+        if "text/html" in resp.headers.get("Content-Type", ""):  # an error page answered with 200
+            with resp:
+                text = resp.raw.read(64 * 1024, decode_content=True).decode("utf-8", "replace")
+            if looks_like_html(text):
+                raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
+        named = re.search(r'filename="?([^";/\\]+)"?', resp.headers.get("Content-Disposition", ""))
         try:
             with resp, open(part, "wb") as out:
                 for chunk in resp.iter_content(CHUNK):
@@ -211,7 +236,8 @@ class DownloadMixin:
             raise XnatTransferError(f"GET {path}?format=zip: transfer broke ({type(exc).__name__})",
                                     method="GET", path=path) from exc
         if not extract:
-            final = dest / f"{PurePosixPath(path).name}.zip"
+            name = named.group(1).strip() if named else ""
+            final = dest / (name if name not in ("", ".", "..") else f"{PurePosixPath(path).name}.zip")
             os.replace(part, final)
             manifest = Manifest()
             manifest.add(str(final), final.stat().st_size, md5_of(final), False)

@@ -14,6 +14,7 @@ writers to one catalog lose entries.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import zipfile
@@ -98,14 +99,18 @@ class UploadMixin:
         params = {k: v for k, v in (("format", format), ("content", content), ("tags", tags)) if v}
         if overwrite == "overwrite":
             params["overwrite"] = "true"
+        kept: set[str] = set()
         if extract:
             if todo:
-                self._put(res_path, src, src.name, {**params, "extract": "true"})
+                prefix = remote_dir.strip("/")
+                dups = self._put(res_path, src, f"{prefix}/{src.name}" if prefix else src.name,
+                                 {**params, "extract": "true"})
+                kept = {rel for rel in expected if rel in dups}
         else:
             for local, rel in pairs:
                 if rel in todo:
-                    self._put(res_path, local, rel, params)
-        return self._check_upload(res_path, expected, skipped)
+                    kept |= self._put(res_path, local, rel, params)
+        return self._check_upload(res_path, expected, skipped, kept)
 
     @staticmethod
     def _zip_entries(archive: Path, remote_dir: str) -> dict[str, tuple[int, str]]:
@@ -144,7 +149,8 @@ class UploadMixin:
                                     f"(overwrite={policy!r}; nothing was uploaded)", path=res_path, status=409)
         return todo, skipped
 
-    def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> None:
+    def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> set[str]:
+        """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer)."""
         url = f"{res_path}/files/{qpath(rel)}"
         with open(local, "rb") as fh:
 
@@ -154,12 +160,22 @@ class UploadMixin:
 
             resp = self.session.request("PUT", url, params=params, data=body,
                                         headers={"Content-Type": "application/octet-stream"})
-        body = resp.text.strip()
-        if body.startswith("{") and "duplicates" in body and params.get("overwrite") != "true":
-            # A retried PUT that had already stored the file also lands here; _check_upload decides.
-            log.info("XNAT kept an existing %s (duplicates answer); checking it against the local file", rel)
+        answer = resp.text.strip()
+        if not answer.startswith("{"):
+            return set()
+        try:
+            duplicates = json.loads(answer).get("duplicates") or []
+        except (ValueError, AttributeError):
+            return set()
+        if duplicates:
+            # Nothing was stored for these. A retried PUT that had already stored the file also lands here, so
+            # this is not an error by itself: _check_upload compares what the catalog holds with the local file.
+            log.info("XNAT kept its existing %s (duplicates answer); checking it against the local file",
+                     ", ".join(map(str, duplicates[:5])))
+        return {str(d) for d in duplicates}
 
-    def _check_upload(self, res_path: str, expected: dict[str, tuple[int, str]], skipped: set[str]) -> Manifest:
+    def _check_upload(self, res_path: str, expected: dict[str, tuple[int, str]], skipped: set[str],
+                      kept: set[str] = frozenset()) -> Manifest:
         remote = {f.path: f for f in self.list_files(res_path)}  # type: ignore[attr-defined]
         manifest, problems = Manifest(), []
         for rel, (size, md5) in sorted(expected.items()):
@@ -172,6 +188,9 @@ class UploadMixin:
                 problems.append(f"{rel}: catalog MD5 {there.digest} differs from the local {md5}")
             else:
                 manifest.add(rel, size, md5, rel in skipped, uri=there.uri)
+                continue
+            if rel in kept:
+                problems[-1] += " (XNAT answered 'duplicates': it kept its own copy and stored nothing)"
         if problems:
             raise XnatTransferError(f"Upload to {res_path} not verified: " + "; ".join(problems[:5]), path=res_path)
         return manifest

@@ -98,11 +98,10 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.wfile.flush()
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        # A FIN after the bytes already written, not a reset: the client receives exactly what was sent
+        # before the cut, as when a real link or gateway gives up mid-body.
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
 
     def _dispatch(self) -> None:
         emu = self.emulator
