@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import requests
+# Airflow reads its settings when first imported, so its test home is set up before anything imports it: a
+# throw-away AIRFLOW_HOME with SQLite, no example DAGs, and a DAGs folder holding the repository's example
+# DAGs and the tests' own DAGs (dag.test() only runs DAGs that live in the DAGs folder).
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="xnat-provider-airflow-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+DAGS_FOLDER.mkdir()
+for _src in [*sorted((REPO / "dags").glob("*.py")), *sorted((REPO / "tests" / "dags").glob("*.py"))]:
+    (DAGS_FOLDER / _src.name).symlink_to(_src)
+os.environ.update(
+    AIRFLOW_HOME=str(AIRFLOW_HOME),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER),
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+    AIRFLOW__CORE__FERNET_KEY="kZ5T2m7sT0bHf3c6YfV6o9oX2q8J4r1w5u7y9A3C5E0=",
+    AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
+)
 
-from xnat_provider.testing import XnatEmulator
-from xnat_provider.testing.samples import Study, make_study, zip_files
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from xnat_provider.testing import XnatEmulator  # noqa: E402
+from xnat_provider.testing.samples import Study, make_study, zip_files  # noqa: E402
 
 # Loopback only: a proxy variable in the environment must never route test traffic elsewhere
 # (pyxnat honours a lower-case http_proxy even for 127.0.0.1).
@@ -47,3 +68,21 @@ def study(tmp_path: Path) -> Study:
 @pytest.fixture
 def study_zip(tmp_path: Path, study: Study) -> Path:
     return zip_files(study.files, tmp_path / "study.zip")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata database, migrated once per test session (about 5 s)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
+    return AIRFLOW_HOME
+
+
+@pytest.fixture
+def xnat_conn(emulator: XnatEmulator, monkeypatch: pytest.MonkeyPatch) -> XnatEmulator:
+    """``xnat_default`` pointed at the test's emulator, as a user would write it (JSON in the environment)."""
+    import json
+
+    monkeypatch.setenv("AIRFLOW_CONN_XNAT_DEFAULT", json.dumps({
+        "conn_type": "xnat", "host": emulator.url, "login": "admin", "password": "admin",
+        "extra": {"backoff": 0.05, "retries": 3}}))
+    return emulator

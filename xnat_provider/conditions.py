@@ -12,11 +12,13 @@ ERROR fail unless told to skip them; a session whose status and ``lastmod`` have
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .client.models import PrearchiveSession, status_is_busy, status_is_failed
+from .client.protocol import base_path
 
 WAIT, DONE, FAIL, REBUILD = "wait", "done", "fail", "rebuild"
 
@@ -151,3 +153,30 @@ def session_verdict(c: SessionCriteria, experiment: dict[str, Any] | None, scans
     if missing:
         return Verdict(WAIT, f"{experiment['label']}: " + "; ".join(missing), [experiment])
     return Verdict(DONE, f"{experiment['label']} is archived and ready", [experiment])
+
+
+async def _value(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
+    """One look at the archive for ``c``, with either client: the async one (triggers) or the sync one
+    (a sensor's poke runs this under ``asyncio.run``), so both modes judge alike."""
+    label = c.session
+    if label is None:
+        experiments = await _value(xnat.list_experiments(c.project, c.subject))
+        if not experiments:
+            return session_verdict(c, None, 0, [], {})
+        label = experiments[-1].label
+    exp = await _value(xnat.find_experiment(c.project, label))
+    if exp is None:
+        return session_verdict(c, None, 0, [], {})
+    scans = await _value(xnat.list_scans(c.project, exp.label)) if (c.min_scans or c.resource) else []
+    resources: list[str] = []
+    if c.resource:
+        path = base_path(c.project, experiment=exp.label)
+        resources = [r["label"] for r in await _value(xnat.list_resources(path))]
+        for s in scans:
+            resources += [r["label"] for r in await _value(xnat.list_resources(f"{path}/scans/{s.id}"))]
+    fields = await _value(xnat.get_fields(c.project, experiment=exp.label)) if c.field_name else {}
+    return session_verdict(c, exp.to_dict(), len(scans), resources, fields)

@@ -34,8 +34,9 @@ async def test_polling_calls_match_the_sync_client(emulator, study_zip) -> None:
     async with AsyncXnatClient(config(emulator)) as xnat:
         exp = await xnat.find_experiment("P1", "S01_MR1")
         assert exp is not None and exp.xsi_type == "xnat:mrSessionData"
-        assert await xnat.get_fields("P1", "S01_MR1") == {"qc": "pass"}
-        assert [s["ID"] for s in await xnat.list_scans("P1", "S01_MR1")] == ["1", "2"]
+        assert await xnat.get_fields("P1", experiment="S01_MR1") == {"qc": "pass"}
+        assert [s.id for s in await xnat.list_scans("P1", "S01_MR1")] == ["1", "2"]
+        assert [e.label for e in await xnat.list_experiments("P1")] == ["S01_MR1"]
         assert await xnat.find_prearchive(refs[0].uri) is None
 
 

@@ -17,7 +17,7 @@ import httpx
 import tenacity
 
 from .errors import XnatAuthError, XnatNotFoundError, XnatServerError
-from .models import Experiment, PrearchiveSession
+from .models import Experiment, PrearchiveSession, Scan
 from .protocol import (
     base_path,
     fields_from_item,
@@ -174,13 +174,25 @@ class AsyncXnatClient:
                           subject_id=d.get("subject_ID", ""), subject_label="", xsi_type=item["meta"]["xsi:type"],
                           date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}")
 
-    async def get_fields(self, project: str, experiment: str) -> dict[str, str]:
-        path = base_path(project, experiment=experiment)
+    async def get_fields(self, project: str, subject: str | None = None,
+                         experiment: str | None = None) -> dict[str, str]:
+        path = base_path(project, subject, experiment)
         resp = await self.request("GET", path, {"format": "json"})
         return fields_from_item(first_item(resp.content, "GET", path))
 
-    async def list_scans(self, project: str, experiment: str) -> list[dict[str, str]]:
-        return await self._rows(f"{base_path(project, experiment=experiment)}/scans")
+    async def list_scans(self, project: str, experiment: str) -> list[Scan]:
+        rows = await self._rows(f"{base_path(project, experiment=experiment)}/scans")
+        return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
+                     xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
+                for r in rows]
+
+    async def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
+        rows = await self._rows(f"{base_path(project, subject)}/experiments",
+                                columns="ID,label,xsiType,date,subject_ID,subject_label,project,insert_date")
+        return [Experiment(id=r["ID"], label=r["label"], project=r.get("project") or project,
+                           subject_id=r.get("subject_ID", ""), subject_label=r.get("subject_label") or (subject or ""),
+                           xsi_type=r["xsiType"], date=r.get("date", ""), uri=f"/data/experiments/{r['ID']}")
+                for r in rows]
 
     async def list_resources(self, path: str) -> list[dict[str, str]]:
         return await self._rows(f"{path}/resources")

@@ -17,6 +17,7 @@ import os
 import re
 import tarfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ from typing import IO, Any
 import pydicom
 import requests
 
-from .errors import XnatBadInputError, XnatError, XnatServerError
+from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
 from .models import SessionRef
-from .protocol import check_label, session_refs
+from .protocol import base_path, check_label, session_refs
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -76,18 +77,32 @@ def _route(ds: Any, subject: str | None, session: str | None) -> tuple[str, str]
 
 
 def _header(fh: IO[bytes]) -> Any:
+    """The header, or None when the file is not DICOM (any parse failure, never an exception)."""
     try:
-        return pydicom.dcmread(fh, stop_before_pixels=True)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        ds.get("SOPInstanceUID"), ds.get("SOPClassUID"), ds.get("StudyInstanceUID")  # values parse lazily
+        return ds
     except pydicom.errors.InvalidDicomError:
+        pass  # no preamble: XNAT still reads it if it parses as a data set with its UIDs
+    except Exception:
+        return None
+    try:
         fh.seek(0)
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-        return ds if ds.get("SOPInstanceUID") and ds.get("StudyInstanceUID") else None
+        with warnings.catch_warnings():  # pydicom warns about whatever it finds in a file that is not DICOM
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            return ds if ds.get("SOPInstanceUID") and ds.get("StudyInstanceUID") else None
     except Exception:
         return None
 
 
-def plan_import(source: str | os.PathLike[str], *, subject: str | None = None, session: str | None = None,
-                ignore_unparsable: bool = False) -> ImportPlan:
+def plan_import(
+    source: str | os.PathLike[str],
+    *,
+    subject: str | None = None,
+    session: str | None = None,
+    ignore_unparsable: bool = False,
+) -> ImportPlan:
     """Read every header of a zip, tar, DICOM file or directory and plan the import; raise on bad input."""
     src = Path(source)
     if not src.exists():
@@ -123,8 +138,10 @@ def plan_import(source: str | os.PathLike[str], *, subject: str | None = None, s
         add(src.name, lambda: open(src, "rb"), src.stat().st_size)
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise XnatBadInputError(f"Not DICOM (or no SOP UIDs) in {src}: {', '.join(bad[:5])}{more}. "
-                                "Remove them or import with ignore_unparsable=True.")
+        raise XnatBadInputError(
+            f"Not DICOM (or no SOP UIDs) in {src}: {', '.join(bad[:5])}{more}. "
+            "Remove them or import with ignore_unparsable=True."
+        )
     if not plan.entries:
         raise XnatBadInputError(f"No DICOM files found in {src}.")
     for subj, sess in plan.labels.values():
@@ -196,6 +213,12 @@ def zip_stream(entries: list[Entry]) -> Iterator[bytes]:
     yield from sink.take()
 
 
+def _is_conflict(message: str) -> bool:
+    """XNAT's merge-conflict reasons (an import to the archive that met an existing session)."""
+    words = ("already exists", "already contains", "invalid modification", "conflict", "matching files")
+    return any(w in message.lower() for w in words)
+
+
 def _reached_server(exc: XnatError) -> bool:
     """False when the request surely never arrived (connection refused or not opened)."""
     cause = exc.__cause__
@@ -227,10 +250,15 @@ class ImportMixin:
         check_label(project, "project")
         plan = plan_import(source, subject=subject, session=session, ignore_unparsable=ignore_unparsable)
         if not self.project_exists(project):  # type: ignore[attr-defined]
-            raise XnatBadInputError(f"Project {project!r} does not exist on {self.session.base_url} (XNAT would "
-                                    "silently route the data by its DICOM headers instead).")
-        params: dict[str, str] = {"import-handler": "DICOM-zip", "dest": f"/{destination}/projects/{project}",
-                                  "project": project}
+            raise XnatBadInputError(
+                f"Project {project!r} does not exist on {self.session.base_url} (XNAT would "
+                "silently route the data by its DICOM headers instead)."
+            )
+        params: dict[str, str] = {
+            "import-handler": "DICOM-zip",
+            "dest": f"/{destination}/projects/{project}",
+            "project": project,
+        }
         for key, value in (("subject", subject), ("session", session), ("overwrite", overwrite)):
             if value:
                 params[key] = value
@@ -247,9 +275,27 @@ class ImportMixin:
             entries = [e for e in plan.entries if e.study_uid in pending]
             try:
                 resp = self.session.request(
-                    "POST", "/data/services/import", params=params, data=lambda entries=entries: zip_stream(entries),
-                    headers={"Content-Type": "application/zip"}, retry=False)
+                    "POST",
+                    "/data/services/import",
+                    params=params,
+                    data=lambda entries=entries: zip_stream(entries),
+                    headers={"Content-Type": "application/zip"},
+                    retry=False,
+                )
                 return found + session_refs(resp.text)
+            except XnatBadInputError as exc:
+                if _is_conflict(exc.xnat_message or ""):
+                    # Archiving (asked for, or the project auto-archives) met an existing session; XNAT kept the
+                    # data in the prearchive, in CONFLICT: a conflict, not a bad request.
+                    raise XnatConflictError(
+                        f"{exc}. The session waits in the prearchive in CONFLICT; archive it "
+                        "with overwrite='append' or 'delete', or delete it.",
+                        method=exc.method,
+                        path=exc.path,
+                        status=exc.status,
+                        xnat_message=exc.xnat_message,
+                    ) from exc
+                raise
             except XnatError as exc:
                 ambiguous = isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)
                 if not ambiguous or attempt + 1 >= self.session.config.retries:
@@ -266,29 +312,94 @@ class ImportMixin:
                 time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _import_snapshot(self, project: str, plan: ImportPlan, destination: str) -> set[str]:
-        """What already exists for these studies, so that a later look finds only this attempt's work."""
-        if destination == "prearchive":
-            return {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
-        return {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
+    def _import_snapshot(self, project: str, plan: ImportPlan, destination: str) -> _Snapshot:
+        """What already exists for these studies, so that a later look finds only this attempt's work.
 
-    def _import_arrived(self, project: str, plan: ImportPlan, destination: str, before: set[str],
-                        pending: list[str], settle: float) -> list[SessionRef]:
+        Both places are looked at whatever the destination: a project that auto-archives sends a prearchive
+        import on to the archive, and an archive import that fails to archive stays in the prearchive.
+        """
+        pre = {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
+        labels = {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
+        prints = {label: self._fingerprint(project, label) for _s, label in plan.labels.values() if label in labels}
+        return _Snapshot(pre, labels, prints)
+
+    def _fingerprint(self, project: str, label: str) -> tuple[Any, ...]:
+        """An archived session's scans and their resources' file counts and sizes (changes when data merges)."""
+        out = []
+        for scan in self.list_scans(project, label):  # type: ignore[attr-defined]
+            resources = self.list_resources(base_path(project, experiment=label, scan=scan.id))  # type: ignore[attr-defined]
+            out.append(
+                (
+                    scan.id,
+                    tuple(
+                        sorted((r.get("label", ""), r.get("file_count", ""), r.get("file_size", "")) for r in resources)
+                    ),
+                )
+            )
+        return tuple(sorted(out))
+
+    def _import_arrived(
+        self, project: str, plan: ImportPlan, destination: str, before: _Snapshot, pending: list[str], settle: float
+    ) -> list[SessionRef]:
+        """The sessions this attempt created, polled for up to ``settle`` seconds; raise if one arrived but
+        could not be archived (resending would only add a second failed copy)."""
         deadline = time.monotonic() + settle
         while True:
-            if destination == "prearchive":
-                rows = [s for s in self.list_prearchive(project)  # type: ignore[attr-defined]
-                        if s.study_uid in pending and s.uri not in before]
-                refs = [SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
-                                   timestamp=s.timestamp, in_prearchive=True) for s in rows]
-            else:
-                labels = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-                refs = []
-                for uid in pending:
-                    subj, label = plan.labels[uid]
-                    if label in labels and label not in before:
-                        refs.append(SessionRef(uri=f"/data/archive/projects/{project}/subjects/{subj}/experiments/"
-                                                   f"{label}", project=project, subject=subj, label=label))
-            if len(refs) >= len(pending) or time.monotonic() > deadline:
+            rows = [
+                s
+                for s in self.list_prearchive(project)  # type: ignore[attr-defined]
+                if s.study_uid in pending and s.uri not in before.prearchive
+            ]
+            experiments = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
+            refs: list[SessionRef] = []
+            for uid in pending:
+                subj, label = plan.labels[uid]
+                new_rows = [s for s in rows if s.study_uid == uid]
+                if destination == "prearchive" and new_rows:
+                    refs += [
+                        SessionRef(
+                            uri=s.uri,
+                            project=s.project,
+                            subject=s.subject,
+                            label=s.name,
+                            timestamp=s.timestamp,
+                            in_prearchive=True,
+                        )
+                        for s in new_rows
+                    ]
+                    continue
+                exp = experiments.get(label)
+                if exp is not None and (
+                    label not in before.labels or self._fingerprint(project, label) != before.fingerprints.get(label)
+                ):
+                    subject_label = exp.subject_label or subj
+                    refs.append(
+                        SessionRef(
+                            uri=f"/data/archive/projects/{project}/subjects/{subject_label}/experiments/{label}",
+                            project=project,
+                            subject=subject_label,
+                            label=label,
+                        )
+                    )
+                    continue
+                failed = [s for s in new_rows if s.failed]
+                if failed:
+                    cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
+                    raise cls(
+                        f"POST /data/services/import: the import arrived but could not be archived: "
+                        f"{failed[0].uri} is in {failed[0].status}. Archive it with overwrite='append' or "
+                        "'delete', or delete it.",
+                        method="POST",
+                        path="/data/services/import",
+                    )
+            left = deadline - time.monotonic()
+            if len(refs) >= len(pending) or left <= 0:
                 return refs
-            time.sleep(1.0)
+            time.sleep(min(1.0, left))
+
+
+@dataclass
+class _Snapshot:
+    prearchive: set[str]  # URIs of prearchive rows of the import's studies
+    labels: set[str]  # experiment labels in the project
+    fingerprints: dict[str, tuple[Any, ...]]  # label -> scans and file counts, for labels the import targets

@@ -12,13 +12,21 @@ import logging
 import time
 from collections.abc import Iterable
 
-from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatNotFoundError, XnatServerError
+from .errors import (
+    XnatBadInputError,
+    XnatConflictError,
+    XnatError,
+    XnatNotFoundError,
+    XnatPermissionError,
+    XnatServerError,
+)
 from .models import PrearchiveSession, SessionRef
 from .protocol import check_label, prearchive_sessions, prearchive_src, q, result_rows, uri_list
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
 OVERWRITE_MODES = (None, "none", "append", "delete")
+BUSY_WORDS = ("in progress", "invalid prearchive status", "locked")
 
 
 def _ambiguous(exc: XnatError) -> bool:
@@ -26,11 +34,27 @@ def _ambiguous(exc: XnatError) -> bool:
     return isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)
 
 
+def _typed(exc: XnatError) -> XnatError:
+    """XNAT answers 403 when a row is busy (locked by another operation, or in the wrong status): that is a
+    conflict with the session's state, not a missing permission."""
+    message = (exc.xnat_message or "").lower()
+    if isinstance(exc, XnatPermissionError) and any(w in message for w in BUSY_WORDS):
+        return XnatConflictError(
+            f"{exc} (the session is busy: wait for its current operation to finish, or rebuild it)",
+            method=exc.method,
+            path=exc.path,
+            status=exc.status,
+            xnat_message=exc.xnat_message,
+        )
+    return exc
+
+
 class PrearchiveMixin:
     session: XnatSession
 
-    def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
-                        study_uid: str | None = None) -> list[PrearchiveSession]:
+    def list_prearchive(
+        self, project: str | None = None, status: str | Iterable[str] | None = None, study_uid: str | None = None
+    ) -> list[PrearchiveSession]:
         """Prearchive sessions, optionally of one project, in some statuses, or of one study."""
         path = "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
         rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
@@ -93,12 +117,21 @@ class PrearchiveMixin:
             params.append(("triggerPipelines", str(trigger_pipelines).lower()))
         for attempt in range(self.session.config.retries):
             try:
-                resp = self.session.request("POST", "/data/services/archive", params=params, retry=False,
-                                            allow_redirects=False, ok_statuses=(301, 302, 303))
+                resp = self.session.request(
+                    "POST",
+                    "/data/services/archive",
+                    params=params,
+                    retry=False,
+                    allow_redirects=False,
+                    ok_statuses=(301, 302, 303),
+                )
             except XnatError as exc:
                 if not _ambiguous(exc) or attempt + 1 >= self.session.config.retries:
-                    raise
-                found = self._archived_after_ambiguity(src, target_project, target_label, settle_seconds)
+                    typed = _typed(exc)
+                    if typed is exc:
+                        raise
+                    raise typed from exc
+                found = self._archived_after_ambiguity(src, target_project, target_label, settle_seconds, before)
                 if found is not None:
                     log.warning("Archive of %s answered %s but took effect; not resending", src, exc.status)
                     return found
@@ -108,37 +141,58 @@ class PrearchiveMixin:
             location = resp.headers.get("Location") if resp.status_code in (301, 302, 303) else None
             uris = [location] if location else uri_list(resp.text)
             if not uris:
-                raise XnatServerError(f"POST /data/services/archive: no archive URI in the answer for {src}",
-                                      method="POST", path="/data/services/archive", status=resp.status_code)
+                raise XnatServerError(
+                    f"POST /data/services/archive: no archive URI in the answer for {src}",
+                    method="POST",
+                    path="/data/services/archive",
+                    status=resp.status_code,
+                )
             path = uris[0].split("://", 1)[-1]
-            path = path[path.index("/data/"):] if "/data/" in path else path
+            path = path[path.index("/data/") :] if "/data/" in path else path
             return SessionRef.parse(path)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _archived_after_ambiguity(self, src: str, project: str, label: str, settle: float) -> SessionRef | None:
-        """Poll until the archive outcome is known: archived (a ref), still waiting (None), or failed (raise)."""
+    def _archived_after_ambiguity(
+        self, src: str, project: str, label: str, settle: float, before: PrearchiveSession
+    ) -> SessionRef | None:
+        """Poll until the archive outcome is known: archived (a ref), still waiting (None), or failed (raise).
+
+        A row still as it was before the call (same status, same last modification) means the request did
+        nothing: a CONFLICT or ERROR row being archived again with ``overwrite`` is not a new failure.
+        """
         deadline = time.monotonic() + settle
         while True:
             row = self.find_prearchive(src)
             if row is None:
                 exp = self.find_experiment(project, label)  # type: ignore[attr-defined]
                 if exp is not None:
-                    return SessionRef(uri=f"/data/archive/projects/{project}/subjects/{exp.subject_label}"
-                                          f"/experiments/{exp.label}", project=project, subject=exp.subject_label,
-                                      label=exp.label)
-            elif row.status == "READY":
+                    return SessionRef(
+                        uri=f"/data/archive/projects/{project}/subjects/{exp.subject_label}/experiments/{exp.label}",
+                        project=project,
+                        subject=exp.subject_label,
+                        label=exp.label,
+                    )
+            elif row.status == "READY" or (row.status == before.status and row.lastmod == before.lastmod):
                 return None  # nothing happened: archiving again is safe
             elif row.status == "CONFLICT":
-                raise XnatConflictError(f"POST /data/services/archive: {src} is now in CONFLICT",
-                                        method="POST", path="/data/services/archive")
+                raise XnatConflictError(
+                    f"POST /data/services/archive: {src} is now in CONFLICT",
+                    method="POST",
+                    path="/data/services/archive",
+                )
             elif row.status == "ERROR":
-                raise XnatServerError(f"POST /data/services/archive: {src} is now in ERROR",
-                                      method="POST", path="/data/services/archive")
-            if time.monotonic() > deadline:
-                raise XnatServerError(f"POST /data/services/archive: outcome for {src} still unknown after "
-                                      f"{settle:.0f} s (status {row.status if row else 'gone, no experiment'})",
-                                      method="POST", path="/data/services/archive")
-            time.sleep(1.0)
+                raise XnatServerError(
+                    f"POST /data/services/archive: {src} is now in ERROR", method="POST", path="/data/services/archive"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise XnatServerError(
+                    f"POST /data/services/archive: outcome for {src} still unknown after "
+                    f"{settle:.0f} s (status {row.status if row else 'gone, no experiment'})",
+                    method="POST",
+                    path="/data/services/archive",
+                )
+            time.sleep(min(1.0, left))
 
     # ---- queued batch services ---------------------------------------------------------------------
     def _batch(self, op: str, session: PrearchiveSession | SessionRef | str, **extra: str) -> PrearchiveSession | None:
@@ -148,7 +202,10 @@ class PrearchiveMixin:
             resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         except XnatError as exc:
             if not _ambiguous(exc):
-                raise
+                typed = _typed(exc)
+                if typed is exc:
+                    raise
+                raise typed from exc
             # Queued operations are cheap to check: did the row change as asked?
             row = self.find_prearchive(src)
             if row is None or row.status.startswith(("QUEUED_", "_")):

@@ -1,0 +1,43 @@
+"""What every XNAT operator shares: the connection argument, the hook, the session link, small XComs."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from ..hooks.xnat import XnatHook
+from ..links import XCOM_KEY, XnatSessionLink
+
+
+class XnatBaseOperator(BaseOperator):
+    """Base of the XNAT operators: ``xnat_conn_id`` (templated), a cached hook, and the session link."""
+
+    operator_extra_links = (XnatSessionLink(),)
+    ui_color = "#c9ddf2"
+
+    def __init__(self, *, xnat_conn_id: str = XnatHook.default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.xnat_conn_id = xnat_conn_id
+
+    @cached_property
+    def hook(self) -> XnatHook:
+        return XnatHook(self.xnat_conn_id)
+
+    def push_session_link(self, context: Any, project: str, label: str | None = None,
+                          prearchive_uri: str | None = None) -> None:
+        """Remember the XNAT page of the session this task touched, for the task's "XNAT session" button."""
+        base = self.hook.get_conn().session.base_url
+        if label:
+            url = f"{base}/data/projects/{project}/experiments/{label}?format=html"
+        elif prearchive_uri:
+            url = f"{base}{prearchive_uri}?format=html"
+        else:
+            return
+        context["ti"].xcom_push(key=XCOM_KEY, value=url)
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        super().post_execute(context, result)
+        if "hook" in self.__dict__:
+            self.hook.close()

@@ -1,0 +1,77 @@
+"""An alias token for downstream work that needs its own XNAT access (a container task, a script).
+
+``XnatIssueTokenOperator`` (a setup task) issues a token with the connection's credentials; the work task
+reads it with :func:`token_from_xcom`; ``XnatInvalidateTokenOperator`` (the teardown) invalidates it however
+the work ended. The secret never reaches a log (it is masked) and is never stored in clear: the XCom holds it
+encrypted with Airflow's Fernet key (``[core] fernet_key``), the same protection connection passwords get.
+
+    token = XnatIssueTokenOperator(task_id="token")
+    work = my_container_task(token=token.output)           # calls token_from_xcom(token)
+    done = XnatInvalidateTokenOperator(task_id="revoke", token=token.output)
+    token >> work >> done.as_teardown(setups=token)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..client.errors import XnatBadInputError
+from ..client.models import AliasToken
+from .base import XnatBaseOperator
+
+
+def _fernet() -> Any:
+    from airflow.sdk import conf
+    from cryptography.fernet import Fernet, MultiFernet
+
+    keys = [k.strip() for k in (conf.get("core", "fernet_key", fallback="") or "").split(",") if k.strip()]
+    if not keys:
+        raise XnatBadInputError("Airflow has no [core] fernet_key, so a token secret cannot be stored safely. "
+                                "Set AIRFLOW__CORE__FERNET_KEY (see Airflow's security docs).")
+    return MultiFernet([Fernet(k.encode()) for k in keys])
+
+
+def token_from_xcom(value: dict[str, Any]) -> AliasToken:
+    """The :class:`AliasToken` behind an ``XnatIssueTokenOperator`` XCom (its secret masked in logs)."""
+    from airflow.sdk.log import mask_secret
+
+    secret = _fernet().decrypt(value["secret_encrypted"].encode()).decode()
+    mask_secret(secret)
+    return AliasToken(alias=value["alias"], secret=secret, user=value["user"])
+
+
+class XnatIssueTokenOperator(XnatBaseOperator):
+    """Issue an alias token (for ``user``, site administrators only, or the connection's user).
+
+    Returns alias, user, expiry and the Fernet-encrypted secret; never the secret in clear.
+    """
+
+    template_fields: Sequence[str] = ("user", "xnat_conn_id")
+
+    def __init__(self, *, user: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.user = user
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        fernet = _fernet()  # fail before a token exists if it could not be kept safe
+        token = self.hook.issue_token(self.user)
+        self.log.info("Issued XNAT alias token %s for %s, valid until %s", token.alias, token.user, token.expires)
+        return {"alias": token.alias, "user": token.user,
+                "expires": token.expires.isoformat() if token.expires else None,
+                "secret_encrypted": fernet.encrypt(token.secret.encode()).decode()}
+
+
+class XnatInvalidateTokenOperator(XnatBaseOperator):
+    """Invalidate the token an ``XnatIssueTokenOperator`` issued (use it as that task's teardown)."""
+
+    template_fields: Sequence[str] = ("token", "xnat_conn_id")
+
+    def __init__(self, *, token: dict[str, Any] | str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.token = token
+
+    def execute(self, context: Any) -> None:
+        alias = self.token["alias"] if isinstance(self.token, dict) else str(self.token)
+        self.hook.invalidate_token(alias)
+        self.log.info("Invalidated XNAT alias token %s", alias)

@@ -1,0 +1,32 @@
+"""A ready retry policy for XNAT tasks: retry what a retry can fix, fail fast on what it cannot.
+
+    XnatImportOperator(..., retries=4, retry_policy=xnat_retry_policy())
+
+Server errors (5xx, gateways, XNAT restarting) and transfer errors (a short or corrupted download) are worth
+another try; authentication, permission, not-found, conflict and bad-input errors fail at once, so a wrong
+password does not lock the account and a bad label does not burn an hour of retries.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+FAIL_FAST = [
+    "xnat_provider.client.errors.XnatAuthError",
+    "xnat_provider.client.errors.XnatPermissionError",
+    "xnat_provider.client.errors.XnatNotFoundError",
+    "xnat_provider.client.errors.XnatConflictError",
+    "xnat_provider.client.errors.XnatBadInputError",
+]
+RETRY = ["xnat_provider.client.errors.XnatServerError", "xnat_provider.client.errors.XnatTransferError"]
+
+
+def xnat_retry_policy(server_retry_delay: timedelta | None = None) -> ExceptionRetryPolicy:
+    return ExceptionRetryPolicy(rules=[
+        RetryRule(exception=FAIL_FAST, action=RetryAction.FAIL,
+                  reason="XNAT refused the request for a reason a retry cannot fix"),
+        RetryRule(exception=RETRY, action=RetryAction.RETRY, retry_delay=server_retry_delay,
+                  reason="XNAT or the transfer failed; a retry resumes safely"),
+    ])

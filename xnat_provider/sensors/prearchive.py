@@ -1,0 +1,111 @@
+"""``XnatPrearchiveSensor``: wait for sessions to arrive in a project's prearchive and be READY."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import PokeReturnValue
+
+from ..client.errors import XnatError, XnatServerError
+from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
+from ..triggers.prearchive import XnatPrearchiveTrigger
+from .base import FATAL, XnatBaseSensor
+
+STATE_KEY = "xnat_prearchive_watch"
+
+
+class XnatPrearchiveSensor(XnatBaseSensor):
+    """Wait until at least ``min_count`` matching prearchive sessions are READY and quiet.
+
+    RECEIVING, BUILDING, ``QUEUED_*`` and ``_*`` statuses mean keep waiting; READY counts once the session
+    has not changed for ``quiet_period`` seconds (a session still being extended or split keeps changing);
+    CONFLICT and ERROR fail with XNAT's status unless ``skip_failed``; a session whose status and ``lastmod``
+    do not move for ``stall_timeout`` seconds is rebuilt once if ``rebuild_stalled``, then fails clearly.
+    Returns the matching sessions (project, timestamp, folder, name, subject, study_uid, status...).
+
+    :param project: the XNAT project.
+    :param subject: only sessions of this subject label.
+    :param session: only sessions with this label (prearchive ``name``).
+    :param study_uid: only the session of this StudyInstanceUID.
+    """
+
+    template_fields: Sequence[str] = ("project", "subject", "session", "study_uid", "xnat_conn_id")
+
+    def __init__(self, *, project: str, subject: str | None = None, session: str | None = None,
+                 study_uid: str | None = None, min_count: int = 1, quiet_period: float = 0.0,
+                 stall_timeout: float | None = None, rebuild_stalled: bool = False, skip_failed: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project, self.subject, self.session, self.study_uid = project, subject, session, study_uid
+        self.min_count, self.quiet_period = min_count, quiet_period
+        self.stall_timeout, self.rebuild_stalled, self.skip_failed = stall_timeout, rebuild_stalled, skip_failed
+        self.criteria()  # bad arguments fail when the DAG is parsed, not hours later
+        self._state: dict[str, Any] | None = None
+
+    def criteria(self) -> PrearchiveCriteria:
+        return PrearchiveCriteria(
+            project=self.project, subject=self.subject, session=self.session, study_uid=self.study_uid,
+            min_count=self.min_count, quiet_period=self.quiet_period, stall_timeout=self.stall_timeout,
+            rebuild_stalled=self.rebuild_stalled, skip_failed=self.skip_failed)
+
+    # Observations survive a reschedule (a new process per poke) in the task state store.
+    def _load(self, context: Any) -> dict[str, Any]:
+        store = context.get("task_state_store")
+        if self._state is None and store is not None:
+            self._state = store.get(STATE_KEY) or None
+        return self._state or {"seen": {}, "rebuilt": []}
+
+    def _save(self, context: Any, state: dict[str, Any]) -> None:
+        self._state = state
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_KEY, state)
+
+    def poke(self, context: Any) -> PokeReturnValue | bool:
+        watch = PrearchiveWatch(self.criteria(), self._load(context))
+        client = self.hook.get_conn()
+        try:
+            verdict = watch.observe(client.list_prearchive(self.project))
+            if verdict.action == REBUILD:
+                for s in verdict.sessions:
+                    self.log.warning("%s", verdict.message)
+                    client.rebuild_prearchive(f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/"
+                                              f"{s['folder']}")
+                    watch.rebuilt(f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}")
+        except FATAL as exc:
+            self.fail(f"Cannot watch the prearchive of {self.project}: {exc}", exc)
+        except XnatServerError as exc:
+            self.log.warning("XNAT did not answer the prearchive poll (%s); trying again next poke", exc)
+            return False
+        finally:
+            self._save(context, watch.state)
+        if verdict.action == FAIL:
+            self.fail(verdict.message)
+        self.log.info("%s", verdict.message)
+        return PokeReturnValue(is_done=True, xcom_value=verdict.sessions) if verdict.action == DONE else False
+
+    def make_trigger(self, context: Any) -> XnatPrearchiveTrigger:
+        return XnatPrearchiveTrigger(criteria=self.criteria().to_dict(), xnat_conn_id=self.xnat_conn_id,
+                                     poll_interval=self.poke_interval, state=self._load(context))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        event = event or {"status": "error", "message": "the trigger sent no event"}
+        if event["status"] == "success":
+            self.log.info("%s", event.get("message"))
+            return event["sessions"]
+        if event["status"] == "rebuild":
+            state = event.get("state") or {}
+            try:
+                for s in event["sessions"]:
+                    uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
+                    self.log.warning("%s", event.get("message"))
+                    self.hook.get_conn().rebuild_prearchive(uri)
+                    state.setdefault("rebuilt", []).append(uri)
+                    state.get("seen", {}).pop(uri, None)
+            except XnatError as exc:
+                self.fail(f"Could not rebuild a stalled prearchive session: {exc}", exc)
+            self._save(context, state)
+            self.defer(trigger=self.make_trigger(context), method_name="execute_complete")
+        self.event_error(event)
+        return []  # pragma: no cover - event_error raises

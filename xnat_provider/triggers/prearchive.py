@@ -1,0 +1,73 @@
+"""``XnatPrearchiveTrigger``: the deferred half of :class:`~xnat_provider.sensors.prearchive.XnatPrearchiveSensor`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
+from .base import async_client, error_event, log, transient
+
+
+class XnatPrearchiveTrigger(BaseTrigger):
+    """Poll a project's prearchive until the criteria are met, then report.
+
+    Events: ``{"status": "success", "sessions": [...]}``, ``{"status": "error", "message": ...}``, or
+    ``{"status": "rebuild", "sessions": [the stalled one], "state": ...}`` for the task to rebuild it (a trigger
+    only waits and reports; acting on XNAT is the task's job).
+
+    :param criteria: :class:`~xnat_provider.conditions.PrearchiveCriteria` as a dict.
+    :param state: observations carried over from earlier polls (first-seen times, sessions rebuilt).
+    :param transient_error_timeout: how long XNAT may keep failing (restart, gateway) before giving up.
+    """
+
+    def __init__(self, criteria: dict[str, Any], xnat_conn_id: str = "xnat_default", poll_interval: float = 30.0,
+                 state: dict[str, Any] | None = None, transient_error_timeout: float = 600.0):
+        super().__init__()
+        self.criteria = criteria
+        self.xnat_conn_id = xnat_conn_id
+        self.poll_interval = poll_interval
+        self.state = state or {"seen": {}, "rebuilt": []}
+        self.transient_error_timeout = transient_error_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("xnat_provider.triggers.prearchive.XnatPrearchiveTrigger", {
+            "criteria": self.criteria, "xnat_conn_id": self.xnat_conn_id, "poll_interval": self.poll_interval,
+            "state": self.state, "transient_error_timeout": self.transient_error_timeout})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            watch = PrearchiveWatch(PrearchiveCriteria(**self.criteria), self.state)
+            failing_since: float | None = None
+            async with async_client(self.xnat_conn_id) as xnat:
+                while True:
+                    try:
+                        sessions = await xnat.list_prearchive(watch.criteria.project)
+                        failing_since = None
+                    except Exception as exc:
+                        if not transient(exc):
+                            raise
+                        failing_since = failing_since or time.monotonic()
+                        if time.monotonic() - failing_since > self.transient_error_timeout:
+                            raise
+                        log.warning("XNAT prearchive poll failed (%s); polling again", exc)
+                        await asyncio.sleep(self.poll_interval)
+                        continue
+                    verdict = watch.observe(sessions)
+                    if verdict.action == DONE:
+                        yield TriggerEvent({"status": "success", "message": verdict.message,
+                                            "sessions": verdict.sessions})
+                        return
+                    if verdict.action in (FAIL, REBUILD):
+                        yield TriggerEvent({"status": "error" if verdict.action == FAIL else "rebuild",
+                                            "message": verdict.message, "sessions": verdict.sessions,
+                                            "state": watch.state})
+                        return
+                    log.info("%s", verdict.message)
+                    await asyncio.sleep(self.poll_interval)
+        except Exception as exc:
+            yield TriggerEvent(error_event(exc))

@@ -1,0 +1,57 @@
+"""``XnatSessionTrigger``: the deferred half of :class:`~xnat_provider.sensors.session.XnatSessionSensor`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from ..conditions import DONE, SessionCriteria, observe_session
+from .base import async_client, error_event, log, transient
+
+
+class XnatSessionTrigger(BaseTrigger):
+    """Poll the archive until a session exists and meets the criteria, then report ``success`` or ``error``."""
+
+    def __init__(self, criteria: dict[str, Any], xnat_conn_id: str = "xnat_default", poll_interval: float = 30.0,
+                 transient_error_timeout: float = 600.0):
+        super().__init__()
+        self.criteria = criteria
+        self.xnat_conn_id = xnat_conn_id
+        self.poll_interval = poll_interval
+        self.transient_error_timeout = transient_error_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("xnat_provider.triggers.session.XnatSessionTrigger", {
+            "criteria": self.criteria, "xnat_conn_id": self.xnat_conn_id, "poll_interval": self.poll_interval,
+            "transient_error_timeout": self.transient_error_timeout})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            criteria = SessionCriteria(**self.criteria)
+            failing_since: float | None = None
+            async with async_client(self.xnat_conn_id) as xnat:
+                while True:
+                    try:
+                        verdict = await observe_session(xnat, criteria)
+                        failing_since = None
+                    except Exception as exc:
+                        if not transient(exc):
+                            raise
+                        failing_since = failing_since or time.monotonic()
+                        if time.monotonic() - failing_since > self.transient_error_timeout:
+                            raise
+                        log.warning("XNAT session poll failed (%s); polling again", exc)
+                        await asyncio.sleep(self.poll_interval)
+                        continue
+                    if verdict.action == DONE:
+                        yield TriggerEvent({"status": "success", "message": verdict.message,
+                                            "session": verdict.sessions[0]})
+                        return
+                    log.info("%s", verdict.message)
+                    await asyncio.sleep(self.poll_interval)
+        except Exception as exc:
+            yield TriggerEvent(error_event(exc))
