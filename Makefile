@@ -28,7 +28,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 # Re-resolve the lock file after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -28,6 +28,7 @@ class DagRunResult:
     tis: dict[tuple[str, int], str]  # (task_id, map_index) -> state
     xcoms: dict[tuple[str, int], Any]  # return values
     tries: dict[tuple[str, int], int] = field(default_factory=dict)
+    keyed: dict[tuple[str, int, str], Any] = field(default_factory=dict)  # every XCom, by key
 
     def xcom(self, task_id: str, map_index: int = -1) -> Any:
         return self.xcoms[(task_id, map_index)]
@@ -45,10 +46,10 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, filename: str | Non
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dr.run_id)
         states = {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
         tries = {(ti.task_id, ti.map_index): ti.try_number for ti in tis}
-        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id,
-                                               XComModel.key == "return_value")
-        xcoms = {(x.task_id, x.map_index): XComModel.deserialize_value(x) for x in rows}
-    return DagRunResult(str(dr.state), dr.run_id, states, xcoms, tries)
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id).all()
+        keyed = {(x.task_id, x.map_index, x.key): XComModel.deserialize_value(x) for x in rows}
+    xcoms = {(t, m): v for (t, m, k), v in keyed.items() if k == "return_value"}
+    return DagRunResult(str(dr.state), dr.run_id, states, xcoms, tries, keyed)
 
 
 def asset_events(uri_prefix: str) -> list[dict[str, Any]]:

@@ -22,6 +22,16 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "XNAT", "python-modules": ["xnat_provider.hooks.xnat"]}],
+        "operators": [{"integration-name": "XNAT", "python-modules": [
+            "xnat_provider.operators.imports", "xnat_provider.operators.archive",
+            "xnat_provider.operators.transfers", "xnat_provider.operators.fields",
+            "xnat_provider.operators.tokens"]}],
+        "sensors": [{"integration-name": "XNAT", "python-modules": [
+            "xnat_provider.sensors.prearchive", "xnat_provider.sensors.session"]}],
+        "triggers": [{"integration-name": "XNAT", "python-modules": [
+            "xnat_provider.triggers.prearchive", "xnat_provider.triggers.session",
+            "xnat_provider.triggers.events"]}],
+        "extra-links": ["xnat_provider.links.XnatSessionLink"],
         "connection-types": [
             {
                 "connection-type": "xnat",

@@ -134,3 +134,16 @@ def test_close_logs_out(conn_env) -> None:
     sid = client.session.session_id
     hook.close()
     assert sid not in conn_env.auth.sessions
+
+
+def test_every_module_the_provider_lists_imports() -> None:
+    import importlib
+
+    info = get_provider_info()
+    for kind in ("hooks", "operators", "sensors", "triggers"):
+        for entry in info[kind]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+    for link in info["extra-links"]:
+        module, _, name = link.rpartition(".")
+        assert hasattr(importlib.import_module(module), name)

@@ -20,7 +20,7 @@ from .errors import (
     XnatPermissionError,
     XnatServerError,
 )
-from .models import PrearchiveSession, SessionRef
+from .models import PrearchiveSession, RemoteFile, SessionRef
 from .protocol import check_label, prearchive_sessions, prearchive_src, q, result_rows, uri_list
 from .session import XnatSession
 
@@ -78,6 +78,21 @@ class PrearchiveMixin:
             return self.get_prearchive(session)
         except XnatNotFoundError:
             return None
+
+    def list_prearchive_files(self, session: PrearchiveSession | SessionRef | str,
+                              first_per_scan: bool = False) -> dict[str, list[RemoteFile]]:
+        """A built prearchive session's DICOM files by scan ID (``first_per_scan`` keeps one per scan)."""
+        src = prearchive_src(session)
+        scans = result_rows(self.session.request("GET", f"{src}/scans", params={"format": "json"}).content,
+                            "GET", f"{src}/scans")
+        out: dict[str, list[RemoteFile]] = {}
+        for scan in scans:
+            path = f"{src}/scans/{q(scan['ID'])}/resources/DICOM/files"
+            rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
+            files = [RemoteFile(path=r["Name"], size=int(r["Size"]) if r.get("Size", "").isdigit() else None,
+                                digest="", uri=r["URI"], resource="DICOM") for r in rows]
+            out[scan["ID"]] = files[:1] if first_per_scan else files
+        return out
 
     # ---- archive -----------------------------------------------------------------------------------
     def archive(

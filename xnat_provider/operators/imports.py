@@ -11,6 +11,7 @@ from typing import Any
 from ..client.errors import XnatBadInputError
 from ..client.imports import plan_import
 from ..client.models import SessionRef
+from ..client.protocol import check_label
 from .base import XnatBaseOperator
 
 STATE_KEY = "xnat_import"
@@ -57,14 +58,20 @@ class XnatImportOperator(XnatBaseOperator):
     def execute(self, context: Any) -> list[dict[str, Any]]:
         if self.destination not in ("prearchive", "archive"):
             raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {self.destination!r}")
+        if self.overwrite not in (None, "append", "delete"):
+            raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {self.overwrite!r}")
+        check_label(self.project, "project")
+        # Every source is read and checked before anything is sent: bad input fails with nothing half-imported.
+        plans = [(src, plan_import(src, subject=self.subject, session=self.session,
+                                   ignore_unparsable=self.ignore_unparsable)) for src in self.sources()]
         client = self.hook.get_conn()
+        if not client.project_exists(self.project):
+            raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.session.base_url}.")
         store = context.get("task_state_store")
         state: dict[str, Any] = (store.get(STATE_KEY) if store is not None else None) or {}
         results: list[dict[str, Any]] = []
-        for src in self.sources():
+        for src, plan in plans:
             key = str(src.resolve())
-            plan = plan_import(src, subject=self.subject, session=self.session,
-                               ignore_unparsable=self.ignore_unparsable)
             earlier = state.get(key)
             refs = self._already_there(client, plan, earlier) if earlier else None
             if refs is not None:
@@ -79,7 +86,7 @@ class XnatImportOperator(XnatBaseOperator):
                     overwrite=self.overwrite, quarantine=self.quarantine, trigger_pipelines=self.trigger_pipelines,
                     ignore_unparsable=self.ignore_unparsable)
                 self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in refs))
-            results += [self._describe(client, r) for r in refs]
+            results += [{**self._describe(client, r), "source": str(src)} for r in refs]
         if results:
             first = results[0]
             self.push_session_link(context, self.project, None if first["in_prearchive"] else first["label"],
