@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: demo test lint lock bench clean venv
+.PHONY: demo standalone test lint lock bench clean venv
 
 venv: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m xnat_provider.testing.demo
+	$(BIN)/python scripts/demo.py
+
+# Airflow's UI, scheduler, triggerer and dag processor beside the emulator (for a person to watch; not CI).
+standalone: $(STAMP)
+	$(BIN)/python scripts/standalone.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -57,7 +57,7 @@ with DAG(
                   "retry_policy": xnat_retry_policy()},
     params={
         "project": Param("", type="string", description="with session: process this session by hand"),
-        "session": Param("", type="string"),
+        "session": Param("", type="string", description="a session label, or several separated by commas"),
         "work": Param(os.environ.get("XNAT_WORK", "/tmp/xnat-scan-pipeline"), type="string"),
     },
     tags=["xnat", "example"],
@@ -73,7 +73,8 @@ with DAG(
                 if extra.get("project") and extra.get("label"):
                     found.append({"project": extra["project"], "session": extra["label"]})
         if not found and params["project"] and params["session"]:
-            found.append({"project": params["project"], "session": params["session"]})
+            found += [{"project": params["project"], "session": label.strip()}
+                      for label in params["session"].split(",") if label.strip()]
         if not found:
             print("No archived session in the triggering events and none given as params: nothing to do.")
         return [dict(t) for t in {tuple(sorted(d.items())) for d in found}]
