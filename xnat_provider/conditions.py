@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .client.errors import XnatNotFoundError
 from .client.models import PrearchiveSession, status_is_busy, status_is_failed
 from .client.protocol import base_path
 
@@ -164,12 +165,17 @@ async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
     (a sensor's poke runs this under ``asyncio.run``), so both modes judge alike."""
     label = c.session
     if label is None:
-        experiments = await _value(xnat.list_experiments(c.project, c.subject))
+        try:
+            experiments = await _value(xnat.list_experiments(c.project, c.subject))
+        except XnatNotFoundError:
+            experiments = []  # the subject is created when its first session is archived
         if not experiments:
+            await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError
             return session_verdict(c, None, 0, [], {})
         label = experiments[-1].label
     exp = await _value(xnat.find_experiment(c.project, label))
     if exp is None:
+        await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError: no point waiting
         return session_verdict(c, None, 0, [], {})
     scans = await _value(xnat.list_scans(c.project, exp.label)) if (c.min_scans or c.resource) else []
     resources: list[str] = []

@@ -24,9 +24,9 @@ from .protocol import (
     first_item,
     is_transient,
     looks_like_html,
+    prearchive_path,
     prearchive_sessions,
     prearchive_src,
-    q,
     raise_for_answer,
     result_rows,
 )
@@ -145,14 +145,7 @@ class AsyncXnatClient:
     # ---- the polling calls -------------------------------------------------------------------------
     async def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
                               study_uid: str | None = None) -> list[PrearchiveSession]:
-        path = "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
-        sessions = prearchive_sessions(await self._rows(path))
-        if status is not None:
-            wanted = {status} if isinstance(status, str) else set(status)
-            sessions = [s for s in sessions if s.status in wanted]
-        if study_uid is not None:
-            sessions = [s for s in sessions if s.study_uid == study_uid]
-        return sessions
+        return prearchive_sessions(await self._rows(prearchive_path(project)), status, study_uid)
 
     async def find_prearchive(self, session: PrearchiveSession | str) -> PrearchiveSession | None:
         src = prearchive_src(session)

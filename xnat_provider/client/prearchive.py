@@ -21,7 +21,7 @@ from .errors import (
     XnatServerError,
 )
 from .models import PrearchiveSession, RemoteFile, SessionRef
-from .protocol import check_label, prearchive_sessions, prearchive_src, q, result_rows, uri_list
+from .protocol import check_label, prearchive_path, prearchive_sessions, prearchive_src, q, result_rows, uri_list
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -56,15 +56,9 @@ class PrearchiveMixin:
         self, project: str | None = None, status: str | Iterable[str] | None = None, study_uid: str | None = None
     ) -> list[PrearchiveSession]:
         """Prearchive sessions, optionally of one project, in some statuses, or of one study."""
-        path = "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
+        path = prearchive_path(project)
         rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
-        sessions = prearchive_sessions(rows)
-        if status is not None:
-            wanted = {status} if isinstance(status, str) else set(status)
-            sessions = [s for s in sessions if s.status in wanted]
-        if study_uid is not None:
-            sessions = [s for s in sessions if s.study_uid == study_uid]
-        return sessions
+        return prearchive_sessions(rows, status, study_uid)
 
     def get_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession:
         src = prearchive_src(session)

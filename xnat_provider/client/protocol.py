@@ -125,8 +125,20 @@ def session_refs(body: str) -> list[SessionRef]:
     return [SessionRef.parse(u) for u in uri_list(body)]
 
 
-def prearchive_sessions(rows: Iterable[dict[str, str]]) -> list[PrearchiveSession]:
-    return [PrearchiveSession.from_row(r) for r in rows]
+def prearchive_path(project: str | None) -> str:
+    return "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
+
+
+def prearchive_sessions(rows: Iterable[dict[str, str]], status: str | Iterable[str] | None = None,
+                        study_uid: str | None = None) -> list[PrearchiveSession]:
+    """Prearchive rows as sessions, keeping those in ``status`` (one or several) and of ``study_uid``."""
+    sessions = [PrearchiveSession.from_row(r) for r in rows]
+    if status is not None:
+        wanted = {status} if isinstance(status, str) else set(status)
+        sessions = [s for s in sessions if s.status in wanted]
+    if study_uid is not None:
+        sessions = [s for s in sessions if s.study_uid == study_uid]
+    return sessions
 
 
 def prearchive_src(session: PrearchiveSession | SessionRef | str) -> str:

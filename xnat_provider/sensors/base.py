@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from ..client.errors import XnatAuthError, XnatBadInputError, XnatNotFoundError, XnatPermissionError
 from ..hooks.xnat import XnatHook
@@ -22,15 +22,17 @@ FATAL = (XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatBadInputErro
 
 
 class XnatBaseSensor(BaseSensorOperator):
-    """Common arguments: ``xnat_conn_id`` and ``deferrable`` (default ``[operators] default_deferrable``)."""
+    """Common arguments: ``xnat_conn_id`` and ``deferrable`` (default ``[operators] default_deferrable``, read
+    when the sensor is created, so a configuration set after this module was imported still counts)."""
 
     ui_color = "#dbe8f5"
 
     def __init__(self, *, xnat_conn_id: str = XnatHook.default_conn_name,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs: Any) -> None:
+                 deferrable: bool | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.xnat_conn_id = xnat_conn_id
+        if deferrable is None:
+            deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
         self.deferrable = deferrable
 
     @cached_property
@@ -43,7 +45,12 @@ class XnatBaseSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        first = self.poke(context)
+        try:
+            first = self.poke(context)  # the cheap first look, with the poke loop's soft_fail rules
+        except (AirflowSensorTimeout, AirflowFailException) as exc:
+            if self.soft_fail or self.never_fail:
+                raise AirflowSkipException(f"Skipping because soft_fail/never_fail is set: {exc}") from exc
+            raise
         if first:
             return first.xcom_value if hasattr(first, "xcom_value") else None
         self.defer(trigger=self.make_trigger(context), method_name="execute_complete",

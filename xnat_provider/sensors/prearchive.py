@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import PokeReturnValue
+from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from ..client.errors import XnatError, XnatServerError
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
@@ -85,9 +88,16 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         self.log.info("%s", verdict.message)
         return PokeReturnValue(is_done=True, xcom_value=verdict.sessions) if verdict.action == DONE else False
 
+    def execute(self, context: Any) -> Any:
+        # The task state store is shared by retries: a new try starts its own deferral clock.
+        self._load(context).pop("deferred_at", None)
+        return super().execute(context)
+
     def make_trigger(self, context: Any) -> XnatPrearchiveTrigger:
+        state = self._load(context)
+        state.setdefault("deferred_at", time.time())  # a re-deferral (after a rebuild) keeps the sensor timeout
         return XnatPrearchiveTrigger(criteria=self.criteria().to_dict(), xnat_conn_id=self.xnat_conn_id,
-                                     poll_interval=self.poke_interval, state=self._load(context))
+                                     poll_interval=self.poke_interval, state=state)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         event = event or {"status": "error", "message": "the trigger sent no event"}
@@ -96,6 +106,10 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             return event["sessions"]
         if event["status"] == "rebuild":
             state = event.get("state") or {}
+            left = self.timeout - (time.time() - float(state.get("deferred_at") or time.time()))
+            if left <= 0:
+                raise AirflowSensorTimeout(f"Sensor has timed out (timeout={self.timeout} s) before a stalled "
+                                           "prearchive session could be rebuilt.")
             try:
                 for s in event["sessions"]:
                     uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
@@ -106,6 +120,7 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             except XnatError as exc:
                 self.fail(f"Could not rebuild a stalled prearchive session: {exc}", exc)
             self._save(context, state)
-            self.defer(trigger=self.make_trigger(context), method_name="execute_complete")
+            self.defer(trigger=self.make_trigger(context), method_name="execute_complete",
+                       timeout=datetime.timedelta(seconds=left))
         self.event_error(event)
         return []  # pragma: no cover - event_error raises
