@@ -6,9 +6,12 @@ and turn every outcome, including errors, into a JSON-safe event that the deferr
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from airflow.sdk import BaseHook
 
@@ -17,6 +20,7 @@ from ..client.errors import XnatError, XnatServerError
 from ..hooks.xnat import client_config_from_connection
 
 log = logging.getLogger("xnat_provider.triggers")
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -34,3 +38,24 @@ def error_event(exc: BaseException) -> dict:
 def transient(exc: BaseException) -> bool:
     """Server trouble that a later poll may not see (XNAT restarting, a gateway hiccup)."""
     return isinstance(exc, XnatServerError)
+
+
+async def poll(observe: Callable[[], Awaitable[T]], poll_interval: float, transient_error_timeout: float,
+               what: str) -> AsyncIterator[T]:
+    """Yield ``observe()`` every ``poll_interval`` seconds, riding out transient server errors for up to
+    ``transient_error_timeout`` seconds in a row; any other error, or a longer outage, is raised."""
+    failing_since: float | None = None
+    while True:
+        try:
+            value = await observe()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > transient_error_timeout:
+                raise
+            log.warning("XNAT %s poll failed (%s); polling again", what, exc)
+        else:
+            failing_since = None
+            yield value
+        await asyncio.sleep(poll_interval)

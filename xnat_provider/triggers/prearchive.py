@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
-from .base import async_client, error_event, log, transient
+from .base import async_client, error_event, log, poll
 
 
 class XnatPrearchiveTrigger(BaseTrigger):
@@ -42,21 +40,9 @@ class XnatPrearchiveTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             watch = PrearchiveWatch(PrearchiveCriteria(**self.criteria), self.state)
-            failing_since: float | None = None
             async with async_client(self.xnat_conn_id) as xnat:
-                while True:
-                    try:
-                        sessions = await xnat.list_prearchive(watch.criteria.project)
-                        failing_since = None
-                    except Exception as exc:
-                        if not transient(exc):
-                            raise
-                        failing_since = failing_since or time.monotonic()
-                        if time.monotonic() - failing_since > self.transient_error_timeout:
-                            raise
-                        log.warning("XNAT prearchive poll failed (%s); polling again", exc)
-                        await asyncio.sleep(self.poll_interval)
-                        continue
+                async for sessions in poll(lambda: xnat.list_prearchive(watch.criteria.project), self.poll_interval,
+                                           self.transient_error_timeout, "prearchive"):
                     verdict = watch.observe(sessions)
                     if verdict.action == DONE:
                         yield TriggerEvent({"status": "success", "message": verdict.message,
@@ -68,6 +54,5 @@ class XnatPrearchiveTrigger(BaseTrigger):
                                             "state": watch.state})
                         return
                     log.info("%s", verdict.message)
-                    await asyncio.sleep(self.poll_interval)
         except Exception as exc:
             yield TriggerEvent(error_event(exc))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ..conditions import DONE, SessionCriteria, observe_session
-from .base import async_client, error_event, log, transient
+from .base import async_client, error_event, log, poll
 
 
 class XnatSessionTrigger(BaseTrigger):
@@ -32,26 +30,13 @@ class XnatSessionTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             criteria = SessionCriteria(**self.criteria)
-            failing_since: float | None = None
             async with async_client(self.xnat_conn_id) as xnat:
-                while True:
-                    try:
-                        verdict = await observe_session(xnat, criteria)
-                        failing_since = None
-                    except Exception as exc:
-                        if not transient(exc):
-                            raise
-                        failing_since = failing_since or time.monotonic()
-                        if time.monotonic() - failing_since > self.transient_error_timeout:
-                            raise
-                        log.warning("XNAT session poll failed (%s); polling again", exc)
-                        await asyncio.sleep(self.poll_interval)
-                        continue
+                async for verdict in poll(lambda: observe_session(xnat, criteria), self.poll_interval,
+                                          self.transient_error_timeout, "session"):
                     if verdict.action == DONE:
                         yield TriggerEvent({"status": "success", "message": verdict.message,
                                             "session": verdict.sessions[0]})
                         return
                     log.info("%s", verdict.message)
-                    await asyncio.sleep(self.poll_interval)
         except Exception as exc:
             yield TriggerEvent(error_event(exc))
