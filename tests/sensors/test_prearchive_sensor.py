@@ -117,8 +117,10 @@ def conflict_session(emu, tmp_path) -> dict:
 
 def test_conflict_fails_with_a_clear_message(xnat_conn, tmp_path) -> None:
     conflict_session(xnat_conn, tmp_path)
-    with pytest.raises(AirflowFailException, match=r"S01_MR1 \(CONFLICT\).*P1 failed.*skip_failed"):
+    with pytest.raises(AirflowFailException, match=r"S01_MR1 \(CONFLICT\).*P1 failed.*skip_failed") as info:
         sensor().execute(context())
+    # XNAT's own reason, from the session's prearchive log, is part of the message.
+    assert "XNAT says: S01_MR1: Invalid modification of session UID via archive process." in str(info.value)
 
 
 def test_error_fails_and_skip_failed_ignores_failed_sessions(xnat_conn, tmp_path) -> None:

@@ -88,6 +88,14 @@ class PrearchiveMixin:
             out[scan["ID"]] = files[:1] if first_per_scan else files
         return out
 
+    def prearchive_reason(self, session: PrearchiveSession | SessionRef | str) -> str:
+        """XNAT's last log message for a session: why it is in CONFLICT or ERROR ('' when there is none)."""
+        src = prearchive_src(session)
+        try:
+            return self.session.request("GET", f"{src}/logs/last").text.strip()
+        except XnatError:
+            return ""
+
     # ---- archive -----------------------------------------------------------------------------------
     def archive(
         self,

@@ -84,9 +84,20 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         finally:
             self._save(context, watch.state)
         if verdict.action == FAIL:
-            self.fail(verdict.message)
+            self.fail(self._with_reasons(verdict.message, verdict.sessions))
         self.log.info("%s", verdict.message)
         return PokeReturnValue(is_done=True, xcom_value=verdict.sessions) if verdict.action == DONE else False
+
+    def _with_reasons(self, message: str, sessions: list[dict[str, Any]]) -> str:
+        """Add XNAT's own reason for each CONFLICT or ERROR session (from its prearchive log)."""
+        reasons = []
+        for s in sessions:
+            if s.get("status") in ("CONFLICT", "ERROR"):
+                uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
+                reason = self.hook.get_conn().prearchive_reason(uri)
+                if reason:
+                    reasons.append(f"{s['name']}: {reason}")
+        return message + (" XNAT says: " + "; ".join(reasons) if reasons else "")
 
     def execute(self, context: Any) -> Any:
         # The task state store is shared by retries: a new try starts its own deferral clock.
@@ -122,5 +133,7 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             self._save(context, state)
             self.defer(trigger=self.make_trigger(context), method_name="execute_complete",
                        timeout=datetime.timedelta(seconds=left))
+        if event.get("sessions") and not event.get("error_type"):
+            event = {**event, "message": self._with_reasons(str(event.get("message")), event["sessions"])}
         self.event_error(event)
         return []  # pragma: no cover - event_error raises

@@ -177,6 +177,11 @@ class PrearchiveApi:
         rows = [{"Name": f["name"], "Size": f["size"], "URI": f"{path}/{f['name']}"} for f in s["files"]]
         return rep.table(req.format("json"), ["Name", "Size", "URI"], rows, title="Files")
 
+    def get_log(self, req: Request) -> Response:
+        """The session's log: XNAT's reason for a CONFLICT or ERROR status lives here, not in the listing."""
+        row = self._row(req)
+        return Response.text(row["message"] or "")
+
     def get_file(self, req: Request) -> Response:
         row, s = self._scan(req)
         name = req.route_params["name"]
@@ -243,6 +248,7 @@ def register(router: Router, emu: XnatEmulator) -> None:
     router.add(("GET", "POST", "DELETE"), SESSION, lambda r: {"POST": api.post_session,
                                                               "DELETE": api.delete_session}.get(r.method,
                                                                                                  api.get_session)(r))
+    router.add("GET", SESSION + r"/logs(?:/last)?", api.get_log)
     router.add("GET", SESSION + r"/scans", api.list_scans)
     router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})", api.get_scan)
     router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources", api.list_resources)
