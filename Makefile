@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: demo standalone test lint lock bench clean venv
+.PHONY: demo standalone test lint lock bench bench-client clean venv
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_emulator.py
+
+bench-client: $(STAMP)
+	$(BIN)/python benchmarks/bench_client.py --size-mib 1024 --rounds 3 --files 500
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -17,10 +17,11 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import zipfile
 from pathlib import Path
 
-from .downloads import check_relpath, md5_of
+from .downloads import CHUNK, THREADED_MD5_MIN, BackgroundMD5, check_relpath, md5_of
 from .errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatTransferError
 from .models import Manifest, RemoteFile
 from .protocol import q, qpath
@@ -28,6 +29,7 @@ from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
 POLICIES = ("skip_identical", "overwrite", "fail")
+_sent = threading.local()  # the MD5 of the last file _put sent from this thread: ((res_path, rel), md5)
 
 
 def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
@@ -91,10 +93,14 @@ class UploadMixin:
                 raise XnatBadInputError(f"extract=True needs a zip file; {src} is not one.")
             expected = self._zip_entries(src, remote_dir)
         else:
-            expected = {rel: (p.stat().st_size, md5_of(p)) for p, rel in pairs}
+            sizes = {rel: p.stat().st_size for p, rel in pairs}
         self.ensure_resource(path, resource, format, content)
         res_path = f"{path}/resources/{q(resource)}"
         remote = {f.path: f for f in self.list_files(res_path)}  # type: ignore[attr-defined]
+        if not extract:
+            # A file the catalog already lists is hashed now, for the policy; any other file is hashed while
+            # it is sent (one read of the file instead of two), and checked against the catalog afterwards.
+            expected = {rel: (sizes[rel], md5_of(p) if rel in remote else "") for p, rel in pairs}
         todo, skipped = self._apply_policy(res_path, expected, remote, overwrite)
         params = {k: v for k, v in (("format", format), ("content", content), ("tags", tags)) if v}
         if overwrite == "overwrite":
@@ -109,7 +115,12 @@ class UploadMixin:
         else:
             for local, rel in pairs:
                 if rel in todo:
+                    _sent.md5 = None
                     kept |= self._put(res_path, local, rel, params)
+                    if not expected[rel][1]:
+                        sent = getattr(_sent, "md5", None)
+                        md5 = sent[1] if sent and sent[0] == (res_path, rel) else md5_of(local)
+                        expected[rel] = (expected[rel][0], md5)
         return self._check_upload(res_path, expected, skipped, kept)
 
     @staticmethod
@@ -150,16 +161,27 @@ class UploadMixin:
         return todo, skipped
 
     def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> set[str]:
-        """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer)."""
+        """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer).
+
+        The MD5 of the bytes sent, computed while sending, is left in ``_sent.md5`` (this thread's)."""
         url = f"{res_path}/files/{qpath(rel)}"
+        readers: list[_HashingReader] = []
         with open(local, "rb") as fh:
 
-            def body() -> object:  # a retry sends the file again from its start
+            def body() -> object:  # a retry sends the file again from its start, hashing it afresh
+                for r in readers:
+                    r.close()
                 fh.seek(0)
-                return fh
+                readers.append(_HashingReader(fh, os.fstat(fh.fileno()).st_size))
+                return readers[-1]
 
-            resp = self.session.request("PUT", url, params=params, data=body,
-                                        headers={"Content-Type": "application/octet-stream"})
+            try:
+                resp = self.session.request("PUT", url, params=params, data=body,
+                                            headers={"Content-Type": "application/octet-stream"})
+                _sent.md5 = ((res_path, rel), readers[-1].hexdigest())
+            finally:
+                for r in readers:
+                    r.close()
         answer = resp.text.strip()
         if not answer.startswith("{"):
             return set()
@@ -194,3 +216,33 @@ class UploadMixin:
         if problems:
             raise XnatTransferError(f"Upload to {res_path} not verified: " + "; ".join(problems[:5]), path=res_path)
         return manifest
+
+
+class _HashingReader:
+    """A file body for ``requests`` that computes the MD5 of what is read, in 1 MiB blocks.
+
+    ``__len__`` gives ``requests`` the Content-Length (no chunked encoding); urllib3 sends whatever ``read``
+    returns, so blocks of 1 MiB (rather than its 16 KiB) keep the per-block Python overhead small. Big files are
+    hashed on a helper thread, in parallel with sending.
+    """
+
+    def __init__(self, fh: object, size: int):
+        self._fh = fh
+        self._size = size
+        self._md5 = BackgroundMD5() if size >= THREADED_MD5_MIN else hashlib.md5()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._fh.read(max(n, CHUNK) if n is not None and n >= 0 else -1)  # type: ignore[attr-defined]
+        if chunk:
+            self._md5.update(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if isinstance(self._md5, BackgroundMD5):
+            self._md5.close()
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()

@@ -87,6 +87,9 @@ class _BodyWriter:
 
 class XnatRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; without TCP_NODELAY the client's delayed ACK holds every
+    # small response back by ~40 ms (a real Tomcat sets TCP_NODELAY too).
+    disable_nagle_algorithm = True
     server_version = "XNAT-emulator"
     sys_version = ""
     emulator: XnatEmulator  # set on the subclass the server builds
