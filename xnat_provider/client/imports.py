@@ -29,7 +29,7 @@ import requests
 
 from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
 from .models import SessionRef
-from .protocol import base_path, check_label, session_refs
+from .protocol import base_path, check_label, is_conflict_message, session_refs
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -213,12 +213,6 @@ def zip_stream(entries: list[Entry]) -> Iterator[bytes]:
     yield from sink.take()
 
 
-def _is_conflict(message: str) -> bool:
-    """XNAT's merge-conflict reasons (an import to the archive that met an existing session)."""
-    words = ("already exists", "already contains", "invalid modification", "conflict", "matching files")
-    return any(w in message.lower() for w in words)
-
-
 def _reached_server(exc: XnatError) -> bool:
     """False when the request surely never arrived (connection refused or not opened)."""
     cause = exc.__cause__
@@ -284,7 +278,7 @@ class ImportMixin:
                 )
                 return found + session_refs(resp.text)
             except XnatBadInputError as exc:
-                if _is_conflict(exc.xnat_message or ""):
+                if is_conflict_message(exc.xnat_message or ""):
                     # Archiving (asked for, or the project auto-archives) met an existing session; XNAT kept the
                     # data in the prearchive, in CONFLICT: a conflict, not a bad request.
                     raise XnatConflictError(

@@ -95,12 +95,13 @@ def raise_for_answer(method: str, path: str, status: int, body: str, redact: Any
                               method=method, path=where, status=status, xnat_message=message)
     cls = error_for_status(status)
     if status == 500 and message.startswith("FAILED"):
-        cls = XnatConflictError if _is_conflict(message) else XnatServerError
+        cls = XnatConflictError if is_conflict_message(message) else XnatServerError
     text = f"{method} {where}: {status}" + (f" {message}" if message else "")
     raise cls(text, method=method, path=where, status=status, xnat_message=message)
 
 
-def _is_conflict(message: str) -> bool:
+def is_conflict_message(message: str) -> bool:
+    """XNAT's merge-conflict reasons (an archive, or an import to the archive, that met existing data)."""
     words = ("already exists", "already contains", "invalid modification", "conflict", "matching files")
     return any(w in message.lower() for w in words)
 
