@@ -63,6 +63,8 @@ def get_provider_info() -> dict[str, Any]:
                                 "schema": {"type": ["integer", "null"], "default": 5, "minimum": 1}},
                     "backoff": {"label": "First retry wait (s)",
                                 "schema": {"type": ["number", "null"], "default": 1.0}},
+                    "settle_seconds": {"label": "Wait for a lost import/archive answer (s)",
+                                       "schema": {"type": ["number", "null"], "default": 30}},
                     "workers": {"label": "Parallel downloads",
                                 "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1}},
                 },

@@ -42,6 +42,9 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
     def config(self) -> ClientConfig:
         return self.session.config
 
+    def _settle(self, seconds: float | None) -> float:
+        return self.session.config.settle_seconds if seconds is None else seconds
+
     def login(self) -> None:
         self.session.login()
 

@@ -5,6 +5,12 @@ its size matches Content-Length and the listing, and its MD5 matches the catalog
 resumes with a Range request where the server honours it and restarts where it does not. A file already on
 disk with the listed MD5 is skipped, so rerunning a failed download finishes it. Zip downloads are offered
 too and are extracted safely (no absolute paths, no ``..``, no links).
+
+Scans with many small files take a zip fast path (:meth:`DownloadMixin.download_scans`,
+:meth:`DownloadMixin.download_session`): when none of a scan resource's files is on disk yet, the resource comes
+as one zip, and each entry the catalog lists is extracted to ``<name>.part`` and renamed only once its size and
+MD5 match the listing. Whatever the zip did not deliver verified (a missing entry, wrong bytes, a broken
+transfer) is then fetched file by file, so the result, and the manifest, are those of the per-file path.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import logging
 import os
 import queue
 import re
+import tempfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 import requests
 
@@ -92,8 +101,23 @@ def safe_join(root: Path, rel: str) -> Path:
     return target
 
 
+Pair = tuple[RemoteFile, Path]
+# What reading one zip entry can raise when the entry (not the whole zip) is damaged or unsupported.
+ENTRY_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError)
+
+
+def is_link(info: zipfile.ZipInfo) -> bool:
+    return (info.external_attr >> 16) & 0o170000 == 0o120000
+
+
 class DownloadMixin:
     session: XnatSession
+    #: The zip fast path of :meth:`download_scans` and :meth:`download_session` is taken for a scan resource of
+    #: at least ``ZIP_MIN_FILES`` files whose mean size is below ``ZIP_MAX_MEAN_SIZE`` bytes, when none of its
+    #: files (nor a ``.part`` of one) is on disk yet; ``ZIP_FAST_PATH = False`` turns it off.
+    ZIP_FAST_PATH: bool = True
+    ZIP_MIN_FILES: int = 20
+    ZIP_MAX_MEAN_SIZE: int = 2 * CHUNK
 
     def list_files(self, path: str) -> list[RemoteFile]:
         """Files under an archive path ending in ``/resources/{R}`` or ``/scans/{S}`` etc., from the catalog."""
@@ -223,9 +247,14 @@ class DownloadMixin:
     def download_scans(self, project: str, experiment: str, dest: str | os.PathLike[str],
                        scans: str | Iterable[str] = "ALL", resource: str = "DICOM",
                        workers: int | None = None) -> Manifest:
-        """Scans' resource files into ``dest/<scan id>/<resource>/...``, verified and resumable."""
+        """Scans' resource files into ``dest/<scan id>/<resource>/...``, verified and resumable.
+
+        A scan resource of many small files none of which is on disk yet comes as one zip (see
+        :meth:`_download_pairs`); everything else, and whatever the zip did not deliver verified, file by file.
+        """
         dest = Path(dest)
-        pairs: list[tuple[RemoteFile, Path]] = []
+        pairs: list[Pair] = []
+        zips: list[tuple[str, list[int]]] = []
         for scan in self.select_scans(project, experiment, scans):
             path = f"{base_path(project, experiment=experiment, scan=scan.id)}/resources/{q(resource)}"
             try:
@@ -234,27 +263,188 @@ class DownloadMixin:
                 if exc.status == 404:
                     continue  # this scan has no such resource
                 raise
+            zips.append((path, list(range(len(pairs), len(pairs) + len(files)))))
             pairs += [(f, safe_join(dest, f"{scan.id}/{resource}/{f.path}")) for f in files]
-        return self.download_files(pairs, workers)
+        return self._download_pairs(pairs, zips, workers)
 
     def download_session(self, project: str, experiment: str, dest: str | os.PathLike[str],
                          assessors: bool = True, workers: int | None = None) -> Manifest:
-        """Every file of a session, file by file, verified and resumable: ``dest/scans/<scan id>/<resource>/``,
-        ``dest/resources/<resource>/`` (the session's own resources) and ``dest/assessors/<label>/<resource>/``."""
+        """Every file of a session, verified and resumable: ``dest/scans/<scan id>/<resource>/``,
+        ``dest/resources/<resource>/`` (the session's own resources) and ``dest/assessors/<label>/<resource>/``.
+
+        Scan resources may come as one zip each, as in :meth:`download_scans`; the rest goes file by file."""
         dest = Path(dest)
         exp = base_path(project, experiment=experiment)
-        pairs: list[tuple[RemoteFile, Path]] = []
+        pairs: list[Pair] = []
+        zips: list[tuple[str, list[int]]] = []
 
         def add(path: str, prefix: str) -> None:
             pairs.extend((f, safe_join(dest, f"{prefix}/{f.resource}/{f.path}")) for f in self.list_files(path))
 
         for scan in self.list_scans(project, experiment):  # type: ignore[attr-defined]
+            first = len(pairs)
             add(f"{exp}/scans/{q(scan.id)}", f"scans/{scan.id}")
+            by_resource: dict[str, list[int]] = {}
+            for i in range(first, len(pairs)):
+                by_resource.setdefault(pairs[i][0].resource, []).append(i)
+            zips += [(f"{exp}/scans/{q(scan.id)}/resources/{q(label)}", indices)
+                     for label, indices in by_resource.items() if label]
         add(exp, "resources")
         if assessors:
             for row in self._rows(f"{exp}/assessors"):  # type: ignore[attr-defined]
                 add(f"{exp}/assessors/{q(row['ID'])}", f"assessors/{row.get('label') or row['ID']}")
-        return self.download_files(pairs, workers)
+        return self._download_pairs(pairs, zips, workers)
+
+    # ---- the zip fast path -------------------------------------------------------------------------
+    def _download_pairs(self, pairs: list[Pair], zips: list[tuple[str, list[int]]],
+                        workers: int | None) -> Manifest:
+        """Download (remote, local path) pairs; each group in ``zips`` (a resource path, indices into ``pairs``)
+        may come as one zip.
+
+        Each eligible group (:meth:`_zip_eligible`) is fetched as ``GET {path}/files?format=zip`` and extracted
+        by :meth:`_zip_fast_path`, which keeps only entries whose size and MD5 match the listing. Every pair it
+        did not deliver goes through :meth:`download_files` (skip, resume, retry, verify), so the manifest, in
+        the order of ``pairs``, is the one the per-file path gives.
+        """
+        chosen = [(path, idx) for path, idx in zips if self._zip_eligible([pairs[i] for i in idx])]
+        from_zip: dict[int, dict] = {}  # index into pairs -> manifest entry
+        if chosen:
+            limit = max(1, min(len(chosen), workers or self.session.config.workers))
+            with ThreadPoolExecutor(max_workers=limit) as pool:
+                results = pool.map(lambda z: self._zip_fast_path(z[0], [pairs[i] for i in z[1]]), chosen)
+                for (_, idx), got in zip(chosen, results, strict=True):
+                    from_zip.update((i, entry) for i, entry in zip(idx, got, strict=True) if entry is not None)
+        rest = [p for i, p in enumerate(pairs) if i not in from_zip]
+        per_file = iter(self.download_files(rest, workers).files if rest else [])
+        manifest = Manifest()
+        for i in range(len(pairs)):
+            manifest.add(**(from_zip[i] if i in from_zip else next(per_file)))
+        return manifest
+
+    def _zip_eligible(self, pairs: list[Pair]) -> bool:
+        """Many small files, each verifiable (size and digest listed), none on disk yet (nor a ``.part``).
+
+        A rerun or a resumed download keeps the per-file path: it skips verified files and resumes parts."""
+        if not self.ZIP_FAST_PATH or not pairs or len(pairs) < self.ZIP_MIN_FILES:
+            return False
+        if any(f.size is None or not f.digest for f, _ in pairs) or len({t for _, t in pairs}) != len(pairs):
+            return False
+        if sum(f.size or 0 for f, _ in pairs) / len(pairs) >= self.ZIP_MAX_MEAN_SIZE:
+            return False
+        return not any(os.path.lexists(t) or os.path.lexists(t.with_name(t.name + ".part")) for _, t in pairs)
+
+    def _zip_fast_path(self, path: str, pairs: list[Pair]) -> list[dict | None]:
+        """``GET {path}/files?format=zip`` into a temporary file beside the targets, then extract the listed files.
+
+        Returns one manifest entry per pair, or None for a pair the zip did not deliver verified (that file is
+        then fetched on its own). Never raises for a transfer problem: a failed or broken zip download just
+        leaves every file to the per-file path. The temporary zip is always removed.
+        """
+        out: list[dict | None] = [None] * len(pairs)
+        root = Path(os.path.commonpath([str(t.parent) for _, t in pairs]))
+        root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".xnat-", suffix=".zip.part", dir=root)
+        os.close(fd)
+        archive = Path(name)
+        url = f"{path}/files"
+        shown = self.session.redact(url)
+        try:
+            try:
+                self._stream_zip(url, archive)
+            except XnatError as exc:
+                log.warning("Zip download of %s failed (%s); downloading its %d files one by one", shown,
+                            self.session.redact(str(exc))[:300], len(pairs))
+                return out
+            labels = {f.resource for f, _ in pairs if f.resource} | {unquote(path.rstrip("/").rsplit("/", 1)[-1])}
+            self._extract_listed(archive, pairs, [f"/resources/{label}/files/" for label in labels], out, shown)
+        finally:
+            archive.unlink(missing_ok=True)
+        return out
+
+    def _extract_listed(self, archive: Path, pairs: list[Pair], markers: list[str], out: list[dict | None],
+                        shown: str) -> None:
+        """Extract the zip entries the listing names into ``out``; refuse the rest and say which and why.
+
+        An entry maps to the listed file whose path is the part of its name after ``/resources/{label}/files/``
+        (XNAT's layout: ``{session}/scans/{id}-{type}/resources/{label}/files/{path}``). Links, absolute paths,
+        ``..`` and entries the listing does not name are never written; a listed file is written only at the
+        place the per-file path would use, through ``<name>.part``, renamed once size and MD5 match."""
+        by_path = {f.path: i for i, (f, _) in enumerate(pairs)}
+        refused: list[str] = []
+        failed: dict[int, str] = {}
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+            log.warning("The zip of %s is damaged (%s); downloading its %d files one by one", shown, exc, len(pairs))
+            return
+        with zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                if is_link(info):
+                    refused.append(f"{info.filename!r} (a link)")
+                    continue
+                try:
+                    check_relpath(info.filename)
+                except XnatBadInputError:
+                    refused.append(f"{info.filename!r} (an unsafe path: absolute, a drive or '..')")
+                    continue
+                named = "/" + info.filename.replace("\\", "/")
+                rel = next((named.split(m, 1)[1] for m in markers if m in named), None)
+                i = by_path.get(rel) if rel is not None else None
+                if i is None:
+                    refused.append(f"{info.filename!r} (not in the catalog listing)")
+                    continue
+                if out[i] is not None or i in failed:
+                    refused.append(f"{info.filename!r} (a second entry for {rel!r})")
+                    continue
+                remote, target = pairs[i]
+                if info.file_size != remote.size:
+                    failed[i] = f"the zip holds {info.file_size} bytes, the catalog lists {remote.size}"
+                    continue
+                out[i], problem = self._extract_entry(zf, info, remote, target)
+                if problem is not None:
+                    failed[i] = problem
+
+        def some(items: list[str]) -> str:
+            return ", ".join(items[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "")
+
+        if refused:
+            log.warning("Zip of %s: ignored %d entries: %s", shown, len(refused), some(refused))
+        if failed:
+            log.warning("Zip of %s: %d files failed verification and will be downloaded one by one: %s", shown,
+                        len(failed), some([f"{pairs[i][0].path} ({why})" for i, why in failed.items()]))
+        missing = [pairs[i][0].path for i, entry in enumerate(out) if entry is None and i not in failed]
+        if missing:
+            log.warning("Zip of %s: %d listed files are missing from it and will be downloaded one by one: %s",
+                        shown, len(missing), some(missing))
+
+    def _extract_entry(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, remote: RemoteFile,
+                       target: Path) -> tuple[dict | None, str | None]:
+        """One entry to ``<target>.part``, renamed to ``target`` only if its size and MD5 match the listing."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        h = hashlib.md5()
+        size = 0
+        try:
+            with zf.open(info) as src, open(part, "wb") as dst:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    dst.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+        except ENTRY_ERRORS as exc:
+            part.unlink(missing_ok=True)
+            return None, f"unreadable in the zip: {type(exc).__name__}: {exc}"
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        md5 = h.hexdigest()
+        problem = self._check_download(remote, size, md5)
+        if problem is not None:
+            part.unlink(missing_ok=True)
+            return None, problem
+        os.replace(part, target)
+        return {"path": str(target), "size": size, "md5": md5, "skipped": False, "uri": remote.uri}, None
 
     # ---- zips --------------------------------------------------------------------------------------
     def download_zip(self, path: str, dest: str | os.PathLike[str], extract: bool = True) -> Manifest:
@@ -262,6 +452,24 @@ class DownloadMixin:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         part = dest / ".download.zip.part"
+        named = self._stream_zip(path, part)
+        if not extract:
+            name = named.group(1).strip() if named else ""
+            final = dest / (name if name not in ("", ".", "..") else f"{PurePosixPath(path).name}.zip")
+            os.replace(part, final)
+            manifest = Manifest()
+            manifest.add(str(final), final.stat().st_size, md5_of(final), False)
+            return manifest
+        try:
+            return self.extract_zip(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def _stream_zip(self, path: str, part: Path) -> re.Match[str] | None:
+        """Stream ``GET {path}?format=zip`` into ``part``; returns the Content-Disposition file name match.
+
+        An HTML error page answered with 200 raises its typed error; a broken transfer removes ``part`` and
+        raises :class:`XnatTransferError`."""
         resp = self.session.request("GET", path, params={"format": "zip"}, stream=True)
         if "text/html" in resp.headers.get("Content-Type", ""):  # an error page answered with 200
             with resp:
@@ -277,17 +485,7 @@ class DownloadMixin:
             part.unlink(missing_ok=True)
             raise XnatTransferError(f"GET {path}?format=zip: transfer broke ({type(exc).__name__})",
                                     method="GET", path=path) from exc
-        if not extract:
-            name = named.group(1).strip() if named else ""
-            final = dest / (name if name not in ("", ".", "..") else f"{PurePosixPath(path).name}.zip")
-            os.replace(part, final)
-            manifest = Manifest()
-            manifest.add(str(final), final.stat().st_size, md5_of(final), False)
-            return manifest
-        try:
-            return self.extract_zip(part, dest)
-        finally:
-            part.unlink(missing_ok=True)
+        return named
 
     @staticmethod
     def extract_zip(archive: Path, dest: Path) -> Manifest:
@@ -296,7 +494,7 @@ class DownloadMixin:
             with zipfile.ZipFile(archive) as zf:
                 infos = [i for i in zf.infolist() if not i.is_dir()]
                 for info in infos:  # check every name before writing anything
-                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    if is_link(info):
                         raise XnatBadInputError(f"Refusing link {info.filename!r} in the downloaded zip.")
                     safe_join(dest, info.filename)
                 for info in infos:

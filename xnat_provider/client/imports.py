@@ -234,7 +234,7 @@ class ImportMixin:
         quarantine: bool = False,
         trigger_pipelines: bool | None = None,
         ignore_unparsable: bool = False,
-        settle_seconds: float = 30.0,
+        settle_seconds: float | None = None,
     ) -> list[SessionRef]:
         """Import DICOM into ``project``'s prearchive (built at once, READY) or archive; one ref per study."""
         if destination not in ("prearchive", "archive"):
@@ -295,7 +295,8 @@ class ImportMixin:
                 if not ambiguous or attempt + 1 >= self.session.config.retries:
                     raise
                 if _reached_server(exc):
-                    arrived = self._import_arrived(project, plan, destination, before, pending, settle_seconds)
+                    arrived = self._import_arrived(project, plan, destination, before, pending,
+                                                   self._settle(settle_seconds))
                     found += arrived
                     done = {uid for uid in pending if any(r.label == plan.labels[uid][1] for r in arrived)}
                     pending = [uid for uid in pending if uid not in done]
@@ -314,10 +315,11 @@ class ImportMixin:
         """
         pre = {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
         labels = {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-        prints = {label: self._fingerprint(project, label) for _s, label in plan.labels.values() if label in labels}
+        prints = {label: self.session_fingerprint(project, label)
+                  for _s, label in plan.labels.values() if label in labels}
         return _Snapshot(pre, labels, prints)
 
-    def _fingerprint(self, project: str, label: str) -> tuple[Any, ...]:
+    def session_fingerprint(self, project: str, label: str) -> tuple[Any, ...]:
         """An archived session's scans and their resources' file counts and sizes (changes when data merges)."""
         out = []
         for scan in self.list_scans(project, label):  # type: ignore[attr-defined]
@@ -364,7 +366,8 @@ class ImportMixin:
                     continue
                 exp = experiments.get(label)
                 if exp is not None and (
-                    label not in before.labels or self._fingerprint(project, label) != before.fingerprints.get(label)
+                    label not in before.labels
+                    or self.session_fingerprint(project, label) != before.fingerprints.get(label)
                 ):
                     subject_label = exp.subject_label or subj
                     refs.append(

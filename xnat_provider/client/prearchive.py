@@ -107,7 +107,7 @@ class PrearchiveMixin:
         label: str | None = None,
         quarantine: bool | None = None,
         trigger_pipelines: bool | None = None,
-        settle_seconds: float = 30.0,
+        settle_seconds: float | None = None,
     ) -> SessionRef:
         """Archive a prearchive session (relabelled if asked); returns the archived session's reference.
 
@@ -148,7 +148,8 @@ class PrearchiveMixin:
                     if typed is exc:
                         raise
                     raise typed from exc
-                found = self._archived_after_ambiguity(src, target_project, target_label, settle_seconds, before)
+                found = self._archived_after_ambiguity(src, target_project, target_label,
+                                                       self._settle(settle_seconds), before)
                 if found is not None:
                     log.warning("Archive of %s answered %s but took effect; not resending", src, exc.status)
                     return found

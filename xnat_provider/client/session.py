@@ -69,7 +69,9 @@ class ClientConfig:
 
     ``user`` may be an alias token's alias (then ``password`` is its secret). ``verify`` is True, False or a
     CA bundle path. ``retries`` counts attempts of an idempotent request; ``backoff`` is the first wait in
-    seconds, doubled each time up to ``backoff_max``. ``on_secret`` is called with every secret the client
+    seconds, doubled each time up to ``backoff_max``. ``settle_seconds`` is how long to look for the effect of an
+    import or archive whose answer was lost before sending it again (XNAT may still be working on it).
+    ``on_secret`` is called with every secret the client
     learns (password, token secrets, session ids) so that a host, such as Airflow, can mask it in logs.
     """
 
@@ -83,6 +85,7 @@ class ClientConfig:
     backoff: float = 1.0
     backoff_max: float = 60.0
     workers: int = 4
+    settle_seconds: float = 30.0
     user_agent: str = f"airflow-provider-xnat/{__version__}"
     on_secret: Callable[[str], None] | None = field(default=None, repr=False)
 

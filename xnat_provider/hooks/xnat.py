@@ -9,7 +9,8 @@ Connection fields: host is the XNAT URL (``https://xnat.example.org/xnat``, a pa
 host name with the port field (``https`` unless the ``protocol`` extra says ``http``); login is a user or an
 alias token's alias; password the password or the token's secret. Extras (all optional): ``verify_ssl``
 (default true), ``ca_bundle`` (a CA file path), ``connect_timeout`` (10 s), ``read_timeout`` (300 s),
-``retries`` (5 attempts), ``backoff`` (1 s, doubled up to 60 s), ``workers`` (4 parallel downloads).
+``retries`` (5 attempts), ``backoff`` (1 s, doubled up to 60 s), ``workers`` (4 parallel downloads),
+``settle_seconds`` (30 s to look for the effect of a lost import or archive answer before resending).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from airflow.sdk.log import mask_secret
 
 from ..client import AliasToken, ClientConfig, XnatClient, XnatError
 
-EXTRA_NUMBERS = {"connect_timeout": float, "read_timeout": float, "retries": int, "backoff": float, "workers": int}
+EXTRA_NUMBERS = {"connect_timeout": float, "read_timeout": float, "retries": int, "backoff": float, "workers": int,
+                 "settle_seconds": float}
 
 
 def _truthy(value: Any) -> bool:

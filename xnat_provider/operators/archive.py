@@ -10,10 +10,12 @@ from airflow.sdk import Asset, AssetAlias
 
 from ..client.errors import XnatBadInputError, XnatConflictError, XnatNotFoundError
 from ..client.models import PrearchiveSession
-from .base import XnatBaseOperator
+from .base import XnatBaseOperator, structured
 
 ARCHIVED_ALIAS = "xnat_archived_sessions"
 ON_CONFLICT = ("fail", "append", "skip")
+OVERWRITE = (None, "none", "append", "delete")
+SELECTION_KEY = "xnat_archive_selection"
 
 
 def session_asset(host: str, project: str, subject: str, label: str) -> Asset:
@@ -38,7 +40,8 @@ class XnatArchiveOperator(XnatBaseOperator):
     """
 
     template_fields: Sequence[str] = ("sessions", "project", "subject_filter", "session_filter", "study_uid",
-                                      "new_project", "new_subject", "new_label", "on_conflict", "xnat_conn_id")
+                                      "new_project", "new_subject", "new_label", "overwrite", "on_conflict",
+                                      "xnat_conn_id")
     template_fields_renderers = {"sessions": "json"}
 
     def __init__(self, *, sessions: list[dict[str, Any]] | str | None = None, project: str | None = None,
@@ -51,7 +54,7 @@ class XnatArchiveOperator(XnatBaseOperator):
         super().__init__(outlets=outlets, **kwargs)
         if sessions is None and project is None:
             raise XnatBadInputError("Give the sessions to archive, or a project to select READY sessions from.")
-        if on_conflict not in ON_CONFLICT:
+        if on_conflict not in ON_CONFLICT and "{{" not in str(on_conflict):  # a template is checked when rendered
             raise XnatBadInputError(f"on_conflict must be one of {ON_CONFLICT}, not {on_conflict!r}")
         self.sessions, self.project = sessions, project
         self.subject_filter, self.session_filter, self.study_uid = subject_filter, session_filter, study_uid
@@ -60,7 +63,8 @@ class XnatArchiveOperator(XnatBaseOperator):
 
     def _targets(self, client: Any) -> list[dict[str, Any]]:
         if self.sessions is not None:
-            given = self.sessions if isinstance(self.sessions, list) else [self.sessions]
+            sessions = structured(self.sessions)
+            given = sessions if isinstance(sessions, list) else [sessions]
             out = []
             for s in given:
                 if isinstance(s, str):
@@ -77,8 +81,16 @@ class XnatArchiveOperator(XnatBaseOperator):
                 and (self.session_filter is None or s.name == self.session_filter)]
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
+        if self.overwrite in ("", "None"):  # what a template that means "no overwrite" renders to
+            self.overwrite = None
+        if self.overwrite not in OVERWRITE:
+            raise XnatBadInputError(f"overwrite must be one of {OVERWRITE[1:]}, not {self.overwrite!r}")
+        if self.on_conflict not in ON_CONFLICT:
+            raise XnatBadInputError(f"on_conflict must be one of {ON_CONFLICT}, not {self.on_conflict!r}")
         client = self.hook.get_conn()
         targets = self._targets(client)
+        if self.sessions is None:
+            targets = self._remember_selection(context, targets)
         if (self.new_project or self.new_subject or self.new_label) and len(targets) > 1:
             raise XnatBadInputError(f"Relabelling needs exactly one session; {len(targets)} were selected.")
         host = urlsplit(client.session.base_url).netloc
@@ -95,6 +107,19 @@ class XnatArchiveOperator(XnatBaseOperator):
             self.push_session_link(context, archived[0]["project"], archived[0]["label"])
         self.log.info("Archived %d, skipped %d", len(archived), len(results) - len(archived))
         return results
+
+    @staticmethod
+    def _remember_selection(context: Any, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A selection is made again on a retry, and the sessions an earlier try archived are no longer READY:
+        remember what was selected in the task state store, so a retry reports (and emits events for) them."""
+        store = context.get("task_state_store")
+        if store is None:
+            return targets
+        earlier = store.get(SELECTION_KEY) or []
+        fresh = {t["uri"] for t in targets}
+        merged = [t for t in earlier if t["uri"] not in fresh] + targets
+        store.set(SELECTION_KEY, merged)
+        return merged
 
     def _archive_one(self, client: Any, target: dict[str, Any]) -> dict[str, Any]:
         row: PrearchiveSession | None = client.find_prearchive(target["uri"])

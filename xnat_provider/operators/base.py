@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 from functools import cached_property
 from typing import Any
 
@@ -9,6 +11,20 @@ from airflow.sdk import BaseOperator
 
 from ..hooks.xnat import XnatHook
 from ..links import XCOM_KEY, XnatSessionLink
+
+
+def structured(value: Any) -> Any:
+    """A templated argument that rendered to the text of a list or mapping (JSON, or Python's repr when a
+    template printed an XCom) back as that list or mapping; anything else unchanged."""
+    if not isinstance(value, str) or value.strip()[:1] not in ("[", "{"):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return value
 
 
 class XnatBaseOperator(BaseOperator):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..client.errors import XnatBadInputError
-from .base import XnatBaseOperator
+from .base import XnatBaseOperator, structured
 
 
 class XnatSetFieldsOperator(XnatBaseOperator):
@@ -25,6 +25,7 @@ class XnatSetFieldsOperator(XnatBaseOperator):
         self.project, self.subject, self.session, self.fields = project, subject, session, fields
 
     def execute(self, context: Any) -> dict[str, str]:
+        self.fields = structured(self.fields)
         if not isinstance(self.fields, dict) or not self.fields:
             raise XnatBadInputError(f"fields must be a non-empty mapping, got {self.fields!r}")
         stored = self.hook.get_conn().set_fields(self.project, self.fields, subject=self.subject,

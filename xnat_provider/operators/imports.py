@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,11 @@ from ..client.protocol import check_label
 from .base import XnatBaseOperator
 
 STATE_KEY = "xnat_import"
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it comes back from the task state store (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 class XnatImportOperator(XnatBaseOperator):
@@ -58,6 +64,8 @@ class XnatImportOperator(XnatBaseOperator):
     def execute(self, context: Any) -> list[dict[str, Any]]:
         if self.destination not in ("prearchive", "archive"):
             raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {self.destination!r}")
+        if self.overwrite in ("", "None"):  # what a template that means "no overwrite" renders to
+            self.overwrite = None
         if self.overwrite not in (None, "append", "delete"):
             raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {self.overwrite!r}")
         check_label(self.project, "project")
@@ -79,6 +87,7 @@ class XnatImportOperator(XnatBaseOperator):
             else:
                 state[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
                               "before": self._existing(client, plan)}
+                state[key]["prints"] = self._fingerprints(client, plan, state[key]["before"])
                 if store is not None:
                     store.set(STATE_KEY, state)
                 refs = client.import_dicom(
@@ -99,6 +108,14 @@ class XnatImportOperator(XnatBaseOperator):
             return [s.uri for s in client.list_prearchive(self.project) if s.study_uid in plan.labels]
         return [e.label for e in client.list_experiments(self.project)]
 
+    def _fingerprints(self, client: Any, plan: Any, before: list[str]) -> dict[str, Any]:
+        """For an archive import into sessions that already exist (a merge), what they hold now: a later try
+        can then tell whether this try's merge arrived."""
+        if self.destination != "archive":
+            return {}
+        return {label: _jsonable(client.session_fingerprint(self.project, label))
+                for _subject, label in plan.labels.values() if label in before}
+
     def _already_there(self, client: Any, plan: Any, earlier: dict[str, Any]) -> list[SessionRef] | None:
         """Refs of what an earlier try of this task created for every study, or None if anything is missing."""
         before = set(earlier.get("before", []))
@@ -115,6 +132,9 @@ class XnatImportOperator(XnatBaseOperator):
                 exp = client.find_experiment(self.project, label)
                 if exp is None or (label in before and self.overwrite is None):
                     return None
+                if label in before and _jsonable(client.session_fingerprint(self.project, label)) == (
+                        earlier.get("prints") or {}).get(label):
+                    return None  # it was there before and has not changed: the earlier try's merge never arrived
                 refs.append(SessionRef(uri=f"/data/archive/projects/{self.project}/subjects/{exp.subject_label}/"
                                            f"experiments/{exp.label}", project=self.project,
                                        subject=exp.subject_label, label=exp.label))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..client.errors import XnatBadInputError
 from ..client.models import AliasToken
-from .base import XnatBaseOperator
+from .base import XnatBaseOperator, structured
 
 
 def _fernet() -> Any:
@@ -35,8 +35,13 @@ def _fernet() -> Any:
 def token_from_xcom(value: dict[str, Any]) -> AliasToken:
     """The :class:`AliasToken` behind an ``XnatIssueTokenOperator`` XCom (its secret masked in logs)."""
     from airflow.sdk.log import mask_secret
+    from cryptography.fernet import InvalidToken
 
-    secret = _fernet().decrypt(value["secret_encrypted"].encode()).decode()
+    try:
+        secret = _fernet().decrypt(value["secret_encrypted"].encode()).decode()
+    except InvalidToken as exc:
+        raise XnatBadInputError(f"The secret of token {value.get('alias')!r} cannot be decrypted with this "
+                                "Airflow's [core] fernet_key (was it issued with another key?).") from exc
     mask_secret(secret)
     return AliasToken(alias=value["alias"], secret=secret, user=value["user"])
 
@@ -72,6 +77,9 @@ class XnatInvalidateTokenOperator(XnatBaseOperator):
         self.token = token
 
     def execute(self, context: Any) -> None:
-        alias = self.token["alias"] if isinstance(self.token, dict) else str(self.token)
+        token = structured(self.token)
+        alias = token.get("alias") if isinstance(token, dict) else str(token or "")
+        if not alias:
+            raise XnatBadInputError(f"No token alias in {type(self.token).__name__} given to invalidate.")
         self.hook.invalidate_token(alias)
         self.log.info("Invalidated XNAT alias token %s", alias)

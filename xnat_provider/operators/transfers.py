@@ -11,7 +11,7 @@ from typing import Any
 
 from ..client.errors import XnatBadInputError
 from ..client.protocol import base_path
-from .base import XnatBaseOperator
+from .base import XnatBaseOperator, structured
 
 MANIFEST_NAME = ".xnat-manifest.json"
 LEVELS = ("project", "subject", "experiment", "scan", "assessor")
@@ -30,7 +30,7 @@ class XnatListScansOperator(XnatBaseOperator):
         self.project, self.session, self.scans = project, session, scans
 
     def execute(self, context: Any) -> list[str]:
-        chosen = self.hook.get_conn().select_scans(self.project, self.session, self.scans)
+        chosen = self.hook.get_conn().select_scans(self.project, self.session, structured(self.scans))
         self.push_session_link(context, self.project, self.session)
         return [s.id for s in chosen]
 
@@ -59,7 +59,7 @@ class XnatDownloadScanOperator(XnatBaseOperator):
         self.scan, self.scans, self.resource, self.workers = scan, scans, resource, workers
 
     def execute(self, context: Any) -> dict[str, Any]:
-        selection: str | list[str] = [str(self.scan)] if self.scan is not None else (self.scans or "ALL")
+        selection: str | list[str] = [str(self.scan)] if self.scan is not None else (structured(self.scans) or "ALL")
         dest = Path(os.fspath(self.dest))
         manifest = self.hook.get_conn().download_scans(self.project, self.session, dest, scans=selection,
                                                        resource=self.resource, workers=self.workers)
@@ -85,7 +85,7 @@ class XnatUploadResourceOperator(XnatBaseOperator):
     """
 
     template_fields: Sequence[str] = ("source", "project", "subject", "session", "scan", "assessor", "resource",
-                                      "remote_dir", "overwrite", "xnat_conn_id")
+                                      "remote_dir", "overwrite", "format", "content", "tags", "xnat_conn_id")
 
     def __init__(self, *, source: str | os.PathLike[str], project: str, resource: str, subject: str | None = None,
                  session: str | None = None, scan: str | None = None, assessor: str | None = None,

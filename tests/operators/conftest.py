@@ -1,0 +1,109 @@
+"""Helpers for the operator tests: what the server holds, read over plain HTTP (not through the operators)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from xnat_provider.client import XnatClient
+from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.samples import Study, make_study, zip_files
+
+IMPORT = r"^/data/services/import$"
+ARCHIVE = r"^/data/services/archive$"
+LOGIN = r"^/data/services/auth$"
+
+
+def rows(http: requests.Session, url: str) -> list[dict[str, Any]]:
+    resp = http.get(url, params={"format": "json"})
+    resp.raise_for_status()
+    return resp.json()["ResultSet"]["Result"]
+
+
+class Server:
+    """The emulator's state as an independent HTTP client sees it."""
+
+    def __init__(self, emu: XnatEmulator, http: requests.Session) -> None:
+        self.emu, self.http, self.url = emu, http, emu.url
+
+    def prearchive(self, project: str = "P1") -> list[dict[str, Any]]:
+        return rows(self.http, f"{self.url}/data/prearchive/projects/{project}")
+
+    def experiments(self, project: str = "P1") -> list[dict[str, Any]]:
+        return rows(self.http, f"{self.url}/data/projects/{project}/experiments")
+
+    def labels(self, project: str = "P1") -> list[str]:
+        return sorted(e["label"] for e in self.experiments(project))
+
+    def scans(self, session: str, project: str = "P1") -> list[dict[str, Any]]:
+        return rows(self.http, f"{self.url}/data/projects/{project}/experiments/{session}/scans")
+
+    def files(self, path: str) -> list[dict[str, Any]]:
+        return rows(self.http, f"{self.url}{path}/files")
+
+    def scan_files(self, session: str, scan: str, project: str = "P1", resource: str = "DICOM") -> list[dict]:
+        return self.files(f"/data/projects/{project}/experiments/{session}/scans/{scan}/resources/{resource}")
+
+    def experiment(self, session: str, project: str = "P1") -> dict[str, Any]:
+        resp = self.http.get(f"{self.url}/data/projects/{project}/experiments/{session}", params={"format": "json"})
+        resp.raise_for_status()
+        return resp.json()["items"][0]
+
+    def imports(self) -> int:
+        return self.emu.request_count("POST", IMPORT)
+
+    def archives(self) -> int:
+        return self.emu.request_count("POST", ARCHIVE)
+
+
+@pytest.fixture
+def server(emulator: XnatEmulator, http: requests.Session) -> Server:
+    return Server(emulator, http)
+
+
+@pytest.fixture
+def after_request(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str, Callable[[], Any]], None]:
+    """``after_request(method, path_regex, then)``: call ``then()`` once, right after the first matching request
+    of this process got its answer (to inject a fault on a *later* request of the same try). Works inside
+    ``dag.test()``, which runs tasks in this process."""
+    hooks: list[tuple[str, str, Callable[[], Any]]] = []
+    original = requests.Session.request
+
+    def request(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        resp = original(self, method, url, *args, **kwargs)
+        path = urlsplit(url).path
+        for hook in list(hooks):
+            if hook[0] == method.upper() and re.search(hook[1], path):
+                hooks.remove(hook)
+                hook[2]()
+        return resp
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    return lambda method, path, then: hooks.append((method.upper(), path, then))
+
+
+@pytest.fixture
+def client(emulator: XnatEmulator):
+    with XnatClient(emulator.url, "admin", "admin", backoff=0.05, retries=3) as c:
+        yield c
+
+
+@pytest.fixture
+def archived(client: XnatClient, study_zip: Path) -> str:
+    """``S01_MR1`` (subject ``S01``, scans 1 T1 and 2 T2, 3 files each) in P1's archive, set up by the client."""
+    client.import_dicom(study_zip, "P1", destination="archive")
+    return "S01_MR1"
+
+
+def second_study(tmp_path: Path, name: str = "S02", session: str = "S02_MR1", **kw: Any) -> Study:
+    return make_study(tmp_path / f"dicom-{session}", patient_name=name, patient_id=session, **kw)
+
+
+def study_zip_of(tmp_path: Path, study: Study, name: str) -> Path:
+    return zip_files(study.files, tmp_path / name)
