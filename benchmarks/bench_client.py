@@ -308,20 +308,10 @@ def big_round(n: int, blob: Path, work: Path, be) -> dict:
     return rec
 
 
-# The emulator with TCP_NODELAY on its connections (a stdlib switch of socketserver), for information only:
-# the emulator writes a response's headers and its body separately, so without it Nagle's algorithm holds
-# a small body back until the client's delayed ACK of the headers (40 ms on Linux), per request.
-NODELAY = ("import socketserver, sys; socketserver.StreamRequestHandler.disable_nagle_algorithm = True; "
-           "from xnat_provider.testing.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-def scan_and_first_call(rounds: int, scan_dir: Path, work: Path, be, nodelay: bool = False) -> dict:
-    data_dir = work / f"emulator-scan{'-nodelay' if nodelay else ''}"
-    log = open(work / f"emulator-scan{'-nodelay' if nodelay else ''}.log", "w")
-    cmd = be.emulator_cmd(data_dir)
-    if nodelay:
-        cmd = [sys.executable, "-c", NODELAY, *cmd[cmd.index("--port"):]]
-    emu, url = be._start(cmd, "XNAT emulator listening on", stderr=log)
+def scan_and_first_call(rounds: int, scan_dir: Path, work: Path, be) -> dict:
+    data_dir = work / "emulator-scan"
+    log = open(work / "emulator-scan.log", "w")
+    emu, url = be._start(be.emulator_cmd(data_dir), "XNAT emulator listening on", stderr=log)
     out: dict = {"scan": [], "first": []}
     try:
         time.sleep(0.3)
@@ -357,10 +347,6 @@ def scan_and_first_call(rounds: int, scan_dir: Path, work: Path, be, nodelay: bo
             if not all(rec[name]["same_bytes_as_ours"] for name in who):
                 raise RuntimeError(f"the three scan downloads differ: { {w: rec[w]['files'] for w in who} }")
             out["scan"].append(rec)
-            if nodelay:
-                print(f"round {n} (emulator with TCP_NODELAY): scan ours {rec['ours']['seconds']:.2f} s, xnatpy "
-                      f"{rec['xnatpy']['seconds']:.2f} s, pyxnat {rec['pyxnat']['seconds']:.2f} s", flush=True)
-                continue
             first: dict = {"round": n}
             for name in who[k:] + who[:k]:
                 first[name] = run_worker(f"first-{name}", url=url, cache=str(work / f"pyxnat-first-{n}"))
@@ -450,11 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rec['upload_client']['memory']['above_baseline_mib']} MiB", flush=True)
             big.append(rec)
         other = scan_and_first_call(args.rounds, scan_dir, work, be)
-        nodelay = scan_and_first_call(args.rounds, scan_dir, work, be, nodelay=True)
     md5_after = md5_rate()
     s = summarise(big, other, size)
-    s["scan_emulator_nodelay"] = {name: statistics.median(r[name]["seconds"] for r in nodelay["scan"])
-                                  for name in ("ours", "xnatpy", "pyxnat")}
     d, u = s["download"], s["upload"]
     print(f"\n{args.size_mib} MiB file, {args.files}-file scan, median of {args.rounds} rounds; MB/s = 10^6 B/s; "
           f"MD5 on this machine {md5_before:.0f}/{md5_after:.0f} MB/s (before/after)")
@@ -470,14 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         sc, fc = s["scan"][name], s["first_call"][name]
         print(f"{name:<8} {sc['seconds']:>8.2f} {sc['files']:>6} {sc['same_bytes']!s:>5} {fc['requests']:>9}"
               f" {fc['import_s']:>9.2f} {fc['connect_to_answer_s']:>10.3f} {fc['nothing_to_answer_s']:>8.2f}")
-    nd = s["scan_emulator_nodelay"]
-    print(f"scan with TCP_NODELAY on the emulator's sockets (information): ours {nd['ours']:.2f} s, "
-          f"xnatpy {nd['xnatpy']:.2f} s, pyxnat {nd['pyxnat']:.2f} s")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "size_mib": args.size_mib, "rounds": args.rounds, "files": args.files,
         "machine": {**be.machine(), "md5_mbps_before": md5_before, "md5_mbps_after": md5_after},
-        "summary": s, "per_round": big, "scan_and_first_call": other, "scan_emulator_nodelay": nodelay,
+        "summary": s, "per_round": big, "scan_and_first_call": other,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=2) + "\n")
     print(f"results: {RESULTS.relative_to(ROOT)}")
