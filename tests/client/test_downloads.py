@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pydicom
 import pytest
 import requests
 
+from tests.support import assert_no_secret
 from xnat_provider.client import (
     XnatBadInputError,
     XnatClient,
@@ -38,30 +37,6 @@ FILE_GET = r"/files/.+"
 
 
 # ---- fixtures and helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def secrets() -> list[str]:
-    """Every secret the client learns (password, session ids, token secrets), through its ``on_secret`` hook."""
-    return []
-
-
-@pytest.fixture
-def client(emulator: XnatEmulator, secrets: list[str], caplog: pytest.LogCaptureFixture) -> Iterator[XnatClient]:
-    """A client with a distinctive password and a tiny backoff; afterwards no secret may be in the logs."""
-    caplog.set_level(logging.DEBUG)
-    emulator.add_user(USER, PASSWORD, admin=True)
-    with XnatClient(emulator.url, USER, PASSWORD, backoff=0.01, on_secret=secrets.append) as c:
-        yield c
-        cookie = c.session.session_id
-    assert PASSWORD in secrets
-    assert cookie is None or cookie in secrets  # the JSESSIONID cookie is a known secret too
-    assert_no_secret(caplog.text, secrets)
-
-
-def assert_no_secret(text: str, secrets: list[str]) -> None:
-    for s in secrets:
-        assert s not in text, "a secret leaked"
-
-
 @dataclass
 class Session:
     id: str

@@ -7,17 +7,16 @@ listing (names, sizes, MD5 digests) and every file's bytes, compared with the lo
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from tests.support import assert_no_secret
 from xnat_provider.client import (
     XnatBadInputError,
     XnatClient,
@@ -41,29 +40,6 @@ FILE_PUT = r"/resources/[^/]+/files/.+"
 
 
 # ---- fixtures and helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def secrets() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def client(emulator: XnatEmulator, secrets: list[str], caplog: pytest.LogCaptureFixture) -> Iterator[XnatClient]:
-    """A client with a distinctive password and a tiny backoff; afterwards no secret may be in the logs."""
-    caplog.set_level(logging.DEBUG)
-    emulator.add_user(USER, PASSWORD, admin=True)
-    with XnatClient(emulator.url, USER, PASSWORD, backoff=0.01, on_secret=secrets.append) as c:
-        yield c
-        cookie = c.session.session_id
-    assert PASSWORD in secrets
-    assert cookie is None or cookie in secrets  # the JSESSIONID cookie is a known secret too
-    assert_no_secret(caplog.text, secrets)
-
-
-def assert_no_secret(text: str, secrets: list[str]) -> None:
-    for s in secrets:
-        assert s not in text, "a secret leaked"
-
-
 @pytest.fixture
 def session(tmp_path: Path, http: requests.Session, emulator: XnatEmulator) -> str:
     """Subject S01 with session S01_MR1 (real DICOM, two scans) in the archive, and a QC assessor A1 on it."""

@@ -10,15 +10,14 @@ import io
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 import requests
 from pydicom.data import get_testdata_file
 
+from tests.support import wait_for
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study, zip_files
 
@@ -29,17 +28,6 @@ ROW_KEYS = {"project", "timestamp", "lastmod", "uploaded", "scan_date", "scan_ti
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
 
 def do_import(http: requests.Session, emu: XnatEmulator, body: bytes | Path,
               content_type: str = "application/zip", **params: str) -> requests.Response:

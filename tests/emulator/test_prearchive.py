@@ -11,13 +11,13 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 import requests
 from lxml import etree
 
+from tests.support import wait_for
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study, zip_files
 
@@ -31,16 +31,6 @@ XNAT = "{http://nrg.wustl.edu/xnat}"
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
 
 def import_zip(http: requests.Session, emu: XnatEmulator, body: Path, **params: str) -> str:
     """Import and return the single prearchive URI (``/data/prearchive/projects/P/TS/F``)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +55,6 @@ def uri(row: dict[str, str]) -> str:
 def archive(emu: XnatEmulator, row: dict[str, str]) -> requests.Response:
     return requests.post(f"{emu.url}/data/services/archive", auth=AUTH, params={"src": uri(row)}, timeout=30)
 
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 async def first_event(trigger: Any, timeout: float = 10.0) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from airflow.sdk.exceptions import (
 )
 
 from tests.airflow_helpers import FakeStore, context
-from tests.sensors.support import REBUILD, archive, hold, put_session, status_of, uri, wait_until
+from tests.sensors.support import REBUILD, archive, hold, put_session, status_of, uri
+from tests.support import wait_for as wait_until
 from xnat_provider.sensors.prearchive import STATE_KEY, XnatPrearchiveSensor
 from xnat_provider.triggers.prearchive import XnatPrearchiveTrigger
 
