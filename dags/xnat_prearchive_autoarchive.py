@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, get_current_context, task
@@ -45,6 +46,27 @@ new_ready_sessions = Asset(
                            trigger=XnatPrearchiveEventTrigger(project=PROJECT, poll_interval=max(POLL, 5),
                                                                               quiet_period=QUIET * 6))],
 )
+
+def header_problems(client: Any, uri: str, params: dict) -> list[str]:
+    """What is wrong with a prearchive session, judged on one DICOM header per scan (a ranged partial read)."""
+    problems: list[str] = []
+    for scan_id, files in client.list_prearchive_files(uri, first_per_scan=True).items():
+        if not files:
+            problems.append(f"scan {scan_id}: no DICOM files")
+            continue
+        ds = client.read_header(files[0])
+        missing = [t for t in params["required_tags"] if not str(ds.get(t, "") or "").strip()]
+        if missing:
+            problems.append(f"scan {scan_id}: missing {', '.join(missing)}")
+        name, pid = str(ds.get("PatientName", "") or ""), str(ds.get("PatientID", "") or "")
+        if not re.fullmatch(params["deid_name_pattern"], name):
+            problems.append(f"scan {scan_id}: PatientName {name!r} does not look de-identified")
+        if not re.fullmatch(params["deid_id_pattern"], pid):
+            problems.append(f"scan {scan_id}: PatientID {pid!r} does not look de-identified")
+        if str(ds.get("Modality", "")) not in params["modalities"]:
+            problems.append(f"scan {scan_id}: modality {ds.get('Modality')!r} not in {params['modalities']}")
+    return sorted(set(problems))
+
 
 with DAG(
     "xnat_prearchive_autoarchive",
@@ -90,34 +112,19 @@ with DAG(
                       params: dict | None = None) -> dict:
         """Read one header per scan and sort the sessions into archive and held back, with reasons."""
         sessions = from_events or from_sensor or []
-        client = XnatHook().get_conn()
         passed, held, gone = [], [], []
-        for s in sessions:
-            uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
-            if client.find_prearchive(uri) is None:
-                gone.append(uri)  # archived by an earlier delivery of the same event, or removed by a person
-                continue
-            problems: list[str] = []
-            scans = client.list_prearchive_files(uri, first_per_scan=True)
-            for scan_id, files in scans.items():
-                if not files:
-                    problems.append(f"scan {scan_id}: no DICOM files")
+        with XnatHook() as hook:
+            client = hook.get_conn()
+            for s in sessions:
+                uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
+                if client.find_prearchive(uri) is None:
+                    gone.append(uri)  # archived by an earlier delivery of the same event, or removed by a person
                     continue
-                ds = client.read_header(files[0])
-                missing = [t for t in params["required_tags"] if not str(ds.get(t, "") or "").strip()]
-                if missing:
-                    problems.append(f"scan {scan_id}: missing {', '.join(missing)}")
-                name, pid = str(ds.get("PatientName", "") or ""), str(ds.get("PatientID", "") or "")
-                if not re.fullmatch(params["deid_name_pattern"], name):
-                    problems.append(f"scan {scan_id}: PatientName {name!r} does not look de-identified")
-                if not re.fullmatch(params["deid_id_pattern"], pid):
-                    problems.append(f"scan {scan_id}: PatientID {pid!r} does not look de-identified")
-                if str(ds.get("Modality", "")) not in params["modalities"]:
-                    problems.append(f"scan {scan_id}: modality {ds.get('Modality')!r} not in {params['modalities']}")
-            if problems:
-                held.append({**s, "uri": uri, "reason": "; ".join(sorted(set(problems)))})
-            else:
-                passed.append({**s, "uri": uri})
+                problems = header_problems(client, uri, params)
+                if problems:
+                    held.append({**s, "uri": uri, "reason": "; ".join(problems)})
+                else:
+                    passed.append({**s, "uri": uri})
         for h in held:
             print(f"HELD BACK {h['uri']}: {h['reason']}")
         for uri in gone:

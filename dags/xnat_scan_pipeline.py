@@ -88,13 +88,11 @@ with DAG(
     @task
     def scan_jobs(targets: list[dict], params: dict | None = None) -> list[dict]:
         """One download job per scan, across every session of this run."""
-        client = XnatHook().get_conn()
-        jobs = []
-        for t in targets:
-            for scan in client.list_scans(t["project"], t["session"]):
-                jobs.append({"project": t["project"], "session": t["session"], "scan": scan.id,
-                             "dest": f"{params['work']}/{t['project']}/{t['session']}/download"})
-        return jobs
+        with XnatHook() as hook:
+            client = hook.get_conn()
+            return [{"project": t["project"], "session": t["session"], "scan": scan.id,
+                     "dest": f"{params['work']}/{t['project']}/{t['session']}/download"}
+                    for t in targets for scan in client.list_scans(t["project"], t["session"])]
 
     jobs = scan_jobs(targets)
     archived >> jobs

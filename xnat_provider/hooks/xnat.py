@@ -15,6 +15,8 @@ alias token's alias; password the password or the token's secret. Extras (all op
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -47,6 +49,22 @@ def connection_url(host: str | None, port: int | None = None, schema: str | None
     path = schema if schema and schema not in ("http", "https") else ""
     netloc = f"{host}:{port}" if port else host
     return f"{scheme}://{netloc}" + (f"/{path.strip('/')}" if path and path.strip("/") else "")
+
+
+def logs_out(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a task method so that the task's hook logs out of XNAT when it ends, however it ends (success,
+    failure, deferral, reschedule): an XNAT login that is never closed stays open on the server until its
+    idle timeout. The task keeps its hook in ``self.hook`` (a cached property)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if "hook" in self.__dict__:
+                self.__dict__["hook"].close()
+
+    return wrapper
 
 
 def client_config_from_connection(conn: Connection) -> ClientConfig:
@@ -109,6 +127,8 @@ class XnatHook(BaseHook):
             except Exception:
                 pass
             return False, f"{type(exc).__name__}: {message}"
+        finally:
+            self.close()
 
     # Alias tokens, for downstream work that needs its own XNAT access.
     def issue_token(self, user: str | None = None) -> AliasToken:

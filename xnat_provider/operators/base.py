@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from ..hooks.xnat import XnatHook
+from ..hooks.xnat import XnatHook, logs_out
 from ..links import XCOM_KEY, XnatSessionLink
 
 
@@ -37,9 +37,17 @@ class XnatBaseOperator(BaseOperator):
         super().__init__(**kwargs)
         self.xnat_conn_id = xnat_conn_id
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Log out of XNAT when an operator's ``execute`` ends, however it ends (success, failure, deferral):
+        an XNAT login that is never closed stays open on the server until its idle timeout."""
+        super().__init_subclass__(**kwargs)
+        if "execute" in cls.__dict__:
+            cls.execute = logs_out(cls.__dict__["execute"])  # type: ignore[method-assign]
+
     @cached_property
     def hook(self) -> XnatHook:
         return XnatHook(self.xnat_conn_id)
+
 
     def push_session_link(self, context: Any, project: str, label: str | None = None,
                           prearchive_uri: str | None = None) -> None:
@@ -53,7 +61,4 @@ class XnatBaseOperator(BaseOperator):
             return
         context["ti"].xcom_push(key=XCOM_KEY, value=url)
 
-    def post_execute(self, context: Any, result: Any = None) -> None:
-        super().post_execute(context, result)
-        if "hook" in self.__dict__:
-            self.hook.close()
+

@@ -16,7 +16,7 @@ from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from ..client.errors import XnatAuthError, XnatBadInputError, XnatNotFoundError, XnatPermissionError
-from ..hooks.xnat import XnatHook
+from ..hooks.xnat import XnatHook, logs_out
 
 FATAL = (XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatBadInputError)
 
@@ -35,6 +35,13 @@ class XnatBaseSensor(BaseSensorOperator):
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
         self.deferrable = deferrable
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Log out when ``execute_complete`` ends (``execute`` below does the same): each resumption of a
+        deferred or rescheduled sensor is a new process with a new login."""
+        super().__init_subclass__(**kwargs)
+        if "execute_complete" in cls.__dict__:
+            cls.execute_complete = logs_out(cls.__dict__["execute_complete"])  # type: ignore[attr-defined]
+
     @cached_property
     def hook(self) -> XnatHook:
         return XnatHook(self.xnat_conn_id)
@@ -42,6 +49,7 @@ class XnatBaseSensor(BaseSensorOperator):
     def make_trigger(self, context: Any) -> Any:  # pragma: no cover - each sensor defines its trigger
         raise NotImplementedError
 
+    @logs_out
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
