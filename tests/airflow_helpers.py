@@ -72,6 +72,9 @@ class FakeTI:
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value
 
+    def get_first_reschedule_date(self, context: Any) -> None:
+        return None  # a first poke: no earlier reschedule
+
 
 class FakeStore:
     """An in-memory stand-in for Airflow's task state store (get/set), for direct operator calls."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from .client.errors import XnatNotFoundError
 from .client.models import PrearchiveSession, status_is_busy, status_is_failed
-from .client.protocol import base_path
+from .client.protocol import base_path, latest_experiment
 
 WAIT, DONE, FAIL, REBUILD = "wait", "done", "fail", "rebuild"
 
@@ -72,10 +72,10 @@ class PrearchiveWatch:
     criteria: PrearchiveCriteria
     state: dict[str, Any] = field(default_factory=lambda: {"seen": {}, "rebuilt": []})
 
-    def observe(self, sessions: list[PrearchiveSession], now: float | None = None) -> Verdict:
+    def track(self, sessions: list[PrearchiveSession], now: float | None = None) -> list[PrearchiveSession]:
+        """Record one poll's observations in ``state`` (no verdict); returns the sessions the criteria match."""
         now = time.time() if now is None else now
-        c = self.criteria
-        matched = [s for s in sessions if c.matches(s)]
+        matched = [s for s in sessions if self.criteria.matches(s)]
         seen: dict[str, list[Any]] = self.state.setdefault("seen", {})
         current = {}
         for s in matched:
@@ -83,7 +83,14 @@ class PrearchiveWatch:
             prev = seen.get(s.uri)
             current[s.uri] = prev if prev and prev[0] == key else [key, now]
         self.state["seen"] = current
-        since = {uri: now - v[1] for uri, v in current.items()}
+        return matched
+
+    def observe(self, sessions: list[PrearchiveSession], now: float | None = None) -> Verdict:
+        """Record one poll's observations (as :meth:`track`) and judge them."""
+        now = time.time() if now is None else now
+        c = self.criteria
+        matched = self.track(sessions, now)
+        since = {uri: now - v[1] for uri, v in self.state["seen"].items()}
 
         failed = [s for s in matched if status_is_failed(s.status)]
         if failed and not c.skip_failed:
@@ -118,7 +125,8 @@ class PrearchiveWatch:
 
 @dataclass(frozen=True)
 class SessionCriteria:
-    """An archived session to wait for: by label (or any session of a subject), with optional conditions."""
+    """An archived session to wait for: by label (or a subject's latest session, by insert date), with optional
+    conditions."""
 
     project: str
     session: str | None = None
@@ -169,10 +177,11 @@ async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
             experiments = await _value(xnat.list_experiments(c.project, c.subject))
         except XnatNotFoundError:
             experiments = []  # the subject is created when its first session is archived
-        if not experiments:
+        latest = latest_experiment(experiments)  # the subject's last inserted session, whatever the order
+        if latest is None:
             await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError
             return session_verdict(c, None, 0, [], {})
-        label = experiments[-1].label
+        label = latest.label
     exp = await _value(xnat.find_experiment(c.project, label))
     if exp is None:
         await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError: no point waiting

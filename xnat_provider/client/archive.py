@@ -7,13 +7,17 @@ from typing import Any
 from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatServerError
 from .models import AliasToken, Experiment, Scan
 from .protocol import (
+    EXPERIMENT_COLUMNS,
     base_path,
     check_label,
     custom_field_param,
+    experiment_from_item,
+    experiments_from_rows,
     fields_from_item,
     first_item,
     q,
     result_rows,
+    scans_from_rows,
 )
 from .session import XnatSession
 
@@ -46,38 +50,33 @@ class ArchiveMixin:
         return [{"id": r["ID"], "label": r["label"]} for r in self._rows(f"{base_path(project)}/subjects")]
 
     def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
-        rows = self._rows(f"{base_path(project, subject)}/experiments",
-                          columns="ID,label,xsiType,date,subject_ID,subject_label,project")
-        return [Experiment(id=r["ID"], label=r["label"], project=r.get("project") or project,
-                           subject_id=r.get("subject_ID", ""), subject_label=r.get("subject_label") or (subject or ""),
-                           xsi_type=r["xsiType"], date=r.get("date", ""), uri=f"/data/experiments/{r['ID']}")
-                for r in rows]
+        """A project's (or a subject's) experiments, in the server's order; each with its ``insert_date``
+        (see :func:`~xnat_provider.client.protocol.latest_experiment`)."""
+        rows = self._rows(f"{base_path(project, subject)}/experiments", columns=EXPERIMENT_COLUMNS)
+        return experiments_from_rows(rows, project, subject)
 
     def get_experiment(self, project: str, experiment: str) -> Experiment:
-        """An experiment by label or ID within its project; :class:`XnatNotFoundError` if absent."""
+        """An experiment by label or ID within its project, subject label included (a second GET: the object
+        document only has the subject's ID); :class:`XnatNotFoundError` if absent."""
         item = self._item(base_path(project, experiment=experiment))
-        d = item["data_fields"]
+        subject_id = item["data_fields"].get("subject_ID")
         subject_label = ""
-        if d.get("subject_ID"):
+        if subject_id:
             try:
-                subject_label = self._item(base_path(project, d["subject_ID"]))["data_fields"].get("label", "")
+                subject_label = self._item(base_path(project, subject_id))["data_fields"].get("label", "")
             except XnatError:
                 subject_label = ""
-        return Experiment(id=d["ID"], label=d.get("label", ""), project=d.get("project", project),
-                          subject_id=d.get("subject_ID", ""), subject_label=subject_label,
-                          xsi_type=item["meta"]["xsi:type"], date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}")
+        return experiment_from_item(item, project, subject_label)
 
     def find_experiment(self, project: str, label: str) -> Experiment | None:
+        """As :meth:`get_experiment`, or None when the experiment (or the project) is absent."""
         try:
             return self.get_experiment(project, label)
         except XnatNotFoundError:
             return None
 
     def list_scans(self, project: str, experiment: str) -> list[Scan]:
-        path = f"{base_path(project, experiment=experiment)}/scans"
-        return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
-                     xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
-                for r in self._rows(path)]
+        return scans_from_rows(self._rows(f"{base_path(project, experiment=experiment)}/scans"))
 
     def list_resources(self, path: str) -> list[dict[str, str]]:
         """Resources of an archive object path (see :func:`~xnat_provider.client.protocol.base_path`)."""

@@ -16,10 +16,13 @@ from typing import Any
 import httpx
 import tenacity
 
-from .errors import XnatAuthError, XnatNotFoundError, XnatServerError
+from .errors import XnatAuthError, XnatError, XnatNotFoundError, XnatServerError
 from .models import Experiment, PrearchiveSession, Scan
 from .protocol import (
+    EXPERIMENT_COLUMNS,
     base_path,
+    experiment_from_item,
+    experiments_from_rows,
     fields_from_item,
     first_item,
     is_transient,
@@ -29,8 +32,9 @@ from .protocol import (
     prearchive_src,
     raise_for_answer,
     result_rows,
+    scans_from_rows,
 )
-from .session import ClientConfig, _RetryAfter, redact_text
+from .session import _KNOWN_SECRETS, ClientConfig, _RetryAfter, redact_text
 
 log = logging.getLogger("xnat_provider.client")
 
@@ -55,6 +59,9 @@ class AsyncXnatClient:
     def _add_secret(self, value: str | None) -> None:
         if value and value not in self._secrets:
             self._secrets.add(value)
+            # The process-wide set the sync client fills too: log records (httpx's own at DEBUG included)
+            # are redacted of every secret any client has learnt.
+            _KNOWN_SECRETS.add(value)
             if self.config.on_secret:
                 self.config.on_secret(value)
 
@@ -155,37 +162,36 @@ class AsyncXnatClient:
             return None
         return PrearchiveSession.from_row(rows[0]) if rows else None
 
+    async def _item(self, path: str) -> dict[str, Any]:
+        resp = await self.request("GET", path, {"format": "json"})
+        return first_item(resp.content, "GET", path)
+
     async def find_experiment(self, project: str, label: str) -> Experiment | None:
-        path = base_path(project, experiment=label)
+        """As the sync client's: the experiment by label or ID, subject label included (a second GET), or None
+        when the experiment (or the project) is absent."""
         try:
-            resp = await self.request("GET", path, {"format": "json"})
+            item = await self._item(base_path(project, experiment=label))
         except XnatNotFoundError:
             return None
-        item = first_item(resp.content, "GET", path)
-        d = item["data_fields"]
-        return Experiment(id=d["ID"], label=d.get("label", ""), project=d.get("project", project),
-                          subject_id=d.get("subject_ID", ""), subject_label="", xsi_type=item["meta"]["xsi:type"],
-                          date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}")
+        subject_id = item["data_fields"].get("subject_ID")
+        subject_label = ""
+        if subject_id:
+            try:
+                subject_label = (await self._item(base_path(project, subject_id)))["data_fields"].get("label", "")
+            except XnatError:
+                subject_label = ""
+        return experiment_from_item(item, project, subject_label)
 
     async def get_fields(self, project: str, subject: str | None = None,
                          experiment: str | None = None) -> dict[str, str]:
-        path = base_path(project, subject, experiment)
-        resp = await self.request("GET", path, {"format": "json"})
-        return fields_from_item(first_item(resp.content, "GET", path))
+        return fields_from_item(await self._item(base_path(project, subject, experiment)))
 
     async def list_scans(self, project: str, experiment: str) -> list[Scan]:
-        rows = await self._rows(f"{base_path(project, experiment=experiment)}/scans")
-        return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
-                     xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
-                for r in rows]
+        return scans_from_rows(await self._rows(f"{base_path(project, experiment=experiment)}/scans"))
 
     async def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
-        rows = await self._rows(f"{base_path(project, subject)}/experiments",
-                                columns="ID,label,xsiType,date,subject_ID,subject_label,project,insert_date")
-        return [Experiment(id=r["ID"], label=r["label"], project=r.get("project") or project,
-                           subject_id=r.get("subject_ID", ""), subject_label=r.get("subject_label") or (subject or ""),
-                           xsi_type=r["xsiType"], date=r.get("date", ""), uri=f"/data/experiments/{r['ID']}")
-                for r in rows]
+        rows = await self._rows(f"{base_path(project, subject)}/experiments", columns=EXPERIMENT_COLUMNS)
+        return experiments_from_rows(rows, project, subject)
 
     async def list_resources(self, path: str) -> list[dict[str, str]]:
         return await self._rows(f"{path}/resources")

@@ -5,13 +5,20 @@ that is not DICOM is a :class:`XnatBadInputError` naming it (unless ``ignore_unp
 and the subject and session labels XNAT will derive are known. Directories, single files and tars are
 zipped on the fly into the request body: no temporary copy, no whole file in memory.
 
+A zip or tar is opened once per pass (once to plan, once per request body), its members read in order.
+
 The import is a POST that may take effect even when its answer is lost. After an ambiguous failure the
-client looks for what this attempt created (prearchive rows of its studies that were not there before, or
-new archive sessions) and resends only the studies that did not arrive.
+client looks, by study UID, for what this attempt created (prearchive rows of its studies that were not there
+before and that XNAT has finished receiving, or new or changed archive sessions), waits up to ``settle_seconds``
+for every study to settle, and resends only the studies that did not arrive. The same check is public
+(:meth:`ImportMixin.import_snapshot`, :meth:`ImportMixin.import_arrived`) so that a caller that retries across
+processes, such as :class:`~xnat_provider.operators.imports.XnatImportOperator`, can resend only what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -19,7 +26,7 @@ import tarfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +35,7 @@ import pydicom
 import requests
 
 from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
-from .models import SessionRef
+from .models import PrearchiveSession, SessionRef
 from .protocol import base_path, check_label, is_conflict_message, session_refs
 from .session import XnatSession
 
@@ -42,10 +49,14 @@ Opener = Callable[[], IO[bytes]]
 
 @dataclass
 class Entry:
+    """One file to send. ``archive`` is the zip or tar it is a member of (None for a plain file): while a pass
+    over that archive is open, ``open`` reads from the one open archive."""
+
     name: str
     open: Opener
     size: int
     study_uid: str
+    archive: _Archive | None = None
 
 
 @dataclass
@@ -59,6 +70,41 @@ class ImportPlan:
     @property
     def studies(self) -> list[str]:
         return list(dict.fromkeys(e.study_uid for e in self.entries))
+
+    def only(self, studies: Collection[str]) -> ImportPlan:
+        """The same plan restricted to ``studies`` (study UIDs of this plan); raise on a UID it does not hold."""
+        unknown = [uid for uid in studies if uid not in self.labels]
+        if unknown:
+            raise XnatBadInputError(f"Not a study of this import: {', '.join(unknown)}")
+        wanted = set(studies)
+        return ImportPlan(entries=[e for e in self.entries if e.study_uid in wanted],
+                          labels={u: v for u, v in self.labels.items() if u in wanted}, skipped=list(self.skipped))
+
+
+@dataclass
+class ImportSnapshot:
+    """What existed before an import, for its studies: a later look then finds only what the import created.
+
+    JSON-safe through :meth:`to_dict` and :meth:`from_dict` (a task state store keeps it across task tries).
+    """
+
+    prearchive: set[str] = field(default_factory=set)  # URIs of prearchive rows of the import's studies
+    labels: set[str] = field(default_factory=set)  # experiment labels in the project
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # label -> JSON form of session_fingerprint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prearchive": sorted(self.prearchive), "labels": sorted(self.labels),
+                "fingerprints": _jsonable(self.fingerprints)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImportSnapshot:
+        return cls(prearchive=set(data.get("prearchive") or ()), labels=set(data.get("labels") or ()),
+                   fingerprints=_jsonable(data.get("fingerprints") or {}))
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it comes back from JSON (tuples become lists), so that stored and fresh values compare."""
+    return json.loads(json.dumps(value))
 
 
 def _sanitise(value: str) -> str:
@@ -110,30 +156,34 @@ def plan_import(
     plan = ImportPlan()
     bad: list[str] = []
 
-    def add(name: str, opener: Opener, size: int) -> None:
-        with opener() as fh:
+    def add(name: str, opener: Opener, size: int, archive: _Archive | None = None,
+            header: Opener | None = None) -> None:
+        with (header or opener)() as fh:
             ds = _header(fh)
         if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
             (plan.skipped if ignore_unparsable and ds is None else bad).append(name)
             return
         uid = str(ds.get("StudyInstanceUID", ""))
         plan.labels.setdefault(uid, _route(ds, subject, session))
-        plan.entries.append(Entry(name, opener, size, uid))
+        plan.entries.append(Entry(name, opener, size, uid, archive))
 
     if src.is_dir():
         for p in sorted(src.rglob("*")):
             if p.is_file() and not p.name.startswith("."):
                 add(p.relative_to(src).as_posix(), lambda p=p: open(p, "rb"), p.stat().st_size)
     elif zipfile.is_zipfile(src):
-        with zipfile.ZipFile(src) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir()]
-        for info in infos:
-            add(info.filename, lambda info=info: _ZipMember(src, info), info.file_size)
+        archive = _Archive(src, "zip")
+        with archive.opened() as zf:  # one open archive for every header
+            for info in zf.infolist():
+                if not info.is_dir():
+                    add(info.filename, lambda info=info: archive.member(info), info.file_size, archive)
     elif tarfile.is_tarfile(src):
-        with tarfile.open(src) as tf:
-            members = [m for m in tf.getmembers() if m.isfile()]
-        for m in members:
-            add(m.name, lambda m=m: _TarMember(src, m), m.size)
+        archive = _Archive(src, "tar")
+        with archive.opened() as tf:
+            for m in tf:  # members in order: a compressed tar is decompressed once, never rewound
+                if m.isfile():
+                    add(m.name, lambda m=m: archive.member(m), m.size, archive,
+                        header=lambda m=m: _Rewindable(archive.member(m)))
     else:
         add(src.name, lambda: open(src, "rb"), src.stat().st_size)
     if bad:
@@ -150,8 +200,48 @@ def plan_import(
     return plan
 
 
+class _Archive:
+    """A zip or tar read in passes. Inside ``with archive.opened():`` every member is read from that one open
+    archive (members must then be read one at a time, in archive order, for a compressed tar to be read
+    once); outside a pass, :meth:`member` opens the archive for that member alone."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+        self._open: Any = None
+        self._users = 0
+
+    def _new(self) -> Any:
+        return zipfile.ZipFile(self.path) if self.kind == "zip" else tarfile.open(self.path)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Any]:
+        """Keep the archive open for a pass. Passes may overlap (a request body abandoned by a failed attempt
+        is closed late): the archive closes when the last one ends."""
+        if self._open is None:
+            self._open = self._new()
+        self._users += 1
+        try:
+            yield self._open
+        finally:
+            self._users -= 1
+            if not self._users:
+                handle, self._open = self._open, None
+                handle.close()
+
+    def member(self, info: Any) -> IO[bytes]:
+        """A member's bytes, streamed: from the open archive during a pass, else from its own open."""
+        if self._open is None:
+            return _ZipMember(self.path, info) if self.kind == "zip" else _TarMember(self.path, info)
+        if self.kind == "zip":
+            return self._open.open(info)  # type: ignore[no-any-return]
+        fh = self._open.extractfile(info)
+        if fh is None:
+            raise XnatBadInputError(f"{self.path}: {info.name} is not a regular file")
+        return fh  # type: ignore[no-any-return]
+
+
 class _ZipMember:
-    """A zip entry opened on demand, closing its archive with it (entries are read one at a time)."""
+    """A zip entry opened outside a pass, closing its own archive with it."""
 
     def __init__(self, path: Path, info: zipfile.ZipInfo):
         self._zf = zipfile.ZipFile(path)
@@ -180,6 +270,49 @@ class _TarMember(_ZipMember):
         self._fh = self._zf.extractfile(member)  # type: ignore[assignment]
 
 
+class _Rewindable:
+    """A forward-only stream that can seek back over what was already read (kept in memory).
+
+    Reading a header, pydicom seeks back a few bytes at a time; in a compressed tar each backward seek would
+    decompress the archive again from its start. Only what pydicom reads (the header) is kept.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw, self._buf, self._pos, self._eof = raw, bytearray(), 0, False
+
+    def _fill(self, end: int | None) -> None:
+        while not self._eof and (end is None or len(self._buf) < end):
+            chunk = self._raw.read(CHUNK if end is None else max(end - len(self._buf), 1))
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+
+    def read(self, n: int | None = -1) -> bytes:
+        self._fill(None if n is None or n < 0 else self._pos + n)
+        end = len(self._buf) if n is None or n < 0 else self._pos + n
+        out = bytes(self._buf[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            self._fill(None)
+            offset += len(self._buf)
+        elif whence == 1:
+            offset += self._pos
+        self._pos = max(offset, 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __enter__(self) -> _Rewindable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+
 class _Sink:
     """Where zipfile writes; the generator below hands the bytes on as they come."""
 
@@ -199,9 +332,15 @@ class _Sink:
 
 
 def zip_stream(entries: list[Entry]) -> Iterator[bytes]:
-    """A zip of the entries, produced while it is sent (stored, not compressed: DICOM barely shrinks)."""
+    """A zip of the entries, produced while it is sent (stored, not compressed: DICOM barely shrinks).
+
+    Each source archive is opened once for the whole pass and its members streamed in order, a chunk at a time.
+    """
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with contextlib.ExitStack() as stack, \
+            zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+        for archive in dict.fromkeys(e.archive for e in entries if e.archive is not None):
+            stack.enter_context(archive.opened())
         for e in entries:
             info = zipfile.ZipInfo(e.name, date_time=(2000, 1, 1, 0, 0, 0))
             info.file_size = e.size
@@ -235,15 +374,31 @@ class ImportMixin:
         trigger_pipelines: bool | None = None,
         ignore_unparsable: bool = False,
         settle_seconds: float | None = None,
+        plan: ImportPlan | None = None,
+        snapshot: ImportSnapshot | None = None,
+        studies: Collection[str] | None = None,
+        check_project: bool = True,
     ) -> list[SessionRef]:
-        """Import DICOM into ``project``'s prearchive (built at once, READY) or archive; one ref per study."""
+        """Import DICOM into ``project``'s prearchive (built at once, READY) or archive; one ref per session.
+
+        ``plan`` is a plan already made with :func:`plan_import` for ``source`` (with the same ``subject``,
+        ``session`` and ``ignore_unparsable``): the headers are then not read again. ``studies`` (study UIDs of
+        the plan) sends only those studies. ``snapshot`` is what :meth:`import_snapshot` saw before this import
+        (or before an earlier attempt of it, which then counts as this import's work); without it one is taken.
+        ``check_project=False`` skips the check that the project exists, for a caller that has made it.
+        """
         if destination not in ("prearchive", "archive"):
             raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {destination!r}")
         if overwrite not in (None, "append", "delete"):
             raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {overwrite!r}")
         check_label(project, "project")
-        plan = plan_import(source, subject=subject, session=session, ignore_unparsable=ignore_unparsable)
-        if not self.project_exists(project):  # type: ignore[attr-defined]
+        if plan is None:
+            plan = plan_import(source, subject=subject, session=session, ignore_unparsable=ignore_unparsable)
+        if studies is not None:
+            plan = plan.only(studies)
+            if not plan.entries:
+                return []
+        if check_project and not self.project_exists(project):  # type: ignore[attr-defined]
             raise XnatBadInputError(
                 f"Project {project!r} does not exist on {self.session.base_url} (XNAT would "
                 "silently route the data by its DICOM headers instead)."
@@ -262,7 +417,7 @@ class ImportMixin:
             params["triggerPipelines"] = str(trigger_pipelines).lower()
         if ignore_unparsable:
             params["Ignore-Unparsable"] = "true"
-        before = self._import_snapshot(project, plan, destination)
+        before = snapshot if snapshot is not None else self.import_snapshot(project, plan)
         pending = plan.studies
         found: list[SessionRef] = []
         for attempt in range(self.session.config.retries):
@@ -295,11 +450,10 @@ class ImportMixin:
                 if not ambiguous or attempt + 1 >= self.session.config.retries:
                     raise
                 if _reached_server(exc):
-                    arrived = self._import_arrived(project, plan, destination, before, pending,
-                                                   self._settle(settle_seconds))
-                    found += arrived
-                    done = {uid for uid in pending if any(r.label == plan.labels[uid][1] for r in arrived)}
-                    pending = [uid for uid in pending if uid not in done]
+                    arrived = self.import_arrived(project, plan, before, destination=destination, studies=pending,
+                                                  settle=self._settle(settle_seconds))  # type: ignore[attr-defined]
+                    found += [ref for uid in pending for ref in arrived.get(uid, [])]
+                    pending = [uid for uid in pending if uid not in arrived]
                     if not pending:
                         log.warning("Import answered %s but took effect; not resending", exc.status)
                         return found
@@ -307,17 +461,18 @@ class ImportMixin:
                 time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _import_snapshot(self, project: str, plan: ImportPlan, destination: str) -> _Snapshot:
-        """What already exists for these studies, so that a later look finds only this attempt's work.
+    def import_snapshot(self, project: str, plan: ImportPlan) -> ImportSnapshot:
+        """What already exists for the plan's studies, so that a later look finds only what came after.
 
         Both places are looked at whatever the destination: a project that auto-archives sends a prearchive
-        import on to the archive, and an archive import that fails to archive stays in the prearchive.
+        import on to the archive, and an archive import that fails to archive stays in the prearchive. The
+        result is JSON-safe (:meth:`ImportSnapshot.to_dict`), for a caller that retries in another process.
         """
         pre = {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
         labels = {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-        prints = {label: self.session_fingerprint(project, label)
+        prints = {label: _jsonable(self.session_fingerprint(project, label))
                   for _s, label in plan.labels.values() if label in labels}
-        return _Snapshot(pre, labels, prints)
+        return ImportSnapshot(pre, labels, prints)
 
     def session_fingerprint(self, project: str, label: str) -> tuple[Any, ...]:
         """An archived session's scans and their resources' file counts and sizes (changes when data merges)."""
@@ -334,53 +489,54 @@ class ImportMixin:
             )
         return tuple(sorted(out))
 
-    def _import_arrived(
-        self, project: str, plan: ImportPlan, destination: str, before: _Snapshot, pending: list[str], settle: float
-    ) -> list[SessionRef]:
-        """The sessions this attempt created, polled for up to ``settle`` seconds; raise if one arrived but
-        could not be archived (resending would only add a second failed copy)."""
+    def import_arrived(
+        self,
+        project: str,
+        plan: ImportPlan,
+        before: ImportSnapshot,
+        *,
+        destination: str = "prearchive",
+        studies: Collection[str] | None = None,
+        settle: float = 0.0,
+    ) -> dict[str, list[SessionRef]]:
+        """The sessions an import of ``plan`` created since ``before``, by study UID, for the studies that arrived.
+
+        A study (of ``studies``, by default all of the plan's) has arrived when XNAT is done with it: it has
+        prearchive rows (matched by study UID, not in ``before``) and none of them is still being received,
+        built or moved, or its session is in the archive and new or changed since ``before`` (matched by the
+        label the plan predicts, the archive listing carries no study UID). A prearchive import's refs are its
+        rows, unless they failed; an archive import's (or a failed row's whose session did reach the archive)
+        is the archive session. Polls for up to ``settle`` seconds until every study has arrived. Raises
+        :class:`XnatConflictError` (or :class:`XnatServerError` for ERROR) when a study's new rows failed to
+        archive and it is not in the archive: resending it would only add a second failed copy.
+        """
+        wanted = list(dict.fromkeys(plan.studies if studies is None else studies))
         deadline = time.monotonic() + settle
         while True:
-            rows = [
-                s
-                for s in self.list_prearchive(project)  # type: ignore[attr-defined]
-                if s.study_uid in pending and s.uri not in before.prearchive
-            ]
+            rows: dict[str, list[PrearchiveSession]] = {}
+            for s in self.list_prearchive(project):  # type: ignore[attr-defined]
+                if s.study_uid in wanted and s.uri not in before.prearchive:
+                    rows.setdefault(s.study_uid, []).append(s)
             experiments = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-            refs: list[SessionRef] = []
-            for uid in pending:
-                subj, label = plan.labels[uid]
-                new_rows = [s for s in rows if s.study_uid == uid]
-                if destination == "prearchive" and new_rows:
-                    refs += [
-                        SessionRef(
-                            uri=s.uri,
-                            project=s.project,
-                            subject=s.subject,
-                            label=s.name,
-                            timestamp=s.timestamp,
-                            in_prearchive=True,
-                        )
+            arrived: dict[str, list[SessionRef]] = {}
+            busy: list[str] = []
+            for uid in wanted:
+                new_rows = rows.get(uid, [])
+                if any(s.busy for s in new_rows):
+                    busy += [s.uri for s in new_rows if s.busy]
+                    continue
+                failed = [s for s in new_rows if s.failed]
+                if destination == "prearchive" and new_rows and not failed:
+                    arrived[uid] = [
+                        SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
+                                   timestamp=s.timestamp, in_prearchive=True)
                         for s in new_rows
                     ]
                     continue
-                exp = experiments.get(label)
-                if exp is not None and (
-                    label not in before.labels
-                    or self.session_fingerprint(project, label) != before.fingerprints.get(label)
-                ):
-                    subject_label = exp.subject_label or subj
-                    refs.append(
-                        SessionRef(
-                            uri=f"/data/archive/projects/{project}/subjects/{subject_label}/experiments/{label}",
-                            project=project,
-                            subject=subject_label,
-                            label=label,
-                        )
-                    )
-                    continue
-                failed = [s for s in new_rows if s.failed]
-                if failed:
+                ref = self._import_archived_ref(project, plan, uid, before, experiments)
+                if ref is not None:
+                    arrived[uid] = [ref]
+                elif failed:
                     cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
                     raise cls(
                         f"POST /data/services/import: the import arrived but could not be archived: "
@@ -390,13 +546,26 @@ class ImportMixin:
                         path="/data/services/import",
                     )
             left = deadline - time.monotonic()
-            if len(refs) >= len(pending) or left <= 0:
-                return refs
+            if len(arrived) == len(wanted) or left <= 0:
+                if busy:
+                    log.warning("Import: XNAT is still receiving %s; counted as not arrived", ", ".join(busy))
+                return arrived
             time.sleep(min(1.0, left))
 
-
-@dataclass
-class _Snapshot:
-    prearchive: set[str]  # URIs of prearchive rows of the import's studies
-    labels: set[str]  # experiment labels in the project
-    fingerprints: dict[str, tuple[Any, ...]]  # label -> scans and file counts, for labels the import targets
+    def _import_archived_ref(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot,
+                      experiments: dict[str, Any]) -> SessionRef | None:
+        """The archive session of a study if it is new or changed since ``before``, else None."""
+        subj, label = plan.labels[uid]
+        exp = experiments.get(label)
+        if exp is None or (
+            label in before.labels
+            and _jsonable(self.session_fingerprint(project, label)) == before.fingerprints.get(label)
+        ):
+            return None
+        subject_label = exp.subject_label or subj
+        return SessionRef(
+            uri=f"/data/archive/projects/{project}/subjects/{subject_label}/experiments/{label}",
+            project=project,
+            subject=subject_label,
+            label=label,
+        )

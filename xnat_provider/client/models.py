@@ -1,5 +1,5 @@
-"""Small typed values the client returns. All are frozen dataclasses with a JSON-safe ``to_dict`` so that
-operators can hand them to XCom as they are."""
+"""Small typed values the client returns. All are dataclasses with a JSON-safe ``to_dict`` so that operators
+can hand them to XCom as they are (an :class:`AliasToken`'s ``to_dict`` leaves its secret out)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ class AliasToken(_Serialisable):
     secret: str = field(repr=False)
     user: str
     expires: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Alias, user and expiry: never the secret, which must not reach an XCom or a log in clear."""
+        out = super().to_dict()
+        out.pop("secret", None)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AliasToken:
@@ -112,6 +118,9 @@ class SessionRef(_Serialisable):
 
 @dataclass(frozen=True)
 class Experiment(_Serialisable):
+    """An archived experiment. ``insert_date`` is XNAT's ``2024-01-01 12:00:00.123`` text, from a listing ('' when
+    read from the object document, as ``get_experiment`` and ``find_experiment`` do)."""
+
     id: str
     label: str
     project: str
@@ -120,6 +129,7 @@ class Experiment(_Serialisable):
     xsi_type: str
     date: str = ""
     uri: str = ""
+    insert_date: str = ""
 
 
 @dataclass(frozen=True)

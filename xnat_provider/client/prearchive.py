@@ -1,9 +1,10 @@
 """The prearchive: list, get, archive, move, rebuild and delete sessions, safely under retries.
 
 Archiving is a POST that may take effect even when its answer is lost (a gateway's 504 while XNAT kept
-working). The client never resends it blindly: after an ambiguous failure it looks at the prearchive row and
-at the archive, and only archives again when the session is still waiting there. A merge conflict comes back
-as :class:`XnatConflictError` whether XNAT says 409 (older servers) or 500 ``FAILED: ...`` (1.8.9+).
+working, or has yet to start). The client never resends it blindly: after an ambiguous failure it watches the
+prearchive row and the archive, and only archives again when the session has stayed untouched there for the
+settle time. A merge conflict comes back as :class:`XnatConflictError` whether XNAT says 409 (older servers)
+or 500 ``FAILED: ...`` (1.8.9+).
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ from .errors import (
     XnatServerError,
 )
 from .models import PrearchiveSession, RemoteFile, SessionRef
-from .protocol import check_label, prearchive_path, prearchive_sessions, prearchive_src, q, result_rows, uri_list
+from .protocol import (
+    archived_uri,
+    check_label,
+    is_ambiguous,
+    prearchive_path,
+    prearchive_sessions,
+    prearchive_src,
+    q,
+    result_rows,
+    uri_list,
+)
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
 OVERWRITE_MODES = (None, "none", "append", "delete")
 BUSY_WORDS = ("in progress", "invalid prearchive status", "locked")
-
-
-def _ambiguous(exc: XnatError) -> bool:
-    """A failure after which the request may still have taken effect."""
-    return isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)
 
 
 def _typed(exc: XnatError) -> XnatError:
@@ -112,6 +118,11 @@ class PrearchiveMixin:
         """Archive a prearchive session (relabelled if asked); returns the archived session's reference.
 
         ``overwrite``: None (a conflict is an error), ``append`` (merge) or ``delete`` (replace).
+
+        After an ambiguous failure (no answer, 502, 503, 504) the prearchive row and the archive are watched for
+        up to ``settle_seconds`` (the client's ``settle_seconds`` by default): the request is sent again only
+        when the row stayed unchanged all that time. A resend that finds the row gone (404) or busy (403)
+        looks again for what the first request did before failing.
         """
         if overwrite not in OVERWRITE_MODES:
             raise XnatBadInputError(f"overwrite must be one of {OVERWRITE_MODES[1:]}, not {overwrite!r}")
@@ -132,6 +143,7 @@ class PrearchiveMixin:
             params.append(("quarantine", str(quarantine).lower()))
         if trigger_pipelines is not None:
             params.append(("triggerPipelines", str(trigger_pipelines).lower()))
+        settle = self._settle(settle_seconds)  # type: ignore[attr-defined]
         for attempt in range(self.session.config.retries):
             try:
                 resp = self.session.request(
@@ -143,13 +155,19 @@ class PrearchiveMixin:
                     ok_statuses=(301, 302, 303),
                 )
             except XnatError as exc:
-                if not _ambiguous(exc) or attempt + 1 >= self.session.config.retries:
-                    typed = _typed(exc)
+                typed = _typed(exc)
+                if attempt > 0:
+                    # A resend after an ambiguous failure: the first request may have been running all along.
+                    found = self._resend_outcome(exc, typed, src, target_project, target_label, settle, before)
+                    if found is not None:
+                        log.warning("Archive of %s answered %s on a resend, but the first request archived it",
+                                    src, exc.status)
+                        return found
+                if not is_ambiguous(exc) or attempt + 1 >= self.session.config.retries:
                     if typed is exc:
                         raise
                     raise typed from exc
-                found = self._archived_after_ambiguity(src, target_project, target_label,
-                                                       self._settle(settle_seconds), before)
+                found = self._archived_after_ambiguity(src, target_project, target_label, settle, before)
                 if found is not None:
                     log.warning("Archive of %s answered %s but took effect; not resending", src, exc.status)
                     return found
@@ -170,28 +188,51 @@ class PrearchiveMixin:
             return SessionRef.parse(path)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _archived_ref(self, project: str, label: str) -> SessionRef | None:
+        """The archived session ``project``/``label`` as a reference, or None when it is not in the archive."""
+        exp = self.find_experiment(project, label)  # type: ignore[attr-defined]
+        if exp is None:
+            return None
+        return SessionRef(uri=archived_uri(project, exp.subject_label, exp.label), project=project,
+                          subject=exp.subject_label, label=exp.label)
+
+    def _resend_outcome(self, exc: XnatError, typed: XnatError, src: str, project: str, label: str, settle: float,
+                        before: PrearchiveSession) -> SessionRef | None:
+        """After a resend failed: the archived session if the first request archived it, else None.
+
+        A 404 means the prearchive row is gone: archived by the first request when the target is in the
+        archive. A busy row (403, typed as a conflict) means the first request is running now: its outcome is
+        awaited as after an ambiguous failure (a CONFLICT or ERROR it ends in is raised).
+        """
+        if isinstance(exc, XnatNotFoundError):
+            return self._archived_ref(project, label)
+        if typed is not exc and isinstance(typed, XnatConflictError):
+            return self._archived_after_ambiguity(src, project, label, settle, before)
+        return None
+
     def _archived_after_ambiguity(
         self, src: str, project: str, label: str, settle: float, before: PrearchiveSession
     ) -> SessionRef | None:
-        """Poll until the archive outcome is known: archived (a ref), still waiting (None), or failed (raise).
+        """Poll until the archive outcome is known: archived (a ref), not happened (None), or failed (raise).
 
-        A row still as it was before the call (same status, same last modification) means the request did
-        nothing: a CONFLICT or ERROR row being archived again with ``overwrite`` is not a new failure.
+        A row still as it was before the call (same status, same last modification), or READY, may be one
+        XNAT has received the request for but not started yet: it is watched until ``settle`` seconds are up,
+        and only then is the request taken as lost (None, archiving again is safe). The look ends as soon as
+        the row is gone with the session in the archive (a ref) or the row shows a new CONFLICT or ERROR
+        (raised). A row still busy, or gone without the session in the archive, when ``settle`` is up is an
+        unknown outcome (:class:`XnatServerError`).
         """
         deadline = time.monotonic() + settle
         while True:
             row = self.find_prearchive(src)
+            unchanged = row is not None and (
+                row.status == "READY" or (row.status == before.status and row.lastmod == before.lastmod))
             if row is None:
-                exp = self.find_experiment(project, label)  # type: ignore[attr-defined]
-                if exp is not None:
-                    return SessionRef(
-                        uri=f"/data/archive/projects/{project}/subjects/{exp.subject_label}/experiments/{exp.label}",
-                        project=project,
-                        subject=exp.subject_label,
-                        label=exp.label,
-                    )
-            elif row.status == "READY" or (row.status == before.status and row.lastmod == before.lastmod):
-                return None  # nothing happened: archiving again is safe
+                found = self._archived_ref(project, label)
+                if found is not None:
+                    return found
+            elif unchanged:
+                pass  # not started (yet?)
             elif row.status == "CONFLICT":
                 raise XnatConflictError(
                     f"POST /data/services/archive: {src} is now in CONFLICT",
@@ -204,6 +245,8 @@ class PrearchiveMixin:
                 )
             left = deadline - time.monotonic()
             if left <= 0:
+                if unchanged:
+                    return None  # nothing happened within settle: archiving again is safe
                 raise XnatServerError(
                     f"POST /data/services/archive: outcome for {src} still unknown after "
                     f"{settle:.0f} s (status {row.status if row else 'gone, no experiment'})",
@@ -219,7 +262,7 @@ class PrearchiveMixin:
         try:
             resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         except XnatError as exc:
-            if not _ambiguous(exc):
+            if not is_ambiguous(exc):
                 typed = _typed(exc)
                 if typed is exc:
                     raise

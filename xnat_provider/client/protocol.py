@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 from lxml import etree
 
-from .errors import XnatConflictError, XnatError, XnatServerError, error_for_status
-from .models import PrearchiveSession, SessionRef
+from .errors import XnatBadInputError, XnatConflictError, XnatServerError, error_for_status
+from .models import Experiment, PrearchiveSession, Scan, SessionRef
 
 # A label XNAT accepts for projects, subjects and experiments.
 LABEL_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -34,8 +34,6 @@ def qpath(path: str) -> str:
 
 def check_label(value: str, what: str) -> str:
     if not value or not LABEL_RE.match(value):
-        from .errors import XnatBadInputError
-
         raise XnatBadInputError(f"Invalid {what} label {value!r}: XNAT accepts letters, digits, '_' and '-' only.")
     return value
 
@@ -62,9 +60,19 @@ def base_path(project: str | None = None, subject: str | None = None, experiment
     return path
 
 
-# ---- reading answers -----------------------------------------------------------------------------------------
-HTML_PREFIXES = ("<html", "<!doctype", "<!DOCTYPE", "<HTML")
+def archived_uri(project: str, subject: str, label: str) -> str:
+    """The ``/data/archive/projects/P/subjects/S/experiments/L`` URI of an archived session, by labels."""
+    return f"/data/archive/projects/{q(project)}/subjects/{q(subject)}/experiments/{q(label)}"
 
+
+def prearchive_uri(d: dict[str, Any]) -> str:
+    """The ``/data/prearchive/projects/P/TIMESTAMP/FOLDER`` URI of a prearchive session given as a dict: a
+    :meth:`PrearchiveSession.to_dict` (``folder``), an XNAT row (``folderName``) or a dict with ``name`` only."""
+    folder = d.get("folder") or d.get("folderName") or d.get("name")
+    return f"/data/prearchive/projects/{d['project']}/{d['timestamp']}/{folder}"
+
+
+# ---- reading answers -----------------------------------------------------------------------------------------
 
 def looks_like_html(text: str) -> bool:
     return text.lstrip()[:20].lower().startswith(("<html", "<!doctype"))
@@ -176,8 +184,48 @@ def first_item(body: str | bytes, method: str, path: str) -> dict[str, Any]:
                               path=path) from exc
 
 
+# ---- archive objects ----------------------------------------------------------------------------------------
+# The experiment listing columns both clients ask for: subject_label saves a GET of the subject, insert_date
+# tells which session came last.
+EXPERIMENT_COLUMNS = "ID,label,xsiType,date,subject_ID,subject_label,project,insert_date"
+
+
+def experiments_from_rows(rows: Iterable[dict[str, str]], project: str, subject: str | None = None
+                          ) -> list[Experiment]:
+    """Experiments from a listing asked with :data:`EXPERIMENT_COLUMNS`, in the server's order."""
+    return [Experiment(id=r["ID"], label=r["label"], project=r.get("project") or project,
+                       subject_id=r.get("subject_ID", ""), subject_label=r.get("subject_label") or (subject or ""),
+                       xsi_type=r.get("xsiType", ""), date=r.get("date", ""), uri=f"/data/experiments/{r['ID']}",
+                       insert_date=r.get("insert_date", ""))
+            for r in rows]
+
+
+def latest_experiment(experiments: Iterable[Experiment]) -> Experiment | None:
+    """The experiment inserted last (by ``insert_date``, then ID), whatever the listing order; None if none."""
+    return max(experiments, key=lambda e: (e.insert_date, e.id), default=None)
+
+
+def experiment_from_item(item: dict[str, Any], project: str, subject_label: str = "") -> Experiment:
+    """An experiment from its object document (the document has the subject's ID, not its label)."""
+    d = item["data_fields"]
+    return Experiment(id=d["ID"], label=d.get("label", ""), project=d.get("project", project),
+                      subject_id=d.get("subject_ID", ""), subject_label=subject_label,
+                      xsi_type=item["meta"]["xsi:type"], date=d.get("date", ""), uri=f"/data/experiments/{d['ID']}",
+                      insert_date=str(d.get("insert_date", "") or ""))
+
+
+def scans_from_rows(rows: Iterable[dict[str, str]]) -> list[Scan]:
+    return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
+                 xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
+            for r in rows]
+
+
+# ---- failures -----------------------------------------------------------------------------------------------
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, XnatServerError) and (exc.status in TRANSIENT_STATUSES)
 
 
-__all__ = ["XnatError"]
+def is_ambiguous(exc: BaseException) -> bool:
+    """A failure after which a non-idempotent request (an archive, an import, a queued operation) may still
+    have taken effect: no answer at all, or a gateway's 502, 503 or 504."""
+    return isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)

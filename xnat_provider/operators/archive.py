@@ -10,6 +10,7 @@ from airflow.sdk import Asset, AssetAlias
 
 from ..client.errors import XnatBadInputError, XnatConflictError, XnatNotFoundError
 from ..client.models import PrearchiveSession
+from ..client.protocol import archived_uri, prearchive_uri
 from .base import XnatBaseOperator, structured
 
 ARCHIVED_ALIAS = "xnat_archived_sessions"
@@ -29,9 +30,12 @@ class XnatArchiveOperator(XnatBaseOperator):
     ``project`` by status (READY), subject, session label or study UID.
 
     ``on_conflict``: ``fail`` (raise :class:`XnatConflictError`), ``append`` (merge into the existing
-    session) or ``skip`` (leave it in the prearchive, reported as skipped). ``project``/``subject``/``label``
-    relabel the archived session (one session only). Returns one dict per session: id, label, project,
-    subject, uri, status (``archived``, ``already_archived`` or ``skipped``) and the reason for a skip.
+    session: unless ``overwrite`` is given, every session is archived with ``overwrite="append"``, which
+    archives a new session as usual; a conflict even a merge cannot resolve is raised) or ``skip`` (leave it in
+    the prearchive, reported as skipped). ``overwrite`` (``append`` or ``delete``) is sent as given.
+    ``new_project``/``new_subject``/``new_label`` relabel the archived session (one session only). Returns one
+    dict per session: id, label, project, subject, uri, status (``archived``, ``already_archived`` or
+    ``skipped``) and the reason for a skip.
 
     Emits one asset event per archived session through the asset alias ``asset_alias`` (default
     ``xnat_archived_sessions``): ``xnat://<host>/<project>/<subject>/<session>`` with the XNAT IDs as extra,
@@ -69,8 +73,7 @@ class XnatArchiveOperator(XnatBaseOperator):
             for s in given:
                 if isinstance(s, str):
                     s = {"uri": s}
-                uri = s.get("uri") or (f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/"
-                                       f"{s.get('folder') or s.get('name')}")
+                uri = s.get("uri") or prearchive_uri(s)
                 if not s.get("in_prearchive", True):
                     continue  # already in the archive (an import straight to the archive)
                 out.append({**s, "uri": uri if uri.startswith("/data/") else "/data" + uri})
@@ -133,22 +136,25 @@ class XnatArchiveOperator(XnatBaseOperator):
             self.log.info("%s was archived already (an earlier try?)", target["uri"])
             return self._result(exp, "already_archived")
         try:
-            ref = client.archive(row, overwrite=self.overwrite, project=self.new_project, subject=self.new_subject,
-                                 label=self.new_label)
+            ref = client.archive(row, overwrite=self._overwrite(), project=self.new_project,
+                                 subject=self.new_subject, label=self.new_label)
         except XnatConflictError as exc:
-            if self.on_conflict == "fail":
-                raise
-            if self.on_conflict == "skip":
-                self.log.warning("Leaving %s in the prearchive: %s", row.uri, exc)
-                return {"id": "", "label": row.name, "project": row.project, "subject": row.subject,
-                        "subject_id": "", "uri": row.uri, "status": "skipped", "reason": str(exc)}
-            self.log.warning("%s conflicts with the archive (%s); appending", row.uri, exc)
-            ref = client.archive(row, overwrite="append", project=self.new_project, subject=self.new_subject,
-                                 label=self.new_label)
+            if self.on_conflict != "skip":
+                raise  # "fail"; or "append", whose merge was asked up front and still conflicts
+            self.log.warning("Leaving %s in the prearchive: %s", row.uri, exc)
+            return {"id": "", "label": row.name, "project": row.project, "subject": row.subject,
+                    "subject_id": "", "uri": row.uri, "status": "skipped", "reason": str(exc)}
         return self._result(client.get_experiment(ref.project, ref.label), "archived")
+
+    def _overwrite(self) -> str | None:
+        """The overwrite mode sent: ``overwrite`` when given, else ``append`` for ``on_conflict="append"`` (one
+        request merges a conflicting session and archives a new one alike), else none."""
+        if self.overwrite not in (None, "none"):
+            return self.overwrite
+        return "append" if self.on_conflict == "append" else self.overwrite
 
     @staticmethod
     def _result(exp: Any, status: str) -> dict[str, Any]:
         return {"id": exp.id, "label": exp.label, "project": exp.project, "subject": exp.subject_label,
-                "subject_id": exp.subject_id, "uri": f"/data/archive/projects/{exp.project}/subjects/"
-                f"{exp.subject_label}/experiments/{exp.label}", "status": status}
+                "subject_id": exp.subject_id, "uri": archived_uri(exp.project, exp.subject_label, exp.label),
+                "status": status}

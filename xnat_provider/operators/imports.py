@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..client.errors import XnatBadInputError
-from ..client.imports import plan_import
-from ..client.models import SessionRef
+from ..client.imports import ImportSnapshot, plan_import
+from ..client.models import PrearchiveSession, SessionRef
 from ..client.protocol import check_label
 from .base import XnatBaseOperator
 
 STATE_KEY = "xnat_import"
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as it comes back from the task state store (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 class XnatImportOperator(XnatBaseOperator):
@@ -31,9 +25,11 @@ class XnatImportOperator(XnatBaseOperator):
     label, uri, in_prearchive, timestamp and status.
 
     A retry never creates a second copy. Before sending, the operator records in the task state store (which
-    survives a retry on another worker) the studies it is about to send; a later try looks those studies up
-    on the server first and sends only what is not there. Inside one try, the client itself resolves an
-    ambiguous answer (a gateway's 504 after XNAT did the work) the same way.
+    survives a retry on another worker) the studies it is about to send and what the server held for them (in
+    the prearchive and in the archive); a later try looks, study by study, for what arrived since (in both
+    places: a project may auto-archive) and sends only the studies that did not, returning refs for all.
+    Inside one try, the client itself resolves an ambiguous answer (a gateway's 504 after XNAT did the work)
+    the same way. Each source's headers are read once, and the project checked once, for the whole run.
 
     :param source: a path or glob; every matching file or directory is imported.
     :param overwrite: None, ``append`` or ``delete`` (XNAT's merge modes).
@@ -77,76 +73,64 @@ class XnatImportOperator(XnatBaseOperator):
             raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.session.base_url}.")
         store = context.get("task_state_store")
         state: dict[str, Any] = (store.get(STATE_KEY) if store is not None else None) or {}
-        results: list[dict[str, Any]] = []
+        refs: list[tuple[Path, SessionRef]] = []
         for src, plan in plans:
             key = str(src.resolve())
             earlier = state.get(key)
-            refs = self._already_there(client, plan, earlier) if earlier else None
-            if refs is not None:
-                self.log.info("%s was imported by an earlier try; not sending it again", src)
+            if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
+                # An earlier try sent this source: what it created since its snapshot is this task's work.
+                before = ImportSnapshot.from_dict(earlier["before"])
+                arrived = client.import_arrived(self.project, plan, before, destination=self.destination)
             else:
+                before, arrived = client.import_snapshot(self.project, plan), {}
                 state[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
-                              "before": self._existing(client, plan)}
-                state[key]["prints"] = self._fingerprints(client, plan, state[key]["before"])
+                              "before": before.to_dict()}
                 if store is not None:
                     store.set(STATE_KEY, state)
-                refs = client.import_dicom(
+            pending = [uid for uid in plan.studies if uid not in arrived]
+            done = [ref for uid in plan.studies for ref in arrived.get(uid, [])]
+            if arrived:
+                self.log.info("%s: %d of %d studies were imported by an earlier try; not sending them again",
+                              src, len(arrived), len(plan.studies))
+            sent: list[SessionRef] = []
+            if pending:
+                sent = client.import_dicom(
                     src, self.project, subject=self.subject, session=self.session, destination=self.destination,
                     overwrite=self.overwrite, quarantine=self.quarantine, trigger_pipelines=self.trigger_pipelines,
-                    ignore_unparsable=self.ignore_unparsable)
-                self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in refs))
-            results += [{**self._describe(client, r), "source": str(src)} for r in refs]
+                    ignore_unparsable=self.ignore_unparsable, plan=plan, snapshot=before, studies=pending,
+                    check_project=False)
+                self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
+            refs += [(src, r) for r in done + sent]
+        results = self._describe(client, refs)
         if results:
             first = results[0]
             self.push_session_link(context, self.project, None if first["in_prearchive"] else first["label"],
                                    first["uri"] if first["in_prearchive"] else None)
         return results
 
-    def _existing(self, client: Any, plan: Any) -> list[str]:
-        """What already exists for these studies, so that a later try finds only what this one created."""
-        if self.destination == "prearchive":
-            return [s.uri for s in client.list_prearchive(self.project) if s.study_uid in plan.labels]
-        return [e.label for e in client.list_experiments(self.project)]
-
-    def _fingerprints(self, client: Any, plan: Any, before: list[str]) -> dict[str, Any]:
-        """For an archive import into sessions that already exist (a merge), what they hold now: a later try
-        can then tell whether this try's merge arrived."""
-        if self.destination != "archive":
-            return {}
-        return {label: _jsonable(client.session_fingerprint(self.project, label))
-                for _subject, label in plan.labels.values() if label in before}
-
-    def _already_there(self, client: Any, plan: Any, earlier: dict[str, Any]) -> list[SessionRef] | None:
-        """Refs of what an earlier try of this task created for every study, or None if anything is missing."""
-        before = set(earlier.get("before", []))
-        refs: list[SessionRef] = []
-        for uid in plan.studies:
-            label = plan.labels[uid][1]
-            if self.destination == "prearchive":
-                rows = [s for s in client.list_prearchive(self.project, study_uid=uid) if s.uri not in before]
-                if not rows:
-                    return None
-                refs += [SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
-                                    timestamp=s.timestamp, in_prearchive=True) for s in rows]
-            else:
-                exp = client.find_experiment(self.project, label)
-                if exp is None or (label in before and self.overwrite is None):
-                    return None
-                if label in before and _jsonable(client.session_fingerprint(self.project, label)) == (
-                        earlier.get("prints") or {}).get(label):
-                    return None  # it was there before and has not changed: the earlier try's merge never arrived
-                refs.append(SessionRef(uri=f"/data/archive/projects/{self.project}/subjects/{exp.subject_label}/"
-                                           f"experiments/{exp.label}", project=self.project,
-                                       subject=exp.subject_label, label=exp.label))
-        return refs
-
     @staticmethod
-    def _describe(client: Any, ref: SessionRef) -> dict[str, Any]:
-        out = ref.to_dict()
-        if ref.in_prearchive:
-            row = client.find_prearchive(ref.uri)
-            out.update(status=row.status if row else "GONE", subject=row.subject if row else ref.subject,
-                       study_uid=row.study_uid if row else "")
-        else:
-            out["status"] = "ARCHIVED"
+    def _describe(client: Any, refs: list[tuple[Path, SessionRef]]) -> list[dict[str, Any]]:
+        """One dict per ref, with its status. A project's prearchive is listed once for all its refs (a single
+        ref is looked up alone: cheaper than listing a whole prearchive), never once per ref."""
+        rows: dict[str, PrearchiveSession] = {}
+        by_project: dict[str, list[SessionRef]] = {}
+        for _src, ref in refs:
+            if ref.in_prearchive:
+                by_project.setdefault(ref.project, []).append(ref)
+        for project, mine in by_project.items():
+            if len(mine) == 1:
+                row = client.find_prearchive(mine[0].uri)
+                rows.update({row.uri: row} if row else {})
+            else:
+                rows.update((s.uri, s) for s in client.list_prearchive(project))
+        out = []
+        for src, ref in refs:
+            item = ref.to_dict()
+            if ref.in_prearchive:
+                row = rows.get(ref.uri)
+                item.update(status=row.status if row else "GONE", subject=row.subject if row else ref.subject,
+                            study_uid=row.study_uid if row else "")
+            else:
+                item["status"] = "ARCHIVED"
+            out.append({**item, "source": str(src)})
         return out

@@ -11,6 +11,7 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from ..client.errors import XnatError, XnatServerError
+from ..client.protocol import prearchive_uri
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
 from ..triggers.prearchive import XnatPrearchiveTrigger
 from .base import FATAL, XnatBaseSensor
@@ -73,9 +74,8 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             if verdict.action == REBUILD:
                 for s in verdict.sessions:
                     self.log.warning("%s", verdict.message)
-                    client.rebuild_prearchive(f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/"
-                                              f"{s['folder']}")
-                    watch.rebuilt(f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}")
+                    client.rebuild_prearchive(prearchive_uri(s))
+                    watch.rebuilt(prearchive_uri(s))
         except FATAL as exc:
             self.fail(f"Cannot watch the prearchive of {self.project}: {exc}", exc)
         except XnatServerError as exc:
@@ -93,7 +93,7 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         reasons = []
         for s in sessions:
             if s.get("status") in ("CONFLICT", "ERROR"):
-                uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
+                uri = prearchive_uri(s)
                 reason = self.hook.get_conn().prearchive_reason(uri)
                 if reason:
                     reasons.append(f"{s['name']}: {reason}")
@@ -123,7 +123,7 @@ class XnatPrearchiveSensor(XnatBaseSensor):
                                            "prearchive session could be rebuilt.")
             try:
                 for s in event["sessions"]:
-                    uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
+                    uri = prearchive_uri(s)
                     self.log.warning("%s", event.get("message"))
                     self.hook.get_conn().rebuild_prearchive(uri)
                     state.setdefault("rebuilt", []).append(uri)

@@ -67,7 +67,7 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
                 async with async_client(self.xnat_conn_id) as xnat:
                     while True:
                         sessions = await xnat.list_prearchive(self.project)
-                        watch.observe(sessions)
+                        watch.track(sessions)
                         seen = await self._seen()
                         now = time.time()
                         present = {s.uri for s in sessions}
