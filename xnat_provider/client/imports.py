@@ -36,7 +36,7 @@ import requests
 
 from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
 from .models import PrearchiveSession, SessionRef
-from .protocol import base_path, check_label, is_conflict_message, session_refs
+from .protocol import archived_uri, base_path, check_label, is_ambiguous, is_conflict_message, session_refs
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -446,7 +446,7 @@ class ImportMixin:
                     ) from exc
                 raise
             except XnatError as exc:
-                ambiguous = isinstance(exc, XnatServerError) and exc.status in (None, 502, 503, 504)
+                ambiguous = is_ambiguous(exc)
                 if not ambiguous or attempt + 1 >= self.session.config.retries:
                     raise
                 if _reached_server(exc):
@@ -564,7 +564,7 @@ class ImportMixin:
             return None
         subject_label = exp.subject_label or subj
         return SessionRef(
-            uri=f"/data/archive/projects/{project}/subjects/{subject_label}/experiments/{label}",
+            uri=archived_uri(project, subject_label, label),
             project=project,
             subject=subject_label,
             label=label,
