@@ -290,3 +290,24 @@ def test_async_find_experiment_runs_in_an_event_loop_without_blocking(emulator: 
             return await xnat.list_experiments("P1")
 
     assert asyncio.run(look()) == []
+
+
+def test_a_zip_labelled_text_html_is_not_cut_short(emulator: XnatEmulator, study_zip: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway that labels the zip text/html: the client looks at its first bytes for an error page, and
+    those bytes must still end up in the zip."""
+    from xnat_provider.testing.files_api import FilesApi
+
+    real = FilesApi.zip_download
+
+    def mislabelled(self, req, fmt):  # type: ignore[no-untyped-def]
+        resp = real(self, req, fmt)
+        resp.content_type = "text/html"
+        return resp
+
+    monkeypatch.setattr(FilesApi, "zip_download", mislabelled)
+    with XnatClient(emulator.url, "admin", "admin") as c:
+        c.import_dicom(study_zip, "P1", destination="archive")
+        manifest = c.download_zip("/data/projects/P1/experiments/S01_MR1/scans/ALL/files", tmp_path / "out")
+    assert len(manifest.files) == 6
+    assert all(Path(f["path"]).stat().st_size == f["size"] for f in manifest.files)

@@ -471,14 +471,17 @@ class DownloadMixin:
         An HTML error page answered with 200 raises its typed error; a broken transfer removes ``part`` and
         raises :class:`XnatTransferError`."""
         resp = self.session.request("GET", path, params={"format": "zip"}, stream=True)
-        if "text/html" in resp.headers.get("Content-Type", ""):  # an error page answered with 200
-            with resp:
-                text = resp.raw.read(64 * 1024, decode_content=True).decode("utf-8", "replace")
+        head = b""
+        if "text/html" in resp.headers.get("Content-Type", ""):  # perhaps an error page answered with 200
+            head = resp.raw.read(64 * 1024, decode_content=True)
+            text = head.decode("utf-8", "replace")
             if looks_like_html(text):
+                resp.close()
                 raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
         named = re.search(r'filename="?([^";/\\]+)"?', resp.headers.get("Content-Disposition", ""))
         try:
             with resp, open(part, "wb") as out:
+                out.write(head)  # bytes already read to look for an error page belong to the zip
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
         except BROKEN as exc:
