@@ -34,7 +34,7 @@ from .protocol import (
     result_rows,
     scans_from_rows,
 )
-from .session import _KNOWN_SECRETS, ClientConfig, _RetryAfter, redact_text
+from .session import ClientConfig, Secrets, _RetryAfter
 
 log = logging.getLogger("xnat_provider.client")
 
@@ -45,9 +45,9 @@ class AsyncXnatClient:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.base_url = config.url
-        self._secrets: set[str] = set()
-        if config.password:
-            self._add_secret(config.password)
+        self.secrets = Secrets(config.on_secret)  # shared with the sync client's redaction of log records
+        self.add_secret, self.redact = self.secrets.add, self.secrets.redact
+        self.add_secret(config.password)
         self.http = httpx.AsyncClient(
             verify=config.verify, headers={"User-Agent": config.user_agent}, follow_redirects=True,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
@@ -55,18 +55,6 @@ class AsyncXnatClient:
         self._generation = 0
         self._logged_in = False
         self.login_attempts = 0
-
-    def _add_secret(self, value: str | None) -> None:
-        if value and value not in self._secrets:
-            self._secrets.add(value)
-            # The process-wide set the sync client fills too: log records (httpx's own at DEBUG included)
-            # are redacted of every secret any client has learnt.
-            _KNOWN_SECRETS.add(value)
-            if self.config.on_secret:
-                self.config.on_secret(value)
-
-    def redact(self, text: str) -> str:
-        return redact_text(text, self._secrets)
 
     async def __aenter__(self) -> AsyncXnatClient:
         return self
@@ -102,7 +90,7 @@ class AsyncXnatClient:
         if resp.status_code != 200 or looks_like_html(resp.text):
             raise_for_answer("POST", "/data/services/auth", resp.status_code, resp.text, self.redact)
         sid = resp.text.strip()
-        self._add_secret(sid)
+        self.add_secret(sid)
         if not self.http.cookies.get("JSESSIONID"):
             self.http.cookies.set("JSESSIONID", sid)
         self._generation += 1

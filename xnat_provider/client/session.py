@@ -48,6 +48,25 @@ def redact_text(text: str, secrets: set[str] | None = None) -> str:
     return text
 
 
+class Secrets:
+    """The secrets one client has learnt (password, token secrets, session ids): redacted from its messages
+    and, process-wide, from log records, and handed to ``on_secret`` (Airflow's masking) once each."""
+
+    def __init__(self, on_secret: Callable[[str], None] | None):
+        self._known: set[str] = set()
+        self._on_secret = on_secret
+
+    def add(self, value: str | None) -> None:
+        if value and value not in self._known:
+            self._known.add(value)
+            _KNOWN_SECRETS.add(value)
+            if self._on_secret:
+                self._on_secret(value)
+
+    def redact(self, text: str) -> str:
+        return redact_text(text, self._known)
+
+
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _KNOWN_SECRETS:
@@ -133,23 +152,11 @@ class XnatSession:
         self._generation = 0
         self._logged_in = False
         self._rebased = False
-        self._secrets: set[str] = set()
+        self.secrets = Secrets(config.on_secret)
+        self.add_secret, self.redact = self.secrets.add, self.secrets.redact
         self.login_attempts = 0
         self.requests_sent = 0
-        if config.password:
-            self.add_secret(config.password)
-
-    # ---- secrets -----------------------------------------------------------------------------------
-    def add_secret(self, value: str | None) -> None:
-        """Remember a secret: it is redacted from every message and handed to ``on_secret``."""
-        if value and value not in self._secrets:
-            self._secrets.add(value)
-            _KNOWN_SECRETS.add(value)
-            if self.config.on_secret:
-                self.config.on_secret(value)
-
-    def redact(self, text: str) -> str:
-        return redact_text(text, self._secrets)
+        self.add_secret(config.password)
 
     # ---- login -------------------------------------------------------------------------------------
     @property
