@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import zipfile
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
 POLICIES = ("skip_identical", "overwrite", "fail")
-_sent = threading.local()  # the MD5 of the last file _put sent from this thread: ((res_path, rel), md5)
 
 
 def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
@@ -109,18 +107,16 @@ class UploadMixin:
         if extract:
             if todo:
                 prefix = remote_dir.strip("/")
-                dups = self._put(res_path, src, f"{prefix}/{src.name}" if prefix else src.name,
-                                 {**params, "extract": "true"})
+                dups, _ = self._put(res_path, src, f"{prefix}/{src.name}" if prefix else src.name,
+                                    {**params, "extract": "true"})
                 kept = {rel for rel in expected if rel in dups}
         else:
             for local, rel in pairs:
                 if rel in todo:
-                    _sent.md5 = None
-                    kept |= self._put(res_path, local, rel, params)
+                    dups, sent_md5 = self._put(res_path, local, rel, params)
+                    kept |= dups
                     if not expected[rel][1]:
-                        sent = getattr(_sent, "md5", None)
-                        md5 = sent[1] if sent and sent[0] == (res_path, rel) else md5_of(local)
-                        expected[rel] = (expected[rel][0], md5)
+                        expected[rel] = (expected[rel][0], sent_md5)
         return self._check_upload(res_path, expected, skipped, kept)
 
     @staticmethod
@@ -160,10 +156,9 @@ class UploadMixin:
                                     f"(overwrite={policy!r}; nothing was uploaded)", path=res_path, status=409)
         return todo, skipped
 
-    def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> set[str]:
-        """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer).
-
-        The MD5 of the bytes sent, computed while sending, is left in ``_sent.md5`` (this thread's)."""
+    def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> tuple[set[str], str]:
+        """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer) and
+        the MD5 of the bytes sent, computed while sending them."""
         url = f"{res_path}/files/{qpath(rel)}"
         readers: list[_HashingReader] = []
         with open(local, "rb") as fh:
@@ -178,23 +173,23 @@ class UploadMixin:
             try:
                 resp = self.session.request("PUT", url, params=params, data=body,
                                             headers={"Content-Type": "application/octet-stream"})
-                _sent.md5 = ((res_path, rel), readers[-1].hexdigest())
+                sent_md5 = readers[-1].hexdigest()
             finally:
                 for r in readers:
                     r.close()
         answer = resp.text.strip()
         if not answer.startswith("{"):
-            return set()
+            return set(), sent_md5
         try:
             duplicates = json.loads(answer).get("duplicates") or []
         except (ValueError, AttributeError):
-            return set()
+            return set(), sent_md5
         if duplicates:
             # Nothing was stored for these. A retried PUT that had already stored the file also lands here, so
             # this is not an error by itself: _check_upload compares what the catalog holds with the local file.
             log.info("XNAT kept its existing %s (duplicates answer); checking it against the local file",
                      ", ".join(map(str, duplicates[:5])))
-        return {str(d) for d in duplicates}
+        return {str(d) for d in duplicates}, sent_md5
 
     def _check_upload(self, res_path: str, expected: dict[str, tuple[int, str]], skipped: set[str],
                       kept: set[str] = frozenset()) -> Manifest:
