@@ -111,6 +111,10 @@ def test_scan_pipeline_summarises_every_scan(airflow_db, xnat_conn, tmp_path) ->
             assert sorted(f.path for f in files) == ["preview.png", "summary.json"]
         fields = c.get_fields("P1", experiment="SUBJ020_MR1")
         assert fields["scans_summarised"] == "3"
+    with xnat.connect(emu.url, user="admin", password="admin", loglevel="ERROR") as session:
+        exp = session.projects["P1"].experiments["SUBJ020_MR1"]
+        assert all("SUMMARY" in [r.label for r in scan.resources.values()] for scan in exp.scans.values())
+        assert exp.fields["scans_summarised"] == "3"
     summary = json.loads((work / "P1" / "SUBJ020_MR1" / "summary" / "3" / "summary.json").read_text())
     assert summary["slices"] == 4 and summary["rows"] == 64 and summary["series_description"] == "DWI"
     assert summary["intensity"]["max"] > summary["intensity"]["min"]
