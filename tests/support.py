@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
+
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Poll until ``condition`` returns something truthy (and return it); fail after ``timeout`` seconds."""
@@ -23,3 +25,14 @@ def assert_no_secret(text: str, secrets: list[str] | tuple[str, ...]) -> None:
     """No secret (of three characters or more) appears in ``text``."""
     for s in secrets:
         assert len(s) < 3 or s not in text, f"a secret leaked ({s[:2]}...)"
+
+
+def listing(http: requests.Session, url: str) -> list[dict[str, str]]:
+    """The rows of an XNAT JSON listing, read over plain HTTP (not through the code under test)."""
+    resp = http.get(url, params={"format": "json"})
+    resp.raise_for_status()
+    return resp.json()["ResultSet"]["Result"]
+
+
+def prearchive_rows(http: requests.Session, emulator: Any, project: str = "P1") -> list[dict[str, str]]:
+    return listing(http, f"{emulator.url}/data/prearchive/projects/{project}")

@@ -20,6 +20,8 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
+from tests.support import listing
+from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatBadInputError, XnatClient, XnatConflictError, XnatServerError
 from xnat_provider.client.imports import CHUNK, Entry, zip_stream
 from xnat_provider.testing import XnatEmulator
@@ -36,18 +38,6 @@ GARBAGE = b"\x08\x00\x18\x00SQ\x00\x00\xff\xff\xff\xff\x00\x00\x00"
 def client(emulator: XnatEmulator) -> Iterator[XnatClient]:
     with XnatClient(emulator.url, "admin", "admin", backoff=0.01, retries=3) as c:
         yield c
-
-
-def rows(http: requests.Session, emulator: XnatEmulator, project: str = "P1") -> list[dict[str, str]]:
-    resp = http.get(f"{emulator.url}/data/prearchive/projects/{project}", params={"format": "json"})
-    resp.raise_for_status()
-    return resp.json()["ResultSet"]["Result"]
-
-
-def listing(http: requests.Session, url: str) -> list[dict[str, str]]:
-    resp = http.get(url, params={"format": "json"})
-    resp.raise_for_status()
-    return resp.json()["ResultSet"]["Result"]
 
 
 def prearchive_files(http: requests.Session, emulator: XnatEmulator, uri: str) -> dict[str, set[str]]:

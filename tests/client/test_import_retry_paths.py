@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatClient
 from xnat_provider.client.imports import ImportSnapshot, plan_import, zip_stream
 from xnat_provider.testing import XnatEmulator
@@ -32,12 +33,6 @@ IMPORT = "/data/services/import"
 def client(emulator: XnatEmulator) -> Iterator[XnatClient]:
     with XnatClient(emulator.url, "admin", "admin", backoff=0.01, retries=3) as c:
         yield c
-
-
-def rows(http: requests.Session, emulator: XnatEmulator, project: str = "P1") -> list[dict[str, str]]:
-    resp = http.get(f"{emulator.url}/data/prearchive/projects/{project}", params={"format": "json"})
-    resp.raise_for_status()
-    return resp.json()["ResultSet"]["Result"]
 
 
 def two_studies_one_split(root: Path) -> tuple[str, Study]:

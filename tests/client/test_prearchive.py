@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import listing
+from tests.support import prearchive_rows as rows
 from xnat_provider.client import (
     ClientConfig,
     PrearchiveSession,
@@ -56,16 +58,6 @@ def slow_queue(tmp_path: Path) -> Iterator[XnatEmulator]:
         queue_seconds=60,
     ) as emu:
         yield emu
-
-
-def listing(http: requests.Session, url: str) -> list[dict[str, str]]:
-    resp = http.get(url, params={"format": "json"})
-    resp.raise_for_status()
-    return resp.json()["ResultSet"]["Result"]
-
-
-def rows(http: requests.Session, emulator: XnatEmulator, project: str = "P1") -> list[dict[str, str]]:
-    return listing(http, f"{emulator.url}/data/prearchive/projects/{project}")
 
 
 def experiments(http: requests.Session, emulator: XnatEmulator, project: str = "P1") -> list[dict[str, str]]:

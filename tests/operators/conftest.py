@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.support import listing as rows
 from xnat_provider.client import XnatClient
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study, zip_files
@@ -18,12 +19,6 @@ from xnat_provider.testing.samples import Study, make_study, zip_files
 IMPORT = r"^/data/services/import$"
 ARCHIVE = r"^/data/services/archive$"
 LOGIN = r"^/data/services/auth$"
-
-
-def rows(http: requests.Session, url: str) -> list[dict[str, Any]]:
-    resp = http.get(url, params={"format": "json"})
-    resp.raise_for_status()
-    return resp.json()["ResultSet"]["Result"]
 
 
 class Server:
