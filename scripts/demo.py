@@ -133,13 +133,12 @@ def report(url: str, t_ingest: float, t_scans: float, total: float) -> None:
     print(f"{'session':<14} {'subject':<9} {'type':<20} {'scans':>5} {'files':>5} {'summaries':>9}  fields set")
     with XnatClient(url, "admin", "admin") as xnat:
         for exp in xnat.list_experiments(PROJECT):
-            scans = xnat.list_scans(PROJECT, exp.label)
+            scans = xnat.list_scans(PROJECT, exp)
             files = summaries = 0
             for s in scans:
-                base = f"/data/projects/{PROJECT}/experiments/{exp.label}/scans/{s.id}/resources"
-                files += len(xnat.list_files(f"{base}/DICOM"))
-                summaries += any(r["label"] == "SUMMARY" for r in xnat.list_resources(
-                    f"/data/projects/{PROJECT}/experiments/{exp.label}/scans/{s.id}"))
+                scan_path = xnat.object_path(PROJECT, experiment=exp, scan=s.id)
+                files += len(xnat.list_files(f"{scan_path}/resources/DICOM"))
+                summaries += any(r["label"] == "SUMMARY" for r in xnat.list_resources(scan_path))
             fields = xnat.get_fields(PROJECT, experiment=exp.label)
             print(f"{exp.label:<14} {exp.subject_label:<9} {exp.xsi_type:<20} {len(scans):>5} {files:>5} "
                   f"{summaries:>9}  {', '.join(sorted(fields))}")

@@ -32,7 +32,8 @@ os.environ.update(
 import pytest  # noqa: E402
 import requests  # noqa: E402
 
-from xnat_provider.testing import XnatEmulator  # noqa: E402
+from xnat_provider.testing import XnatEmulator, xnat_routes  # noqa: E402
+from xnat_provider.testing.faults import Faults  # noqa: E402
 from xnat_provider.testing.samples import Study, make_study, zip_files  # noqa: E402
 
 # Loopback only: a proxy variable in the environment must never route test traffic elsewhere
@@ -40,6 +41,43 @@ from xnat_provider.testing.samples import Study, make_study, zip_files  # noqa: 
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_var, None)
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+CLIENT_AGENT = "airflow-provider-xnat/"  # the User-Agent of both clients (ClientConfig.user_agent)
+# Paths outside the /data route table the client uses: the site root (which a real XNAT redirects to its login
+# page, where the redirect is followed) and the build info of XNAT's Spring API.
+OUTSIDE_DATA = {"/", "/app/template/Login.vm", "/xapi/siteConfig/buildInfo"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sends_unrouted_requests(reason): the test makes the client send requests "
+                            "XNAT does not route, on purpose; the route oracle does not check it")
+
+
+@pytest.fixture(autouse=True)
+def client_requests_use_xnat_routes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                                    ) -> Iterator[list[tuple[str, str]]]:
+    """The route oracle, around every test: each request our clients send to any emulator of the test must be one
+    XNAT 1.8 routes (``xnat_routes.is_exact``: a template of XNAT's own route table, the method allowed).
+
+    The emulator also refuses paths XNAT lacks, but only in the ways its router was written to; this check reads
+    the table directly, so a request that the emulator happens to answer (or a test happens to tolerate) still
+    fails here. Requests of xnatpy, pyxnat and the tests' own HTTP sessions are not checked."""
+    sent: list[tuple[str, str]] = []
+    real = Faults.count
+
+    def count(self: Faults, method: str, path: str, user_agent: str = "") -> None:
+        real(self, method, path, user_agent)
+        if user_agent.startswith(CLIENT_AGENT):
+            sent.append((method, path))
+
+    monkeypatch.setattr(Faults, "count", count)
+    yield sent
+    if request.node.get_closest_marker("sends_unrouted_requests"):
+        return
+    unrouted = sorted({(m, p) for m, p in sent if not (
+        p in OUTSIDE_DATA if not p.startswith("/data/") else xnat_routes.is_exact(m, p[len("/data"):]))})
+    assert not unrouted, f"the client sent requests XNAT has no route for: {unrouted[:10]}"
 
 
 @pytest.fixture

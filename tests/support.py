@@ -36,3 +36,11 @@ def listing(http: requests.Session, url: str) -> list[dict[str, str]]:
 
 def prearchive_rows(http: requests.Session, emulator: Any, project: str = "P1") -> list[dict[str, str]]:
     return listing(http, f"{emulator.url}/data/prearchive/projects/{project}")
+
+
+def experiment_url(http: requests.Session, url: str, project: str, label: str) -> str:
+    """``{url}/data/experiments/{ID}`` of a project's experiment: XNAT routes an experiment's scans and files only
+    there (or under its subject), never under ``/data/projects/P/experiments/E``."""
+    resp = http.get(f"{url}/data/projects/{project}/experiments/{label}", params={"format": "json"})
+    resp.raise_for_status()
+    return f"{url}/data/experiments/{resp.json()['items'][0]['data_fields']['ID']}"

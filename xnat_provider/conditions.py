@@ -186,12 +186,13 @@ async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
     if exp is None:
         await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError: no point waiting
         return session_verdict(c, None, 0, [], {})
-    scans = await _value(xnat.list_scans(c.project, exp.label)) if (c.min_scans or c.resource) else []
+    scans = await _value(xnat.list_scans(c.project, exp)) if (c.min_scans or c.resource) else []
     resources: list[str] = []
     if c.resource:
-        path = base_path(c.project, experiment=exp.label)
+        path = base_path(experiment=exp.id)  # XNAT routes scans only under the experiment's ID (or its subject)
         resources = [r["label"] for r in await _value(xnat.list_resources(path))]
         for s in scans:
-            resources += [r["label"] for r in await _value(xnat.list_resources(f"{path}/scans/{s.id}"))]
+            resources += [r["label"] for r in await _value(xnat.list_resources(base_path(experiment=exp.id,
+                                                                                          scan=s.id)))]
     fields = await _value(xnat.get_fields(c.project, experiment=exp.label)) if c.field_name else {}
     return session_verdict(c, exp.to_dict(), len(scans), resources, fields)

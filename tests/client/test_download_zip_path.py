@@ -48,9 +48,9 @@ def import_scan(tmp_path: Path, http: requests.Session, emulator: XnatEmulator, 
                   data=archive.read_bytes(), headers={"Content-Type": "application/zip"})
     assert r.status_code == 200, r.text
     rows = http.get(emulator.url + "/data/projects/P1/experiments?format=json").json()["ResultSet"]["Result"]
-    label = next(row["label"] for row in rows if row["label"].startswith(name))
+    row = next(row for row in rows if row["label"].startswith(name))
     originals = {f"{pydicom.dcmread(p).SOPInstanceUID}.dcm": p.read_bytes() for p in study.files}
-    return Scan(label, originals, f"{base_path('P1', experiment=label, scan='1')}/resources/DICOM")
+    return Scan(row["label"], originals, f"{base_path(experiment=row['ID'], scan='1')}/resources/DICOM")
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_download_session_takes_the_fast_path_for_its_scan_resources(client: Xna
                                                                      tmp_path: Path) -> None:
     emulator.faults.reset_counts()
     manifest = client.download_session("P1", big.label, tmp_path / "out")
-    assert zips == [f"{base_path('P1', experiment=big.label)}/scans/1/resources/DICOM/files"]
+    assert zips == [f"{big.resource_path}/files"]
     assert emulator.request_count("GET", FILE_GET) == 0
     expected = {f"scans/{k}": v for k, v in big.tree().items()}
     assert tree(tmp_path / "out") == expected

@@ -45,7 +45,7 @@ class Session:
 
     @property
     def path(self) -> str:
-        return base_path("P1", experiment=self.label)
+        return base_path(experiment=self.id)  # where XNAT routes a session's scans and files
 
     def scan_tree(self, *scan_ids: str, resource: str = "DICOM") -> dict[str, bytes]:
         return {f"{s}/{resource}/{name}": data for s in scan_ids for name, data in self.originals[s].items()}
@@ -119,7 +119,7 @@ class Spy:
 
 # ---- what gets downloaded ----------------------------------------------------------------------------------
 def test_download_one_file_verified(client: XnatClient, session: Session, tmp_path: Path) -> None:
-    files = client.list_files(f"{base_path('P1', experiment=session.label, scan='1')}/resources/DICOM")
+    files = client.list_files(f"{base_path(experiment=session.id, scan='1')}/resources/DICOM")
     assert sorted(f.path for f in files) == sorted(session.originals["1"])
     remote = files[0]
     original = session.originals["1"][remote.path]
@@ -212,7 +212,7 @@ def test_rerun_skips_verified_files_and_finishes_a_half_done_download(client: Xn
 
 def test_file_corrupted_on_the_server_is_refused(client: XnatClient, session: Session, emulator: XnatEmulator,
                                                  secrets: list[str], tmp_path: Path) -> None:
-    remote = client.list_files(f"{base_path('P1', experiment=session.label, scan='1')}/resources/DICOM")[0]
+    remote = client.list_files(f"{base_path(experiment=session.id, scan='1')}/resources/DICOM")[0]
     emulator.corrupt_file(remote.uri)  # the stored bytes no longer match the catalog digest (size kept)
     dest = tmp_path / "out"
     with pytest.raises(XnatTransferError) as err:
@@ -318,7 +318,7 @@ def test_truncated_body_fails_then_a_rerun_finishes(client: XnatClient, blobs: d
 
 def test_session_expiry_mid_download_logs_in_once_more(client: XnatClient, session: Session,
                                                        emulator: XnatEmulator, tmp_path: Path) -> None:
-    files = client.list_files(f"{base_path('P1', experiment=session.label, scan='2')}/resources/DICOM")
+    files = client.list_files(f"{base_path(experiment=session.id, scan='2')}/resources/DICOM")
     assert client.session.login_attempts == 1
     slow = files[0].path
     emulator.delay("GET", slow.replace(".", r"\."), seconds=0.5)

@@ -20,7 +20,7 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from tests.support import listing
+from tests.support import experiment_url, listing
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatBadInputError, XnatClient, XnatConflictError, XnatServerError
 from xnat_provider.client.imports import CHUNK, Entry, zip_stream
@@ -50,7 +50,7 @@ def prearchive_files(http: requests.Session, emulator: XnatEmulator, uri: str) -
 
 
 def archive_files(http: requests.Session, emulator: XnatEmulator, project: str, label: str) -> dict[str, set[str]]:
-    base = f"{emulator.url}/data/projects/{project}/experiments/{label}"
+    base = experiment_url(http, emulator.url, project, label)
     return {
         s["ID"]: {f["Name"] for f in listing(http, f"{base}/scans/{s['ID']}/resources/DICOM/files")}
         for s in listing(http, f"{base}/scans")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import listing
+from tests.support import experiment_url, listing
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import (
     ClientConfig,
@@ -66,7 +66,7 @@ def experiments(http: requests.Session, emulator: XnatEmulator, project: str = "
 
 def scan_files(http: requests.Session, emulator: XnatEmulator, project: str, label: str) -> dict[str, int]:
     """Scan id -> number of files in the archive."""
-    base = f"{emulator.url}/data/projects/{project}/experiments/{label}"
+    base = experiment_url(http, emulator.url, project, label)
     return {
         s["ID"]: len(listing(http, f"{base}/scans/{s['ID']}/resources/DICOM/files"))
         for s in listing(http, f"{base}/scans")

@@ -308,6 +308,7 @@ def test_a_zip_labelled_text_html_is_not_cut_short(emulator: XnatEmulator, study
     monkeypatch.setattr(FilesApi, "zip_download", mislabelled)
     with XnatClient(emulator.url, "admin", "admin") as c:
         c.import_dicom(study_zip, "P1", destination="archive")
-        manifest = c.download_zip("/data/projects/P1/experiments/S01_MR1/scans/ALL/files", tmp_path / "out")
+        exp = c.experiment_path("P1", "S01_MR1")
+        manifest = c.download_zip(f"{exp}/scans/ALL/files", tmp_path / "out")
     assert len(manifest.files) == 6
     assert all(Path(f["path"]).stat().st_size == f["size"] for f in manifest.files)

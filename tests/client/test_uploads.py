@@ -29,12 +29,13 @@ from xnat_provider.testing.samples import make_study, zip_files
 
 USER, PASSWORD = "carol", "Upl0ad-s3cret!"
 EXP = base_path("P1", experiment="S01_MR1")
+LONG = base_path("P1", "S01", "S01_MR1")  # XNAT routes assessors and scans only here or under the experiment's ID
 LEVELS = {
     "project": base_path("P1"),
     "subject": base_path("P1", "S01"),
     "experiment": EXP,
-    "scan": base_path("P1", experiment="S01_MR1", scan="1"),
-    "assessor": base_path("P1", experiment="S01_MR1", assessor="A1"),
+    "scan": base_path("P1", "S01", "S01_MR1", scan="1"),
+    "assessor": base_path("P1", "S01", "S01_MR1", assessor="A1"),
 }
 FILE_PUT = r"/resources/[^/]+/files/.+"
 
@@ -48,7 +49,7 @@ def session(tmp_path: Path, http: requests.Session, emulator: XnatEmulator) -> s
     r = http.post(emulator.url + "/data/services/import", params={"dest": "/archive/projects/P1"},
                   data=archive.read_bytes(), headers={"Content-Type": "application/zip"})
     assert r.status_code == 200 and r.text.strip().endswith("/subjects/S01/experiments/S01_MR1"), r.text
-    r = http.put(f"{emulator.url}{EXP}/assessors/A1", params={"xsiType": "xnat:qcAssessmentData"})
+    r = http.put(f"{emulator.url}{LONG}/assessors/A1", params={"xsiType": "xnat:qcAssessmentData"})
     assert r.status_code in (200, 201), r.text
     return "S01_MR1"
 

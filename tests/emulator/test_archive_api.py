@@ -167,7 +167,9 @@ def test_errors_are_status_pages_with_h3(http, emulator: XnatEmulator) -> None:
     assert r.status_code == 404
     assert r.headers["Content-Type"].startswith("text/html")
     assert "<h3>Unable to find the specified subject: NOPE</h3>" in r.text
-    assert http.post(emulator.url + "/data/projects").status_code == 405
+    assert http.delete(emulator.url + "/data/projects").status_code == 405  # XNAT allows GET and POST only
+    not_emulated = http.post(emulator.url + "/data/projects")  # XNAT creates a project from XML; not emulated
+    assert not_emulated.status_code == 501 and "does not implement POST on ProjectListResource" in not_emulated.text
     assert http.get(emulator.url + "/data/nothing-here").status_code == 404
 
 

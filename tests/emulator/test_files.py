@@ -140,7 +140,7 @@ def test_zip_downloads_use_xnat_layout(http, emulator, archived) -> None:
         f"{emulator.url}/data/experiments/{archived}/scans/T2/files?format=zip").content)).namelist()
     assert len(by_type) == 3 and all("/2-T2/" in n for n in by_type)
     listed = zipfile.ZipFile(io.BytesIO(http.get(
-        f"{emulator.url}/data/projects/P1/experiments/S01_MR1/scans/1,2/resources/DICOM/files?format=zip",
+        f"{emulator.url}/data/projects/P1/subjects/S01/experiments/S01_MR1/scans/1,2/resources/DICOM/files?format=zip",
         params={"structure": "simplified"}).content)).namelist()
     assert len(listed) == 6 and all("/resources/" not in n for n in listed)
     tgz = http.get(f"{emulator.url}/data/experiments/{archived}/scans/1/files?format=tar.gz")

@@ -318,8 +318,8 @@ def test_archive_overwrite_append_merges(emulator, http, tmp_path):
     assert r.status_code == 200, r.text
     assert r.text == "/data/archive/projects/P1/subjects/S01/experiments/S01_MR1\r\n"
     assert len(experiments(http, emulator, "P1")) == 1
-    scans = http.get(emulator.url + "/data/projects/P1/experiments/S01_MR1/scans", params={"format": "json"},
-                     timeout=10).json()["ResultSet"]["Result"]
+    scans = http.get(emulator.url + "/data/projects/P1/subjects/S01/experiments/S01_MR1/scans",
+                     params={"format": "json"}, timeout=10).json()["ResultSet"]["Result"]
     assert sorted(s["ID"] for s in scans) == ["1", "2", "3"]
     assert sorted(dcm_names(adir(emulator, "P1", "S01_MR1"))) == ["1", "2", "3"]
     assert rows(http, emulator) == []

@@ -57,7 +57,7 @@ def test_scheduled_ingest_archives_records_and_moves_inputs(airflow_db, xnat_con
     assert again.state == "success", again.tis
     with client(emu) as c:
         assert sorted(e.label for e in c.list_experiments("P1")) == ["SUBJ001_MR1", "SUBJ002_MR1"]
-        assert len(c.list_files("/data/projects/P1/experiments/SUBJ001_MR1/scans/1/resources/DICOM")) == 3
+        assert len(c.list_files(c.object_path("P1", experiment="SUBJ001_MR1", scan="1") + "/resources/DICOM")) == 3
     # Nothing new: the run succeeds and touches nothing.
     assert run_dag("xnat_scheduled_ingest", conf).state == "success"
 
@@ -107,7 +107,7 @@ def test_scan_pipeline_summarises_every_scan(airflow_db, xnat_conn, tmp_path) ->
     assert result.state == "success", result.tis
     with client(emu) as c:
         for scan in ("1", "2", "3"):
-            files = c.list_files(f"/data/projects/P1/experiments/SUBJ020_MR1/scans/{scan}/resources/SUMMARY")
+            files = c.list_files(c.object_path("P1", "SUBJ020", "SUBJ020_MR1", scan=scan) + "/resources/SUMMARY")
             assert sorted(f.path for f in files) == ["preview.png", "summary.json"]
         fields = c.get_fields("P1", experiment="SUBJ020_MR1")
         assert fields["scans_summarised"] == "3"

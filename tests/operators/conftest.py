@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.support import experiment_url
 from tests.support import listing as rows
 from xnat_provider.client import XnatClient
 from xnat_provider.testing import XnatEmulator
@@ -37,13 +38,14 @@ class Server:
         return sorted(e["label"] for e in self.experiments(project))
 
     def scans(self, session: str, project: str = "P1") -> list[dict[str, Any]]:
-        return rows(self.http, f"{self.url}/data/projects/{project}/experiments/{session}/scans")
+        return rows(self.http, f"{experiment_url(self.http, self.url, project, session)}/scans")
 
     def files(self, path: str) -> list[dict[str, Any]]:
         return rows(self.http, f"{self.url}{path}/files")
 
     def scan_files(self, session: str, scan: str, project: str = "P1", resource: str = "DICOM") -> list[dict]:
-        return self.files(f"/data/projects/{project}/experiments/{session}/scans/{scan}/resources/{resource}")
+        exp = experiment_url(self.http, self.url, project, session)
+        return rows(self.http, f"{exp}/scans/{scan}/resources/{resource}/files")
 
     def experiment(self, session: str, project: str = "P1") -> dict[str, Any]:
         resp = self.http.get(f"{self.url}/data/projects/{project}/experiments/{session}", params={"format": "json"})

@@ -28,6 +28,7 @@ from xnat_provider.operators.transfers import (
 )
 
 EXP = "/data/projects/P1/experiments/S01_MR1"
+LONG = "/data/projects/P1/subjects/S01/experiments/S01_MR1"  # XNAT routes scans and assessors here or by ID
 FILE_GETS = r"/resources/[^/]+/files/.+"
 
 
@@ -136,7 +137,7 @@ def test_a_rerun_skips_what_is_there_and_finishes_what_is_not(xnat_conn, server:
 def test_download_another_resource(xnat_conn, server: Server, archived, client, tmp_path) -> None:
     nifti = tmp_path / "t1.nii"
     nifti.write_bytes(b"\x5c\x01" + b"\0" * 346)
-    client.upload(nifti, f"{EXP}/scans/1", "NIFTI")
+    client.upload(nifti, f"{LONG}/scans/1", "NIFTI")
     dest = tmp_path / "out"
     result, _ = download(dest, resource="NIFTI")  # scan 2 has no NIFTI resource: nothing from it
     assert (result["files"], result["resource"]) == (1, "NIFTI")
@@ -183,7 +184,7 @@ def catalog(server: Server, path: str, resource: str = "RESULTS") -> dict[str, s
 
 @pytest.fixture
 def assessor(archived, http, server: Server) -> str:
-    resp = http.put(f"{server.url}{EXP}/assessors/QC1", params={"xsiType": "xnat:qcAssessmentData"})
+    resp = http.put(f"{server.url}{LONG}/assessors/QC1", params={"xsiType": "xnat:qcAssessmentData"})
     resp.raise_for_status()
     return "QC1"
 
@@ -193,8 +194,10 @@ def assessor(archived, http, server: Server) -> str:
     ("subject", {"subject": "S01"}, "/data/projects/P1/subjects/S01"),
     ("experiment", {"session": "S01_MR1"}, EXP),
     ("experiment", {"subject": "S01", "session": "S01_MR1"}, EXP),
-    ("scan", {"session": "S01_MR1", "scan": "2"}, f"{EXP}/scans/2"),
-    ("assessor", {"session": "S01_MR1", "assessor": "QC1"}, f"{EXP}/assessors/QC1"),
+    ("scan", {"session": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
+    ("scan", {"subject": "S01", "session": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
+    ("assessor", {"session": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
+    ("assessor", {"subject": "S01", "session": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
 ])
 def test_upload_at_each_level(xnat_conn, server: Server, assessor, results_dir, level, kwargs, path) -> None:
     result, ctx = upload(results_dir, format="JSON", content="STATS", **kwargs)
@@ -206,6 +209,9 @@ def test_upload_at_each_level(xnat_conn, server: Server, assessor, results_dir, 
               server.http.get(f"{server.url}{path}/resources", params={"format": "json"}).json()["ResultSet"]["Result"]}
     assert (listed["RESULTS"]["format"], listed["RESULTS"]["content"]) == ("JSON", "STATS")
     assert (XCOM_KEY in ctx["ti"].pushed) == ("session" in kwargs)
+    if level in ("scan", "assessor"):  # by the subject given, or by the experiment's ID: routes XNAT has
+        by_id = f"/data/experiments/{server.experiment('S01_MR1')['data_fields']['ID']}"
+        assert result["path"] == (path if "subject" in kwargs else path.replace(LONG, by_id))
     got = server.http.get(f"{server.url}{path}/resources/RESULTS/files/sub/table.csv")
     assert got.content == (results_dir / "sub" / "table.csv").read_bytes()
 
@@ -258,7 +264,7 @@ def test_extract_a_zip(xnat_conn, server: Server, archived, results_dir, tmp_pat
                 zf.write(p, p.relative_to(results_dir).as_posix())
     result, _ = upload(archive, session="S01_MR1", scan="1", extract=True)
     assert sorted(result["paths"]) == ["report.json", "sub/table.csv"] and result["transferred"] == 2
-    assert catalog(server, f"{EXP}/scans/1") == {"report.json": md5(results_dir / "report.json"),
+    assert catalog(server, f"{LONG}/scans/1") == {"report.json": md5(results_dir / "report.json"),
                                                  "sub/table.csv": md5(results_dir / "sub" / "table.csv")}
     again, _ = upload(archive, session="S01_MR1", scan="1", extract=True)
     assert (again["transferred"], again["skipped"]) == (0, 2)

@@ -71,7 +71,8 @@ def test_resource_at_session_and_scan_level(xnat_conn, tmp_path) -> None:
     assert done(notes.poke(context()))["label"] == "S01_MR1"
     snap = sensor(session="S01_MR1", resource="SNAPSHOTS")
     assert snap.poke(context()) is False
-    XnatHook().get_conn().ensure_resource("/data/projects/P1/experiments/S01_MR1/scans/2", "SNAPSHOTS")
+    xnat = XnatHook().get_conn()
+    xnat.ensure_resource(xnat.object_path("P1", experiment="S01_MR1", scan="2"), "SNAPSHOTS")
     assert done(snap.poke(context()))["label"] == "S01_MR1"
 
 

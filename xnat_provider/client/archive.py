@@ -75,8 +75,42 @@ class ArchiveMixin:
         except XnatNotFoundError:
             return None
 
-    def list_scans(self, project: str, experiment: str) -> list[Scan]:
-        return scans_from_rows(self._rows(f"{base_path(project, experiment=experiment)}/scans"))
+    def experiment_path(self, project: str, experiment: str | Experiment, subject: str | None = None) -> str:
+        """The path under which XNAT routes an experiment's scans, assessors and files.
+
+        XNAT has them only under ``/data/experiments/{ID}`` and ``/data/projects/{P}/subjects/{S}/experiments/
+        {E}``, never under ``/data/projects/{P}/experiments/{E}``. With ``subject`` given (a label or ID) the long
+        form is used as given, with no request; an :class:`Experiment` gives its ID; a label (or ID) within the
+        project costs one GET of the experiment to learn its ID. :class:`XnatNotFoundError` if absent.
+        """
+        if isinstance(experiment, Experiment):
+            return base_path(experiment=experiment.id)
+        if subject:
+            return base_path(project, subject, experiment)
+        item = self._item(base_path(project, experiment=experiment))
+        return base_path(experiment=str(item["data_fields"]["ID"]))
+
+    def object_path(self, project: str, subject: str | None = None, experiment: str | Experiment | None = None,
+                    scan: str | None = None, assessor: str | None = None) -> str:
+        """An archive object's path (project, subject, experiment, scan or assessor), in a form XNAT routes.
+
+        Labels or IDs as the caller knows them; only a scan or assessor without its subject costs a lookup of
+        the experiment's ID (see :meth:`experiment_path`)."""
+        if scan is None and assessor is None:
+            label = experiment.label if isinstance(experiment, Experiment) else experiment
+            return base_path(project, subject, label)
+        if experiment is None:
+            raise XnatBadInputError("A scan or assessor needs its session (experiment).")
+        path = self.experiment_path(project, experiment, subject)
+        return f"{path}/scans/{q(scan)}" if scan is not None else f"{path}/assessors/{q(str(assessor))}"
+
+    def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
+        """An experiment's scans (``experiment``: a label or ID within ``project``, or an :class:`Experiment`)."""
+        return self.scans_at(self.experiment_path(project, experiment))
+
+    def scans_at(self, experiment_path: str) -> list[Scan]:
+        """The scans of the experiment at ``experiment_path`` (from :meth:`experiment_path`)."""
+        return scans_from_rows(self._rows(f"{experiment_path}/scans"))
 
     def list_resources(self, path: str) -> list[dict[str, str]]:
         """Resources of an archive object path (see :func:`~xnat_provider.client.protocol.base_path`)."""

@@ -174,8 +174,17 @@ class AsyncXnatClient:
                          experiment: str | None = None) -> dict[str, str]:
         return fields_from_item(await self._item(base_path(project, subject, experiment)))
 
-    async def list_scans(self, project: str, experiment: str) -> list[Scan]:
-        return scans_from_rows(await self._rows(f"{base_path(project, experiment=experiment)}/scans"))
+    async def experiment_path(self, project: str, experiment: str | Experiment) -> str:
+        """As the sync client's: ``/data/experiments/{ID}``, where XNAT routes an experiment's scans and files
+        (a label costs one GET to learn the ID; an :class:`Experiment` costs none)."""
+        if isinstance(experiment, Experiment):
+            return base_path(experiment=experiment.id)
+        item = await self._item(base_path(project, experiment=experiment))
+        return base_path(experiment=str(item["data_fields"]["ID"]))
+
+    async def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
+        path = await self.experiment_path(project, experiment)
+        return scans_from_rows(await self._rows(f"{path}/scans"))
 
     async def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
         rows = await self._rows(f"{base_path(project, subject)}/experiments", columns=EXPERIMENT_COLUMNS)

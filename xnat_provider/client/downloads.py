@@ -31,9 +31,9 @@ from urllib.parse import unquote
 
 import requests
 
-from .errors import XnatBadInputError, XnatError, XnatTransferError
-from .models import Manifest, RemoteFile
-from .protocol import base_path, looks_like_html, q, raise_for_answer, result_rows
+from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatTransferError
+from .models import Experiment, Manifest, RemoteFile, Scan
+from .protocol import looks_like_html, q, raise_for_answer, result_rows
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -225,9 +225,13 @@ class DownloadMixin:
         files = self.list_files(f"{path}/resources/{q(resource)}")
         return self.download_files(((f, safe_join(dest, f.path)) for f in files), workers)
 
-    def select_scans(self, project: str, experiment: str, scans: str | Iterable[str]) -> list:
-        """Scans chosen by ``ALL``, a list of IDs or types, or a regular expression (``re:T1.*``) on the type."""
-        available = self.list_scans(project, experiment)  # type: ignore[attr-defined]
+    def select_scans(self, project: str, experiment: str | Experiment, scans: str | Iterable[str],
+                     experiment_path: str | None = None) -> list[Scan]:
+        """Scans chosen by ``ALL``, a list of IDs or types, or a regular expression (``re:T1.*``) on the type.
+
+        ``experiment_path`` (from :meth:`experiment_path`) saves looking the experiment up again."""
+        exp_path = experiment_path or self.experiment_path(project, experiment)  # type: ignore[attr-defined]
+        available = self.scans_at(exp_path)  # type: ignore[attr-defined]
         if scans == "ALL":
             return available
         if isinstance(scans, str) and scans.startswith("re:"):
@@ -238,25 +242,27 @@ class DownloadMixin:
             chosen = [s for s in available if s.id in wanted or s.type in wanted]
             missing = [w for w in wanted if not any(w in (s.id, s.type) for s in available)]
             if missing:
-                from .errors import XnatNotFoundError
-
-                raise XnatNotFoundError(f"No scan {missing} in {project}/{experiment}; it has "
+                label = experiment.label if isinstance(experiment, Experiment) else experiment
+                raise XnatNotFoundError(f"No scan {missing} in {project}/{label}; it has "
                                         f"{[(s.id, s.type) for s in available]}")
         return chosen
 
-    def download_scans(self, project: str, experiment: str, dest: str | os.PathLike[str],
-                       scans: str | Iterable[str] = "ALL", resource: str = "DICOM",
+    def download_scans(self, project: str, experiment: str | Experiment, dest: str | os.PathLike[str],
+                       scans: str | Iterable[str] = "ALL", resource: str = "DICOM", *, subject: str | None = None,
                        workers: int | None = None) -> Manifest:
         """Scans' resource files into ``dest/<scan id>/<resource>/...``, verified and resumable.
 
-        A scan resource of many small files none of which is on disk yet comes as one zip (see
-        :meth:`_download_pairs`); everything else, and whatever the zip did not deliver verified, file by file.
+        ``experiment`` is a label or ID within ``project`` (or an :class:`Experiment`); ``subject``, when known,
+        saves the lookup of the experiment's ID (see :meth:`experiment_path`). A scan resource of many small files
+        none of which is on disk yet comes as one zip (see :meth:`_download_pairs`); everything else, and
+        whatever the zip did not deliver verified, file by file.
         """
         dest = Path(dest)
+        exp_path = self.experiment_path(project, experiment, subject)  # type: ignore[attr-defined]
         pairs: list[Pair] = []
         zips: list[tuple[str, list[int]]] = []
-        for scan in self.select_scans(project, experiment, scans):
-            path = f"{base_path(project, experiment=experiment, scan=scan.id)}/resources/{q(resource)}"
+        for scan in self.select_scans(project, experiment, scans, exp_path):
+            path = f"{exp_path}/scans/{q(scan.id)}/resources/{q(resource)}"
             try:
                 files = self.list_files(path)
             except XnatError as exc:
@@ -267,21 +273,22 @@ class DownloadMixin:
             pairs += [(f, safe_join(dest, f"{scan.id}/{resource}/{f.path}")) for f in files]
         return self._download_pairs(pairs, zips, workers)
 
-    def download_session(self, project: str, experiment: str, dest: str | os.PathLike[str],
-                         assessors: bool = True, workers: int | None = None) -> Manifest:
+    def download_session(self, project: str, experiment: str | Experiment, dest: str | os.PathLike[str],
+                         assessors: bool = True, *, subject: str | None = None,
+                         workers: int | None = None) -> Manifest:
         """Every file of a session, verified and resumable: ``dest/scans/<scan id>/<resource>/``,
         ``dest/resources/<resource>/`` (the session's own resources) and ``dest/assessors/<label>/<resource>/``.
 
         Scan resources may come as one zip each, as in :meth:`download_scans`; the rest goes file by file."""
         dest = Path(dest)
-        exp = base_path(project, experiment=experiment)
+        exp = self.experiment_path(project, experiment, subject)  # type: ignore[attr-defined]
         pairs: list[Pair] = []
         zips: list[tuple[str, list[int]]] = []
 
         def add(path: str, prefix: str) -> None:
             pairs.extend((f, safe_join(dest, f"{prefix}/{f.resource}/{f.path}")) for f in self.list_files(path))
 
-        for scan in self.list_scans(project, experiment):  # type: ignore[attr-defined]
+        for scan in self.scans_at(exp):  # type: ignore[attr-defined]
             first = len(pairs)
             add(f"{exp}/scans/{q(scan.id)}", f"scans/{scan.id}")
             by_resource: dict[str, list[int]] = {}

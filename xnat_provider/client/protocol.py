@@ -40,9 +40,19 @@ def check_label(value: str, what: str) -> str:
 
 def base_path(project: str | None = None, subject: str | None = None, experiment: str | None = None,
               scan: str | None = None, assessor: str | None = None) -> str:
-    """The archive path of an object, addressed by labels or IDs under its project where given."""
+    """The archive path of an object, in a form XNAT 1.8 routes.
+
+    Scans and assessors exist only under ``/data/experiments/{ID}`` (give the experiment's ID and no project)
+    or under the long form ``/data/projects/{P}/subjects/{S}/experiments/{E}``: XNAT has no
+    ``/data/projects/{P}/experiments/{E}/scans`` route (Restlet hands that path to the experiment itself, which
+    answers its own document to a GET and 400 to a PUT), so asking for it raises ``ValueError`` here.
+    """
     if experiment is None and (scan or assessor):
         raise ValueError("a scan or assessor needs its experiment")
+    if (scan or assessor) and project is not None and subject is None:
+        raise ValueError("XNAT routes scans and assessors only under /data/experiments/{ID} or "
+                         "/data/projects/{P}/subjects/{S}/experiments/{E}: give the subject, or the experiment's "
+                         "ID without a project")
     if experiment is not None and project is None:
         path = f"/data/experiments/{q(experiment)}"
     else:
@@ -135,7 +145,7 @@ def session_refs(body: str) -> list[SessionRef]:
 
 
 def prearchive_path(project: str | None) -> str:
-    return "/data/prearchive/projects" + (f"/{q(project)}" if project else "")
+    return f"/data/prearchive/projects/{q(project)}" if project else "/data/prearchive"
 
 
 def prearchive_sessions(rows: Iterable[dict[str, str]], status: str | Iterable[str] | None = None,

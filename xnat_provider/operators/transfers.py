@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..client.errors import XnatBadInputError
-from ..client.protocol import base_path
 from .base import XnatBaseOperator, structured
 
 MANIFEST_NAME = ".xnat-manifest.json"
@@ -110,9 +109,9 @@ class XnatUploadResourceOperator(XnatBaseOperator):
         level = self.level()
         if not re.match(r"^[\w\-. ]+$", self.resource or ""):
             raise XnatBadInputError(f"Invalid resource label {self.resource!r}.")
-        path = base_path(self.project, self.subject if level in ("subject",) else None, self.session, self.scan,
-                         self.assessor)
-        manifest = self.hook.get_conn().upload(
+        xnat = self.hook.get_conn()
+        path = xnat.object_path(self.project, self.subject, self.session, self.scan, self.assessor)
+        manifest = xnat.upload(
             os.fspath(self.source), path, self.resource, remote_dir=self.remote_dir, overwrite=self.overwrite,
             extract=self.extract, format=self.format, content=self.content, tags=self.tags)
         if self.session:

@@ -436,11 +436,13 @@ class ArchiveApi:
 def register(router: Router, emu: XnatEmulator) -> None:
     api = ArchiveApi(emu)
     exp_list = rf"/data(?:/projects/(?P<project>{SEG})(?:/subjects/(?P<subject>{SEG}))?)?/experiments"
-    router.add("GET", r"/data/projects", api.list_projects)
-    router.add("GET", rf"/data(?:/projects/(?P<project>{SEG}))?/subjects", api.list_subjects)
-    router.add("GET", exp_list, api.list_experiments)
-    router.add("GET", OWNER + r"/scans", api.list_scans)
-    router.add("GET", OWNER + r"/assessors", api.list_assessors)
+    router.add("GET", r"/data/projects", api.list_projects, xnat="ProjectListResource")
+    router.add("GET", rf"/data(?:/projects/(?P<project>{SEG}))?/subjects", api.list_subjects,
+               xnat=("ProjectSubjectList", "SubjectListResource"))
+    router.add("GET", exp_list, api.list_experiments, xnat=("ProjSubExptList", "ExperimentListResource"))
+    router.add("GET", OWNER + r"/scans", api.list_scans, xnat="ScanList")
+    router.add("GET", OWNER + r"/assessors", api.list_assessors, xnat="ProjSubExptAsstList")
     router.add(("GET", "PUT", "DELETE"), OWNER, lambda r: {
         "GET": api.get_object, "HEAD": api.get_object, "PUT": api.put_object, "DELETE": api.delete_object,
-    }[r.method](r))
+    }[r.method](r), xnat=("ProjectResource", "SubjectResource", "ExperimentResource", "SubjAssessmentResource",
+                          "ScanResource", "ExptAssessmentResource"))

@@ -275,17 +275,14 @@ def register(router: Router, auth: Auth, version: str) -> None:
             return _json({"result": "OK"})
         raise XnatHttpError(400, f"Unknown token operation: {op}")
 
-    def version_gone(req: Request) -> Response:
-        raise XnatHttpError(404, "The requested resource does not exist.")
-
     router.add("GET", r"/", site_root, public=True)
-    router.add(("GET", "POST", "DELETE"), r"/data/JSESSION", jsession)
-    router.add(("PUT", "POST"), r"/data/services/auth", services_auth, public=True)
-    router.add("GET", r"/data/auth", user_auth)
+    router.add(("GET", "POST", "DELETE"), r"/data/JSESSION", jsession, xnat="UserSession")
+    router.add(("PUT", "POST"), r"/data/services/auth", services_auth, public=True, xnat="AuthenticationRestlet")
+    router.add("GET", r"/data/auth", user_auth, xnat="UserAuth")
     router.add("GET", r"/xapi/siteConfig/buildInfo", build_info)
     router.add("GET", r"/xapi/siteConfig/buildInfo/version", lambda r: Response.text(version))
-    router.add("GET", r"/data/version", version_gone)
-    router.add("GET", r"/data/services/tokens/(?P<op>[^/]+)(?:/(?P<rest>.*))?", tokens)
+    # /data/version is gone in XNAT 1.8: no template in the route table, so the router answers 404.
+    router.add("GET", r"/data/services/tokens/(?P<op>[^/]+)(?:/(?P<rest>.*))?", tokens, xnat="AliasTokenRestlet")
 
 
 def _json(value: object) -> Response:

@@ -234,6 +234,11 @@ class XnatEmulator:
             raise ValueError(f"no such resource: {uri}")
         return self.model.file_path(res, params["path"])
 
+    def requests_sent(self, user_agent: str = "") -> list[tuple[str, str]]:
+        """The latest requests (method, path with ``/REST`` and ``/data/archive`` folded onto ``/data``), oldest
+        first, of the clients whose User-Agent starts with ``user_agent``."""
+        return [(m, p) for m, p, agent in list(self.faults.log) if agent.startswith(user_agent)]
+
     def request_count(self, method: str | None = None, path: str | None = None) -> int:
         """How many requests the emulator received, by method and a path regex (``None`` matches all)."""
         return self.faults.request_counts(method, path)

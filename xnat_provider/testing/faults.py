@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
 KINDS = ("fail", "drop", "delay", "error_200", "after_504")
@@ -59,6 +59,8 @@ class Faults:
         self._lock = threading.Lock()
         self.rules: list[FaultRule] = []
         self.counts: Counter[tuple[str, str]] = Counter()
+        # The latest requests (method, normalised path, User-Agent), for tests that check what a client sent.
+        self.log: deque[tuple[str, str, str]] = deque(maxlen=100_000)
 
     def add(self, kind: str, method: str = "*", path: str = ".*", count: int = 1, **kw) -> FaultRule:
         rule = FaultRule(kind=kind, method=method, path=path, count=count, **kw)
@@ -82,9 +84,10 @@ class Faults:
                         self.rules.remove(rule)
         return taken
 
-    def count(self, method: str, path: str) -> None:
+    def count(self, method: str, path: str, user_agent: str = "") -> None:
         with self._lock:
             self.counts[(method, path)] += 1
+            self.log.append((method, path, user_agent))
 
     def request_counts(self, method: str | None = None, path: str | None = None) -> int:
         """How many requests matched (``path`` is a regular expression searched in the path)."""

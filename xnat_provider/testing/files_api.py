@@ -369,12 +369,13 @@ class FilesApi:
 def register(router: Router, emu: XnatEmulator) -> None:
     api = FilesApi(emu)
     res = rf"{OWNER}/resources/(?P<resource>{SEG})"
-    router.add("GET", OWNER + r"/resources", api.list_resources)
+    router.add("GET", OWNER + r"/resources", api.list_resources, xnat="CatalogResourceList")
     router.add(("GET", "PUT", "DELETE"), res, lambda r: {"PUT": api.put_resource, "DELETE": api.delete_resource}
-               .get(r.method, api.get_resource)(r))
+               .get(r.method, api.get_resource)(r), xnat="CatalogResource")
     router.add(("GET", "PUT", "POST"), res + r"/files", lambda r: api.upload(r) if r.method != "GET"
-               and r.method != "HEAD" else api.list_files(r))
+               and r.method != "HEAD" else api.list_files(r), xnat="FileList")
     router.add(("GET", "PUT", "POST", "DELETE"), res + r"/files/(?P<path>.+)", lambda r: {
-        "PUT": api.upload, "POST": api.upload, "DELETE": api.delete_file}.get(r.method, api.get_file)(r))
-    router.add("GET", OWNER + r"/files", lambda r: api.list_files(r))
-    router.add("POST", r"/data/services/refresh/catalog", api.refresh_catalog)
+        "PUT": api.upload, "POST": api.upload, "DELETE": api.delete_file}.get(r.method, api.get_file)(r),
+        xnat="FileList")
+    router.add("GET", OWNER + r"/files", lambda r: api.list_files(r), xnat="FileList")
+    router.add(("GET", "POST"), r"/data/services/refresh/catalog", api.refresh_catalog, xnat="RefreshCatalog")

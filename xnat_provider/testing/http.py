@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote
 
+from . import xnat_routes
+
 CHUNK = 1024 * 1024
 
 
@@ -197,31 +199,59 @@ class Response:
 
 Handler = Callable[[Request], Response]
 
-
 @dataclass
 class Route:
     methods: frozenset[str]
     pattern: re.Pattern[str]
     handler: Handler
     public: bool = False
+    xnat: frozenset[str] = frozenset()  # the XNAT resource classes this handler stands for
+
+
+def _refuse(status: int, message: str) -> Handler:
+    def handler(req: Request) -> Response:
+        raise XnatHttpError(status, message)
+    return handler
 
 
 class Router:
-    """Regex routes with named groups; a path that matches with the wrong method answers 405."""
+    """The emulator's routes, behind XNAT's own route table for everything under ``/data``.
+
+    A ``/data`` request first goes through :func:`xnat_routes.match`, which picks the resource class XNAT's
+    Restlet router would pick. The request reaches an emulator handler only if that handler is registered for
+    that class (``xnat=``) and its pattern matches: a path XNAT has no template for answers 404 as XNAT does,
+    even where a handler's pattern would accept it; a path that XNAT hands to a resource together with an
+    unmatched rest is answered as that resource answers it (:meth:`_with_rest`). Paths outside ``/data``
+    (``/xapi``, ``/``) are plain regex routes, 405 for a known path with another method.
+    """
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
 
-    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler, public: bool = False) -> None:
+    def add(self, methods: str | Iterable[str], pattern: str, handler: Handler, public: bool = False,
+            xnat: str | Iterable[str] = ()) -> None:
+        """Serve ``pattern`` (a regex with named groups for the handler's parameters) with ``handler``; below
+        ``/data``, ``xnat`` names the XNAT resource class(es) of xnat-routes.txt the handler stands for."""
         ms = frozenset([methods] if isinstance(methods, str) else methods)
         if "GET" in ms:
             ms = ms | {"HEAD"}
-        self.routes.append(Route(ms, re.compile(pattern + r"\Z"), handler, public))
+        classes = frozenset([xnat] if isinstance(xnat, str) else xnat)
+        unknown = classes - {r.resource for r in xnat_routes.routes()}
+        if unknown or (pattern.startswith("/data") and not classes):
+            raise ValueError(f"{pattern}: a /data route must name XNAT resource classes of the route table "
+                             f"(unknown: {sorted(unknown)})")
+        self.routes.append(Route(ms, re.compile(pattern + r"\Z"), handler, public, classes))
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         """Return (route, params, path_known). ``path_known`` is True when only the method was wrong."""
+        if path == "/data" or path.startswith("/data/"):
+            return self._match_xnat(method, path)
+        return self._match_plain(method, path, self.routes)
+
+    @staticmethod
+    def _match_plain(method: str, path: str, routes: Iterable[Route]) -> tuple[Route | None, dict[str, str], bool]:
         known = False
-        for route in self.routes:
+        for route in routes:
             m = route.pattern.match(path)
             if m:
                 if method in route.methods:
@@ -229,6 +259,38 @@ class Router:
                 known = True
         return None, {}, known
 
+    def _match_xnat(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        found = xnat_routes.match(path[len("/data"):])
+        if found is None:
+            return None, {}, False  # Restlet: 404, no resource at all
+        cls = found.route.resource
+        if method not in found.route.methods and not (method == "HEAD" and "GET" in found.route.methods):
+            return None, {}, True  # the resource does not allow the method: 405
+        if found.rest and not xnat_routes.accepts_rest(cls, found.rest):
+            return self._with_rest(method, path[:len(path) - len(found.rest)], found)
+        route, params, _ = self._match_plain(method, path, [r for r in self.routes if cls in r.xnat])
+        if route is None:  # XNAT serves this; the emulator does not
+            return Route(frozenset([method]), re.compile(""), _refuse(
+                501, f"The XNAT emulator does not implement {method} on {cls} ({found.route.template})."),
+                xnat=frozenset([cls])), {}, True
+        return route, params, True
+
+    def _with_rest(self, method: str, prefix: str, found: xnat_routes.RouteMatch
+                   ) -> tuple[Route | None, dict[str, str], bool]:
+        """A path longer than any template: XNAT hands the rest to the resource of the longest template.
+
+        ``ExperimentResource`` is the one clients meet (``/data/projects/P/experiments/E/scans`` and the like,
+        which XNAT does not route): it answers a GET with the experiment's own document, a DELETE by deleting
+        the experiment (the rest is ignored), a PUT with a bare 400 (only ``projects/...`` may follow). The
+        emulator refuses a rest on any other resource with 404 (XNAT's answers there are not modelled)."""
+        cls = found.route.resource
+        if cls == "ExperimentResource" and found.rest.split("/")[1] not in ("projects", "status", "history"):
+            if method in ("PUT", "POST"):
+                return Route(frozenset([method]), re.compile(""), _refuse(400, "Bad Request")), {}, True
+            return self._match_plain(method, prefix, [r for r in self.routes if cls in r.xnat])
+        return Route(frozenset([method]), re.compile(""), _refuse(
+            404, f"XNAT has no route for this path: {found.route.template} ({cls}) is followed by "
+                 f"{found.rest!r}, which the emulator does not serve.")), {}, True
 
     def path_public(self, path: str) -> bool:
         """True when a public route owns this path (so a wrong method is 405, not 401)."""

@@ -244,16 +244,21 @@ class PrearchiveApi:
 
 def register(router: Router, emu: XnatEmulator) -> None:
     api = PrearchiveApi(emu)
-    router.add("GET", r"/data/prearchive(?:/projects(?:/(?P<projects>[^/]+))?)?", api.list_rows)
+    router.add("GET", r"/data/prearchive(?:/projects(?:/(?P<projects>[^/]+))?)?", api.list_rows,
+               xnat="PrearcSessionListResource")
     router.add(("GET", "POST", "DELETE"), SESSION, lambda r: {"POST": api.post_session,
                                                               "DELETE": api.delete_session}.get(r.method,
-                                                                                                 api.get_session)(r))
-    router.add("GET", SESSION + r"/logs(?:/last)?", api.get_log)
-    router.add("GET", SESSION + r"/scans", api.list_scans)
-    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})", api.get_scan)
-    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources", api.list_resources)
-    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources/(?P<resource>{SEG})/files", api.list_files)
+                                                                                                 api.get_session)(r),
+               xnat="PrearcSessionResource")
+    router.add("GET", SESSION + r"/logs(?:/last)?", api.get_log, xnat="PrearcSessionResource")
+    router.add("GET", SESSION + r"/scans", api.list_scans, xnat="PrearcScansListResource")
+    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})", api.get_scan, xnat="PrearcScanResource")
+    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources", api.list_resources,
+               xnat="PrearcScanResourceList")
+    router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources/(?P<resource>{SEG})/files", api.list_files,
+               xnat="PrearcSessionResourceFiles")
     router.add("GET", SESSION + rf"/scans/(?P<scan>{SEG})/resources/(?P<resource>{SEG})/files/(?P<name>.+)",
-               api.get_file)
-    router.add("POST", r"/data/services/archive", api.archive_service)
-    router.add("POST", r"/data/services/prearchive/(?P<op>move|rebuild|delete)", api.batch)
+               api.get_file, xnat="PrearcSessionResourceFiles")
+    router.add("POST", r"/data/services/archive", api.archive_service, xnat="Archiver")
+    router.add("POST", r"/data/services/prearchive/(?P<op>move|rebuild|delete)", api.batch,
+               xnat=("PrearchiveBatchMove", "PrearchiveBatchRebuild", "PrearchiveBatchDelete"))

@@ -124,7 +124,7 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             headers=self.headers, body=body, server=emu, trailing_slash=trailing,
         )
         if not path.startswith("/__emulator__"):  # the control API is not XNAT traffic
-            emu.faults.count(self.command, path)
+            emu.faults.count(self.command, path, self.headers.get("User-Agent") or "")
         drop_after: int | None = None
         try:
             resp = self._handle(req)

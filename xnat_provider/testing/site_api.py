@@ -89,9 +89,10 @@ def register(router: Router, emu: XnatEmulator) -> None:
 
     router.add("GET", r"/xapi/schemas", schema_list)
     router.add("GET", r"/xapi/schemas/(?P<name>[\w./-]+)", schema)
-    router.add("GET", r"/data/search/elements", search_elements)
-    router.add("GET", r"/data/search/elements/(?P<element>[^/]+)", search_element)
-    router.add("GET", r"/data/services/dicomdump", dicomdump)
+    router.add("GET", r"/data/search/elements", search_elements, xnat="SearchElementListResource")
+    router.add("GET", r"/data/search/elements/(?P<element>[^/]+)", search_element,
+               xnat="SearchFieldListResource")
+    router.add("GET", r"/data/services/dicomdump", dicomdump, xnat="DicomDump")
 
 
 def _dump_source(emu: XnatEmulator, src: str) -> Path:
