@@ -6,6 +6,11 @@ Each file is read with pydicom and routed as XNAT does: request parameters first
 Patient Name (subject) and Patient ID (session). Files are grouped into prearchive sessions by study and into
 scans by series number. A file that is not DICOM stops the import with 400 unless ``Ignore-Unparsable=true``;
 what was received before it stays in the prearchive, as on a real server.
+
+A zip is read as XNAT reads it, forward with ``java.util.zip.ZipInputStream``'s rules (:mod:`.zip_input`), not
+through its central directory: where Java would throw (a STORED entry with a data descriptor, a bad CRC, a
+truncated upload...), XNAT's ``DicomZipImporter`` answers 400 "unable to read data from file", and so does the
+emulator, keeping the entries received before the failure as for a file that is not DICOM.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import tarfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -25,6 +29,7 @@ from . import representations as rep
 from .http import Request, Response, Router, XnatHttpError
 from .prearchive import ArchiveConflict
 from .uploads import cleanup, is_multipart, receive_multipart, spool
+from .zip_input import ZipEntryStream, ZipInputError, read_zip
 
 if TYPE_CHECKING:
     from .emulator import XnatEmulator
@@ -36,6 +41,9 @@ CT_NAMES = {
     "application/x-tar": "upload.tar", "application/x-gtar": "upload.tar.gz", "application/x-gzip": "upload.tar.gz",
     "application/gzip": "upload.tar.gz", "application/octet-stream": "upload", "application/dicom": "upload.dcm",
 }
+# DicomZipImporter wraps any IOException of its ZipInputStream in ClientException("unable to read data from
+# file"), which the import service answers with 400 and this text.
+UNREADABLE_ZIP = "unable to read data from file"
 
 
 def sanitise(value: str) -> str:
@@ -94,18 +102,15 @@ class Importer:
 
     # ---- entries -----------------------------------------------------------------------------------
     @staticmethod
-    def entries(archive: Path, name: str) -> Iterator[tuple[str, IO[bytes]]]:
+    def entries(archive: Path, name: str) -> Iterator[tuple[str, IO[bytes] | ZipEntryStream]]:
+        """The upload's files in order. A zip raises :class:`ZipInputError` (from this generator or from an
+        entry's ``read``) where XNAT's ZipInputStream would throw; a body that is no zip at all has no entries."""
         lower = name.lower()
         if lower.endswith(".zip"):
-            try:
-                zf = zipfile.ZipFile(archive)
-            except zipfile.BadZipFile as exc:
-                raise XnatHttpError(400, f"Unable to read the uploaded zip file: {exc}") from exc
-            with zf:
-                for info in zf.infolist():
-                    if not info.is_dir():
-                        with zf.open(info) as fh:
-                            yield info.filename, fh
+            with open(archive, "rb") as raw:
+                for entry, fh in read_zip(raw):
+                    if not entry.is_dir:
+                        yield entry.name, fh
         elif lower.endswith((".tar", ".tar.gz", ".tgz")):
             try:
                 with tarfile.open(archive, "r:*") as tf:
@@ -168,31 +173,32 @@ class Importer:
         overrides = {k: req.param(k) for k in ("SOURCE", "VISIT", "PROTOCOL", "TIMEZONE", "prevent_anon",
                                                 "prevent_auto_commit")}
         failure: XnatHttpError | None = None
-        for entry_name, fh in self.entries(upload, name):
-            tmp = tmp_dir / f".entry-{os.urandom(6).hex()}.part"
-            with open(tmp, "wb") as out:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    out.write(chunk)
-            ds = self._read(tmp)
-            if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
-                tmp.unlink(missing_ok=True)
-                if ds is None and ignore:
-                    continue
-                what = "is not a DICOM file" if ds is None else "has no SOPClassUID or SOPInstanceUID"
-                failure = XnatHttpError(400, f"Unable to import {entry_name}: the entry {what}.")
-                break
-            project, subject, session = self.route(ds, params)
-            study = str(ds.get("StudyInstanceUID", "") or "")
-            key = (project, study, session)
-            row = touched.get(key) or self.pre.receiving_row(project, study, session)
-            if row is None:
-                row = self.pre.new_row(project, study, session, subject, overrides)
-            touched[key] = row
-            scan_dir = self._scan_dir(ds)
-            target = self.pre.session_dir(row) / "SCANS" / scan_dir / "DICOM" / f"{ds.SOPInstanceUID}.dcm"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-            self.pre.touch(row)
+        try:
+            for entry_name, fh in self.entries(upload, name):
+                tmp = self._receive(fh, tmp_dir)
+                ds = self._read(tmp)
+                if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
+                    tmp.unlink(missing_ok=True)
+                    if ds is None and ignore:
+                        continue
+                    what = "is not a DICOM file" if ds is None else "has no SOPClassUID or SOPInstanceUID"
+                    failure = XnatHttpError(400, f"Unable to import {entry_name}: the entry {what}.")
+                    break
+                project, subject, session = self.route(ds, params)
+                study = str(ds.get("StudyInstanceUID", "") or "")
+                key = (project, study, session)
+                row = touched.get(key) or self.pre.receiving_row(project, study, session)
+                if row is None:
+                    row = self.pre.new_row(project, study, session, subject, overrides)
+                touched[key] = row
+                scan_dir = self._scan_dir(ds)
+                target = self.pre.session_dir(row) / "SCANS" / scan_dir / "DICOM" / f"{ds.SOPInstanceUID}.dcm"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
+                self.pre.touch(row)
+        except ZipInputError as exc:  # the entry being read is lost, the ones before it stay
+            failure = XnatHttpError(400, UNREADABLE_ZIP)
+            failure.__cause__ = exc
         uris = self._finish(req, list(touched.values()), params)
         if failure:
             raise failure
@@ -223,6 +229,19 @@ class Importer:
         return uris
 
     @staticmethod
+    def _receive(fh: IO[bytes] | ZipEntryStream, tmp_dir: Path) -> Path:
+        """One entry streamed to a temporary file (removed again when reading the entry fails)."""
+        tmp = tmp_dir / f".entry-{os.urandom(6).hex()}.part"
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    out.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    @staticmethod
     def _read(path: Path) -> Any:
         try:
             return pydicom.dcmread(path, stop_before_pixels=True)
@@ -245,4 +264,4 @@ class Importer:
 
 
 def register(router: Router, emu: XnatEmulator) -> None:
-    router.add("POST", r"/data/services/import", Importer(emu).handle)
+    router.add("POST", r"/data/services/import", Importer(emu).handle, xnat="Importer")
