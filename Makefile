@@ -26,9 +26,13 @@ demo: $(STAMP)
 standalone: $(STAMP)
 	$(BIN)/python scripts/standalone.py
 
+# XNAT_URL is cleared for pytest so that the contract tests use their in-process emulator even where a lab has
+# exported its XNAT's variables; they then run once more against an emulator started as a separate process,
+# through those variables, as `make test-live` runs them against a real XNAT.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	env -u XNAT_URL $(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-contract-external
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,3 +49,22 @@ bench-client: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+
+# The contract suite (tests/contract) against the XNAT described by XNAT_URL, XNAT_USER, XNAT_PASSWORD and
+# XNAT_PROJECT (a scratch project that user owns): run it against a lab's test XNAT before upgrading the
+# provider. See README, "Testing against your own XNAT". Refuses to run without XNAT_URL, so that it never
+# falls back to the emulator and reports a pass that says nothing about the lab's server.
+.PHONY: test-live test-contract-external
+test-live: $(STAMP)
+	@if [ -z "$$XNAT_URL" ]; then \
+		echo "make test-live: XNAT_URL is not set. Set XNAT_URL, XNAT_USER, XNAT_PASSWORD and XNAT_PROJECT" \
+		     "(a scratch project the user owns) to run the contract tests against that XNAT;" \
+		     "see README, 'Testing against your own XNAT'. Without a real XNAT: make test-contract-external." >&2; \
+		exit 2; \
+	fi
+	$(BIN)/python -m pytest tests/contract
+
+# test-live against the emulator started as a separate process, through the same XNAT_* variables (CI has no
+# real XNAT). tests/contract/run_external.py starts it, waits for it to answer and stops it however the run ends.
+test-contract-external: $(STAMP)
+	$(BIN)/python tests/contract/run_external.py -- $(MAKE) --no-print-directory test-live
