@@ -7,7 +7,9 @@ Prearchive statuses: RECEIVING, BUILDING, RECEIVING_INTERRUPT, ARCHIVING, MOVING
 ``QUEUED_*`` (queued) and ``_*`` (running, locked) mean "keep waiting"; READY is success once the session has
 not changed for ``quiet_period`` seconds (a session still being extended or split keeps changing); CONFLICT and
 ERROR fail unless told to skip them; a session whose status and ``lastmod`` have not moved for
-``stall_timeout`` seconds is stalled: rebuilt once if asked, then a failure with a clear message.
+``stall_timeout`` seconds is stalled: rebuilt once if asked, then a failure with a clear message. A stalled
+session in an ``_X`` status is never rebuilt: the row is locked by an operation XNAT is running (or one that
+died holding the lock), and XNAT ignores a rebuild of a locked row; it fails saying so.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .client.errors import XnatNotFoundError
-from .client.models import PrearchiveSession, status_is_busy, status_is_failed
+from .client.models import PrearchiveSession, status_is_busy, status_is_failed, status_is_locked
 from .client.protocol import base_path, latest_experiment
 
 WAIT, DONE, FAIL, REBUILD = "wait", "done", "fail", "rebuild"
@@ -104,6 +106,10 @@ class PrearchiveWatch:
             return Verdict(DONE, f"{len(ready)} prearchive session(s) READY", [s.to_dict() for s in ready])
         if c.stall_timeout is not None:
             stalled = [s for s in matched if status_is_busy(s.status) and since[s.uri] >= c.stall_timeout]
+            locked = [s for s in stalled if status_is_locked(s.status)]
+            if locked:  # a rebuild would be a no-op (XNAT skips a locked row): not worth the one rebuild
+                s = locked[0]
+                return Verdict(FAIL, locked_message(s, c.project, since[s.uri], c.stall_timeout), [s.to_dict()])
             for s in stalled:
                 if c.rebuild_stalled and s.uri not in self.state.setdefault("rebuilt", []):
                     return Verdict(REBUILD, f"{s.name} stalled in {s.status}; asking XNAT to rebuild it once",
@@ -121,6 +127,17 @@ class PrearchiveWatch:
     def rebuilt(self, uri: str) -> None:
         self.state.setdefault("rebuilt", []).append(uri)
         self.state.get("seen", {}).pop(uri, None)
+
+
+def locked_message(s: PrearchiveSession, project: str, stalled_for: float, stall_timeout: float) -> str:
+    """Why a session stalled in an ``_X`` status fails, and what an administrator can do about it."""
+    return (f"Prearchive session {s.name} in project {project} has been {s.status} with no change for "
+            f"{stalled_for:.0f} s (stall_timeout={stall_timeout:.0f} s). An {s.status} row is locked by an operation "
+            "XNAT is still running, or one that stopped without unlocking it (XNAT restarted or the operation "
+            "crashed). XNAT ignores rebuild, move and delete requests on a locked row, so no rebuild was asked. An "
+            "XNAT administrator can check XNAT's logs for that operation; if it is stuck, reset the session "
+            f"(POST /data/prearchive/projects/{s.project}/{s.timestamp}/{s.folder}?action=reset-status, which "
+            "rewrites the row from its session document), then rebuild or archive it, or delete it.")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,14 @@ def import_scan(tmp_path: Path, http: requests.Session, emulator: XnatEmulator, 
     return Scan(row["label"], originals, f"{base_path(experiment=row['ID'], scan='1')}/resources/DICOM")
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["range-ignored", "range-honoured"])
+def range_requests(request: pytest.FixtureRequest, emulator: XnatEmulator) -> bool:
+    """Every test runs twice: against a server that ignores Range (the emulator's default) and one that honours
+    it (XNAT 1.8, through Restlet 1.1.10's RangeFilter); the per-file fallback may resume."""
+    emulator.range_requests = request.param
+    return request.param
+
+
 @pytest.fixture
 def client(emulator: XnatEmulator, caplog: pytest.LogCaptureFixture) -> Iterator[XnatClient]:
     caplog.set_level(logging.INFO, logger="xnat_provider.client")

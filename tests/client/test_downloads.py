@@ -37,6 +37,15 @@ FILE_GET = r"/files/.+"
 
 
 # ---- fixtures and helpers ----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, params=[False, True], ids=["range-ignored", "range-honoured"])
+def range_requests(request: pytest.FixtureRequest, emulator: XnatEmulator) -> bool:
+    """Every test runs twice: against a server that ignores Range and answers 200 with the whole file (the
+    emulator's default; proxies and servers may), and one that answers 206 (XNAT 1.8, through Restlet 1.1.10's
+    RangeFilter)."""
+    emulator.range_requests = request.param
+    return request.param
+
+
 @dataclass
 class Session:
     id: str
@@ -237,10 +246,9 @@ def test_size_mismatch_is_refused(client: XnatClient, blobs: dict[str, bytes], t
 
 
 # ---- broken transfers --------------------------------------------------------------------------------------
-def test_part_left_by_an_interrupted_run_is_resumed_with_range(client: XnatClient, blobs: dict[str, bytes],
-                                                               emulator: XnatEmulator,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path: Path) -> None:
+def test_part_left_by_an_interrupted_run_is_finished(client: XnatClient, blobs: dict[str, bytes],
+                                                     range_requests: bool, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
     remote = next(f for f in client.list_files("/data/projects/P1/resources/R") if f.path == "big.bin")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "big.bin.part").write_bytes(blobs["big.bin"][:1_000_000])
@@ -248,26 +256,27 @@ def test_part_left_by_an_interrupted_run_is_resumed_with_range(client: XnatClien
     entry = client.download_file(remote, tmp_path / "out" / "big.bin")
     assert tree(tmp_path / "out") == {"big.bin": blobs["big.bin"]}
     assert entry["md5"] == md5(blobs["big.bin"])
-    assert spy.of("big.bin") == [("bytes=1000000-", 206)]
+    # Asked to resume: given only the rest (206), or the whole file (200), which replaced the part.
+    assert spy.of("big.bin") == [("bytes=1000000-", 206 if range_requests else 200)]
 
 
-def test_stale_part_is_replaced_when_the_server_ignores_range(client: XnatClient, blobs: dict[str, bytes],
-                                                              emulator: XnatEmulator,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              tmp_path: Path) -> None:
-    emulator.range_requests = False
+def test_stale_part_with_wrong_bytes_ends_verified(client: XnatClient, blobs: dict[str, bytes], range_requests: bool,
+                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     remote = next(f for f in client.list_files("/data/projects/P1/resources/R") if f.path == "big.bin")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "big.bin.part").write_bytes(b"x" * 1_000_000)  # not even the right bytes
     spy = Spy(client, monkeypatch)
     client.download_file(remote, tmp_path / "out" / "big.bin")
     assert tree(tmp_path / "out") == {"big.bin": blobs["big.bin"]}
-    assert spy.of("big.bin") == [("bytes=1000000-", 200)]  # asked to resume, got the whole file, kept only it
+    if range_requests:  # resumed onto the wrong bytes: the MD5 failed, the part was dropped, fetched again whole
+        assert spy.of("big.bin") == [("bytes=1000000-", 206), (None, 200)]
+    else:  # asked to resume, got the whole file, kept only it
+        assert spy.of("big.bin") == [("bytes=1000000-", 200)]
 
 
-def test_dropped_connection_resumes_with_range(client: XnatClient, blobs: dict[str, bytes], emulator: XnatEmulator,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               tmp_path: Path) -> None:
+def test_dropped_connection_is_resumed_or_restarted(client: XnatClient, blobs: dict[str, bytes],
+                                                    emulator: XnatEmulator, range_requests: bool,
+                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     remote = next(f for f in client.list_files("/data/projects/P1/resources/R") if f.path == "big.bin")
     spy = Spy(client, monkeypatch)
     emulator.drop_after("GET", r"/big\.bin$", after_bytes=2 * 1024 * 1024 + 5000)
@@ -276,26 +285,60 @@ def test_dropped_connection_resumes_with_range(client: XnatClient, blobs: dict[s
     assert tree(tmp_path / "out") == {"big.bin": blobs["big.bin"]}
     assert entry["md5"] == md5(blobs["big.bin"]) and not entry["skipped"]
     assert emulator.request_count("GET", r"/big\.bin$") == 2
-    (first, first_status), (second, second_status) = spy.of("big.bin")
-    assert (first, first_status) == (None, 200)
     # The client keeps whole read chunks (1 MiB); the bytes of the chunk being read when the link broke are lost.
-    assert second == "bytes=2097152-"
-    assert second_status == 206  # the server sent only the rest
+    # Then it asks for the rest: with Range honoured it gets only that (206); ignored, it gets the whole file (200)
+    # and replaces the kept bytes rather than appending.
+    assert spy.of("big.bin") == [(None, 200), ("bytes=2097152-", 206 if range_requests else 200)]
 
 
-def test_dropped_connection_without_range_support_restarts(client: XnatClient, blobs: dict[str, bytes],
-                                                           emulator: XnatEmulator, monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
-    emulator.range_requests = False
-    remote = next(f for f in client.list_files("/data/projects/P1/resources/R") if f.path == "big.bin")
-    spy = Spy(client, monkeypatch)
-    emulator.drop_after("GET", r"/big\.bin$", after_bytes=2 * 1024 * 1024 + 5000)
+def test_read_header_reads_only_the_start_of_a_large_file(client: XnatClient, session: Session,
+                                                          http: requests.Session, emulator: XnatEmulator,
+                                                          range_requests: bool, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """``read_header`` asks for the first ``max_bytes``; where Range is ignored (200 and the whole file) it stops
+    reading after ``max_bytes`` and drops the connection, so a large file is never read in full."""
+    name, data = next(iter(session.originals["1"].items()))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.Rows = ds.Columns = 4096
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelData = bytes(4096 * 4096 * 2)  # 32 MiB of pixels after the header
+    big = tmp_path / "big.dcm"
+    ds.save_as(big)
+    url = f"{session.path}/scans/1/resources/DICOM/files/big.dcm"
+    assert http.put(emulator.url + url, data=big.read_bytes(), headers={"Content-Type": "application/dicom"}
+                    ).status_code == 200
+    remote = next(f for f in client.list_files(f"{session.path}/scans/1/resources/DICOM") if f.path == "big.dcm")
+    assert remote.size == big.stat().st_size > 32 * 1024 * 1024
 
-    client.download_file(remote, tmp_path / "out" / "big.bin")
-    assert tree(tmp_path / "out") == {"big.bin": blobs["big.bin"]}
-    calls = spy.of("big.bin")
-    # Asked to resume from what it kept, got the whole file (200) and replaced the kept bytes rather than appending.
-    assert calls == [(None, 200), ("bytes=2097152-", 200)]
+    received: list[int] = []
+    statuses: list[int] = []
+    real = client.session.http.request
+
+    def request(method: str, url: str, **kw):
+        resp = real(method, url, **kw)
+        statuses.append(resp.status_code)
+        raw_read = resp.raw.read
+
+        def counted(*args, **kwargs) -> bytes:  # what the client takes off the connection
+            chunk = raw_read(*args, **kwargs)
+            received.append(len(chunk))
+            return chunk
+
+        resp.raw.read = counted
+        return resp
+
+    monkeypatch.setattr(client.session.http, "request", request)
+    header = client.read_header(remote, max_bytes=1 << 20)
+    assert header.SOPInstanceUID == ds.SOPInstanceUID and header.SeriesDescription == "T1"
+    assert "PixelData" not in header
+    assert statuses == [206 if range_requests else 200]
+    if range_requests:
+        assert sum(received) == 1 << 20
+    else:  # the whole file was offered; at most one read chunk (64 KiB) past max_bytes was taken
+        assert 1 << 20 <= sum(received) <= (1 << 20) + 64 * 1024
+    # The connection it dropped does not spoil the next request.
+    assert client.list_files(f"{session.path}/scans/1/resources/DICOM")
+    assert name in {f.path for f in client.list_files(f"{session.path}/scans/1/resources/DICOM")}
 
 
 def test_truncated_body_fails_then_a_rerun_finishes(client: XnatClient, blobs: dict[str, bytes],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from tests.support import experiment_url, listing
+from tests.support import experiment_url, listing, wait_for
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatBadInputError, XnatClient, XnatConflictError, XnatServerError
 from xnat_provider.client.imports import CHUNK, Entry, zip_stream
@@ -244,6 +245,55 @@ def test_import_to_archive(
     assert rows(http, emulator) == []
 
 
+@pytest.mark.parametrize("prearchive", ["manual", "auto-archive"])
+def test_import_conflict_carries_xnat_reason_from_the_prearchive_log(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path, prearchive: str
+) -> None:
+    """XNAT answers a failed archive-destination import with 400 "unable to archive for the Prearchive session"
+    and nothing else (DicomZipImporter.xmlBuild): the client finds the CONFLICT row of the import's studies and
+    raises XnatConflictError with the reason from its log. XNAT stops at that study: a later study of the same
+    import stays RECEIVING, unbuilt, and is built (and archived, in an auto-archive project) later."""
+    emulator.add_project("PX", prearchive=prearchive)
+    a = make_study(tmp_path / "src" / "a", patient_name="S01", patient_id="S01_MR1", series=((1, "T1"),),
+                   instances=1, uid_seed="a")
+    client.import_dicom(a.files[0].parent, "PX", destination="archive")
+    make_study(tmp_path / "src" / "b", patient_name="S02", patient_id="S02_MR1", series=((1, "T1"),), instances=1)
+
+    with pytest.raises(XnatConflictError) as err:
+        client.import_dicom(tmp_path / "src", "PX", destination="archive")  # a (again) first, then b
+
+    # Without overwrite the import refuses an existing session; an auto-archive row may merge, but the same file
+    # is already there.
+    reason = ("Session already exists, retry with overwrite enabled" if prearchive == "manual"
+              else "Session already exists with matching files.")
+    assert err.value.status == 400 and err.value.xnat_message == "unable to archive for the Prearchive session"
+    assert f"XNAT says {reason!r}" in str(err.value) and "in CONFLICT" in str(err.value)
+    assert "1 other session(s) of this import (S02_MR1 RECEIVING)" in str(err.value)
+    statuses = {r["name"]: r["status"] for r in rows(http, emulator, "PX")}
+    assert statuses == {"S01_MR1": "CONFLICT", "S02_MR1": "RECEIVING"}
+    assert emulator.request_count("POST", IMPORT) == 2  # a conflict is not resent
+
+    # Later, as XNAT's rebuilder would: S02_MR1 is built, and archived if the project auto-archives.
+    if prearchive == "manual":
+        wait_for(lambda: {r["name"]: r["status"] for r in rows(http, emulator, "PX")}.get("S02_MR1") == "READY")
+        assert [e["label"] for e in experiments(http, emulator, "PX")] == ["S01_MR1"]
+    else:
+        wait_for(lambda: sorted(e["label"] for e in experiments(http, emulator, "PX")) == ["S01_MR1", "S02_MR1"])
+        assert [r["name"] for r in rows(http, emulator, "PX")] == ["S01_MR1"]
+    assert archive_files(http, emulator, "PX", "S01_MR1") == expected_files(a)
+
+
+def test_import_failure_without_a_failed_row_stays_a_bad_input_error(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path
+) -> None:
+    """The fixed text, but no row of the import in CONFLICT or ERROR to explain it: XNAT's own 400, said so."""
+    emulator.fail_next("POST", IMPORT, status=400, message="unable to archive for the Prearchive session")
+    with pytest.raises(XnatBadInputError) as err:
+        client.import_dicom(study_zip, "P1", destination="archive")
+    assert not isinstance(err.value, XnatConflictError)
+    assert "No prearchive session of this import is in CONFLICT or ERROR" in str(err.value)
+
+
 def test_import_to_archive_conflict_and_overwrite(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path
 ) -> None:
@@ -265,16 +315,50 @@ def test_import_to_archive_conflict_and_overwrite(
     assert len(experiments(http, emulator)) == 1
 
 
-def test_import_overwrite_delete_replaces_files(
+def test_import_overwrite_delete_merges_and_deletes_nothing(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path
 ) -> None:
+    """``delete`` on the import service overrides XNAT's checks and merges; it replaces nothing. A new series
+    under a scan number already used by another series is added under a new scan ID (correctScanID)."""
     old = make_study(tmp_path / "old", series=((1, "T1"),), instances=3, uid_seed="s")
     client.import_dicom(old.files[0].parent, "P1", destination="archive")
     new = make_study(tmp_path / "new", series=((1, "T1"),), instances=2, uid_seed="s2", study_uid=old.study_uid)
 
     client.import_dicom(new.files[0].parent, "P1", destination="archive", overwrite="delete")
 
-    assert archive_files(http, emulator, "P1", "S01_MR1") == expected_files(new)
+    assert archive_files(http, emulator, "P1", "S01_MR1") == {"1": expected_files(old)["1"],
+                                                              "1-MR1": expected_files(new)["1"]}
+    assert rows(http, emulator) == []
+
+
+def test_import_overwrite_modes_follow_the_import_service(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path
+) -> None:
+    """Importer.parseOverrideValue: no overwrite refuses any existing session, append merges with XNAT's checks
+    (a different StudyInstanceUID or files already there are conflicts), delete merges past them."""
+    first = make_study(tmp_path / "v1", series=((1, "T1"),), instances=2, uid_seed="s")
+    client.import_dicom(first.files[0].parent, "P1", destination="archive")
+    new_series = make_study(tmp_path / "v2", series=((2, "T2"),), instances=1, uid_seed="s")
+
+    # Even a new series of the same study: without overwrite the import refuses the existing session.
+    with pytest.raises(XnatConflictError, match="Session already exists, retry with overwrite enabled"):
+        client.import_dicom(new_series.files[0].parent, "P1", destination="archive")
+    assert [r["status"] for r in rows(http, emulator)] == ["CONFLICT"]
+
+    # append: merged. The same files again with append: XNAT's file check refuses them.
+    client.import_dicom(new_series.files[0].parent, "P1", destination="archive", overwrite="append")
+    assert archive_files(http, emulator, "P1", "S01_MR1") == {**expected_files(first), **expected_files(new_series)}
+    with pytest.raises(XnatConflictError, match="Session already exists with matching files"):
+        client.import_dicom(first.files[0].parent, "P1", destination="archive", overwrite="append")
+
+    # Another study under the same label: append keeps the UID check, delete overrides it.
+    other = make_study(tmp_path / "v3", series=((3, "T3"),), instances=1, uid_seed="other")
+    with pytest.raises(XnatConflictError, match="Invalid modification of session UID"):
+        client.import_dicom(other.files[0].parent, "P1", destination="archive", overwrite="append")
+    client.import_dicom(other.files[0].parent, "P1", destination="archive", overwrite="delete")
+    assert archive_files(http, emulator, "P1", "S01_MR1") == {
+        **expected_files(first), **expected_files(new_series), **expected_files(other)}
+    assert len(experiments(http, emulator)) == 1
 
 
 def test_import_flags_reach_xnat(
@@ -282,30 +366,76 @@ def test_import_flags_reach_xnat(
 ) -> None:
     seen = spy(emulator, "POST", IMPORT)
 
-    refs = client.import_dicom(
-        study_zip, "P1", destination="archive", overwrite="append", quarantine=True, trigger_pipelines=False
-    )
+    refs = client.import_dicom(study_zip, "P1", destination="archive", overwrite="append")
 
     assert [r.label for r in refs] == ["S01_MR1"]
     [req] = seen
     q = req["query"]
     assert q["dest"] == "/archive/projects/P1" and q["project"] == "P1" and q["overwrite"] == "append"
-    assert q["quarantine"] == "true" and q["triggerPipelines"] == "false"
+    assert "quarantine" not in q and "triggerPipelines" not in q
     assert q["import-handler"] == "DICOM-zip" and "Ignore-Unparsable" not in q
     assert [e["label"] for e in experiments(http, emulator)] == ["S01_MR1"]
 
 
-def test_import_to_auto_archive_project_returns_the_archive_ref(
+@pytest.mark.parametrize("destination", ["archive", "prearchive"])
+@pytest.mark.parametrize("flags", [{"quarantine": True}, {"trigger_pipelines": False},
+                                   {"trigger_pipelines": True}])
+def test_archive_flags_the_import_service_drops_are_refused_before_sending(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path, destination: str,
+    flags: dict[str, bool],
+) -> None:
+    """DicomZipImporter passes only overwrite_files on to the archiver: quarantine and triggerPipelines on an
+    import would be dropped, silently. The client refuses them before any data moves, naming the way that works."""
+    with pytest.raises(XnatBadInputError, match=r"drops them.*archive\(\.\.\., quarantine=True"):
+        client.import_dicom(study_zip, "P1", destination=destination, **flags)  # type: ignore[arg-type]
+    assert emulator.request_count("POST", IMPORT) == 0
+    assert rows(http, emulator) == [] and experiments(http, emulator) == []
+
+
+def test_the_emulator_ignores_quarantine_on_an_import_to_the_archive(
+    emulator: XnatEmulator, http: requests.Session, study_zip: Path
+) -> None:
+    """What the client guards against: XNAT (and the emulator) archive the session active, flag or not."""
+    r = http.post(f"{emulator.url}{IMPORT}", data=study_zip.read_bytes(), headers={"Content-Type": "application/zip"},
+                  params={"import-handler": "DICOM-zip", "dest": "/archive/projects/P1", "quarantine": "true"})
+    assert r.status_code == 200, r.text
+    base = experiment_url(http, emulator.url, "P1", "S01_MR1")
+    assert http.get(f"{base}/status").text == "active"
+
+
+def test_prearchive_import_into_an_auto_archive_project_stays_ready(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path
 ) -> None:
+    """A /prearchive dest is built and left READY whatever the project's setting: DicomZipImporter.xmlBuild
+    never runs the rebuild handler's execute(), the only place that queues the auto-archive."""
     emulator.add_project("AA", prearchive="auto-archive")
 
     refs = client.import_dicom(study_zip, "AA")
 
-    assert [(r.in_prearchive, r.uri) for r in refs] == [
-        (False, "/data/archive/projects/AA/subjects/S01/experiments/S01_MR1")
-    ]
-    assert [e["label"] for e in experiments(http, emulator, "AA")] == ["S01_MR1"]
+    [row] = rows(http, emulator, "AA")
+    assert [(r.in_prearchive, r.uri) for r in refs] == [(True, "/data" + row["url"])]
+    assert row["status"] == "READY" and row["autoarchive"] == "AutoArchive"
+    time.sleep(emulator.prearchive.receiving_idle + 2 * emulator.prearchive.build_seconds)
+    assert experiments(http, emulator, "AA") == [] and [r["status"] for r in rows(http, emulator, "AA")] == ["READY"]
+    # The client's archive then archives it as any other.
+    assert client.archive(refs[0]).uri == "/data/archive/projects/AA/subjects/S01/experiments/S01_MR1"
+
+
+def test_import_arrived_takes_either_outcome_of_a_prearchive_import(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, study: Study, study_zip: Path
+) -> None:
+    """The rows of a prearchive import are its refs; when they are gone and the session is in the archive (a
+    server that forwards them, or someone who archived them since) the archive session is."""
+    from xnat_provider.client.imports import plan_import
+
+    plan = plan_import(study_zip)
+    before = client.import_snapshot("P1", plan)
+    [ref] = client.import_dicom(study_zip, "P1", plan=plan, snapshot=before)
+    assert [r.uri for r in client.import_arrived("P1", plan, before)[study.study_uid]] == [ref.uri]
+    client.archive(ref)
+    [archived] = client.import_arrived("P1", plan, before)[study.study_uid]
+    assert (archived.in_prearchive, archived.uri) == (
+        False, "/data/archive/projects/P1/subjects/S01/experiments/S01_MR1")
 
 
 # ---- unparsable files --------------------------------------------------------------------------------------
@@ -500,7 +630,8 @@ def test_504_after_an_import_merged_into_an_existing_session(
     second = make_study(tmp_path / "v2", series=((2, "T2"),), uid_seed="s")
     emulator.succeed_then_504("POST", IMPORT)
 
-    refs = client.import_dicom(second.files[0].parent, "P1", destination="archive", settle_seconds=5)
+    refs = client.import_dicom(second.files[0].parent, "P1", destination="archive", overwrite="append",
+                               settle_seconds=5)
 
     assert [r.uri for r in refs] == ["/data/archive/projects/P1/subjects/S01/experiments/S01_MR1"]
     assert emulator.request_count("POST", IMPORT) == 2  # the first import, and this one once
@@ -517,11 +648,10 @@ def test_504_after_import_to_an_auto_archive_project(
 
     refs = client.import_dicom(study_zip, "AA", settle_seconds=5)
 
-    assert [(r.in_prearchive, r.uri) for r in refs] == [
-        (False, "/data/archive/projects/AA/subjects/S01/experiments/S01_MR1")
-    ]
+    [row] = rows(http, emulator, "AA")  # built, READY, not archived (a /prearchive dest)
+    assert [(r.in_prearchive, r.uri) for r in refs] == [(True, "/data" + row["url"])] and row["status"] == "READY"
     assert emulator.request_count("POST", IMPORT) == 1
-    assert [e["label"] for e in experiments(http, emulator, "AA")] == ["S01_MR1"] and rows(http, emulator, "AA") == []
+    assert experiments(http, emulator, "AA") == []
 
 
 def test_503_before_import_took_effect_is_resent_once(

@@ -351,11 +351,64 @@ def test_archive_overwrite_append_and_delete(
     assert archived.label == "S01_MR1"
     assert scan_files(http, emulator, "P1", "S01_MR1") == {"1": 3, "2": 2}
 
-    # delete: the scan's files are replaced by the new ones
+    # delete: for one session the same as append (Archiver: both set overrideExceptions; the allowDataDeletion
+    # of delete is read only for several sessions). Nothing is deleted: scan 1 keeps its three files.
     fewer = make_study(tmp_path / "fewer", series=((1, "T1"),), instances=1, uid_seed="s")
     client.archive(client.import_dicom(fewer.files[0].parent, "P1")[0], overwrite="delete")
-    assert scan_files(http, emulator, "P1", "S01_MR1") == {"1": 1, "2": 2}
+    assert scan_files(http, emulator, "P1", "S01_MR1") == {"1": 3, "2": 2}
     assert len(experiments(http, emulator)) == 1 and rows(http, emulator) == []
+
+
+def test_archive_service_merge_rules(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path
+) -> None:
+    """The archive service always allows a merge (Archiver passes allowSessionMerge=true): without overwrite a
+    new series merges and the same files again are a conflict; append and delete skip the UID check alike."""
+    base = make_study(tmp_path / "base", series=((1, "T1"),), instances=2, uid_seed="s")
+    client.archive(client.import_dicom(base.files[0].parent, "P1")[0])
+
+    # No overwrite: a new series of the same study merges; a new series under a taken number is renumbered.
+    more = make_study(tmp_path / "more", series=((2, "T2"),), instances=1, uid_seed="s")
+    client.archive(client.import_dicom(more.files[0].parent, "P1")[0])
+    taken = make_study(tmp_path / "taken", series=((1, "T1b"),), instances=1, uid_seed="t", study_uid=base.study_uid)
+    client.archive(client.import_dicom(taken.files[0].parent, "P1")[0])
+    assert scan_files(http, emulator, "P1", "S01_MR1") == {"1": 2, "1-MR1": 1, "2": 1}
+
+    # No overwrite, the same files again: refused, the row waits in CONFLICT.
+    [again] = client.import_dicom(base.files[0].parent, "P1")
+    with pytest.raises(XnatConflictError, match="matching files"):
+        client.archive(again)
+    assert [r["status"] for r in rows(http, emulator)] == ["CONFLICT"]
+    client.delete_prearchive(again)
+    wait_for(lambda: rows(http, emulator) == [])
+
+    # Another StudyInstanceUID under the same label: refused without overwrite, merged with append or delete.
+    for overwrite in (None, "append", "delete"):
+        other = make_study(tmp_path / f"other-{overwrite}", series=((7, "T7"),), instances=1)
+        [ref] = client.import_dicom(other.files[0].parent, "P1")
+        if overwrite is None:
+            with pytest.raises(XnatConflictError, match="Invalid modification of session UID"):
+                client.archive(ref)
+            client.delete_prearchive(ref)
+            wait_for(lambda: rows(http, emulator) == [])
+        else:
+            client.archive(ref, overwrite=overwrite)
+    assert scan_files(http, emulator, "P1", "S01_MR1") == {"1": 2, "1-MR1": 1, "2": 1, "7": 1, "7-MR1": 1}
+    assert len(experiments(http, emulator)) == 1
+
+
+def test_archive_quarantine_reaches_the_experiment(
+    client: XnatClient, emulator: XnatEmulator, http: requests.Session, tmp_path: Path
+) -> None:
+    """Archiver passes quarantine on to PrearcSessionArchiver, which quarantines the experiment: its
+    ``/status`` says ``quarantine`` (SecureResource.returnStatus); without the flag it stays ``active``."""
+    a = make_study(tmp_path / "a", patient_name="S01", patient_id="S01_MR1")
+    b = make_study(tmp_path / "b", patient_name="S02", patient_id="S02_MR1")
+    client.archive(client.import_dicom(a.files[0].parent, "P1")[0], quarantine=True)
+    client.archive(client.import_dicom(b.files[0].parent, "P1")[0])
+    status = {label: http.get(f"{experiment_url(http, emulator.url, 'P1', label)}/status").text
+              for label in ("S01_MR1", "S02_MR1")}
+    assert status == {"S01_MR1": "quarantine", "S02_MR1": "active"}
 
 
 def test_archive_to_auto_archive_project(
@@ -552,14 +605,37 @@ def test_move_to_unknown_project(client: XnatClient, emulator: XnatEmulator, stu
     assert client.get_prearchive(ref).status == "READY"
 
 
-def test_operation_on_a_busy_session_is_refused(slow_queue: XnatEmulator, tmp_path: Path) -> None:
+def test_a_queued_session_is_queued_over(slow_queue: XnatEmulator, tmp_path: Path) -> None:
+    """A QUEUED_X row is not locked: XNAT queues the next operation over it (only _X rows are locked)."""
     with XnatClient(slow_queue.url, "admin", "admin", backoff=0.01) as client:
         _study, ref = import_study(client, tmp_path, "s01")
         client.delete_prearchive(ref)
-        with pytest.raises(XnatConflictError) as err:  # the row is busy: not a permission problem
-            client.move_prearchive(ref, "P2")
-        assert err.value.status == 403 and "QUEUED_DELETING" in str(err.value)
-        assert client.get_prearchive(ref).status == "QUEUED_DELETING"
+        assert client.move_prearchive(ref, "P2").status == "QUEUED_MOVING"  # type: ignore[union-attr]
+        assert client.get_prearchive(ref).status == "QUEUED_MOVING"
+
+
+@pytest.mark.parametrize("op", ["rebuild", "move", "delete"])
+@pytest.mark.parametrize("locked", ["_ARCHIVING", "_BUILDING", "_MOVING"])
+def test_a_batch_operation_on_a_locked_session_raises_a_conflict(
+    client: XnatClient, emulator: XnatEmulator, study: Study, op: str, locked: str
+) -> None:
+    """XNAT answers 200 with the locked row unchanged and does nothing (PrearcUtils.queuePrearchiveOperation,
+    PrearchiveBatchDelete): the client does not report that as done."""
+    [ref] = client.import_dicom(study.files[0].parent, "P1")
+    emulator.hold_prearchive("P1", ref.timestamp, ref.label, locked)
+    calls = {"rebuild": lambda: client.rebuild_prearchive(ref), "move": lambda: client.move_prearchive(ref, "P2"),
+             "delete": lambda: client.delete_prearchive(ref)}
+
+    with pytest.raises(XnatConflictError) as err:
+        calls[op]()
+
+    assert err.value.status == 200 and f"locked ({locked})" in str(err.value)
+    assert "operation in progress" in str(err.value) and "reset-status" in str(err.value)
+    assert emulator.request_count("POST", f"/data/services/prearchive/{op}") == 1
+    time.sleep(3 * emulator.prearchive.queue_seconds)
+    assert client.get_prearchive(ref).status == locked  # nothing happened
+    emulator.release_prearchive("P1", ref.timestamp, ref.label)  # the operation ended: the row is free again
+    assert calls[op]().status.startswith("QUEUED_")  # type: ignore[union-attr]
 
 
 def test_batch_504_after_it_took_effect_is_not_resent(slow_queue: XnatEmulator, tmp_path: Path) -> None:

@@ -146,8 +146,8 @@ def test_resend_on_a_row_the_first_request_now_locks_waits_for_it(
         emulator.release_prearchive(row.project, row.timestamp, row.folder, status="READY")
         archive_directly(http, emulator, ref.uri)
 
-    def start_first() -> None:
-        emulator.hold_prearchive(row.project, row.timestamp, row.folder, status="ARCHIVING")
+    def start_first() -> None:  # XNAT locks the row (_ARCHIVING) while its archiver runs
+        emulator.hold_prearchive(row.project, row.timestamp, row.folder, status="_ARCHIVING")
         timers.append(threading.Timer(0.3, finish_first))
         timers[-1].start()
 
@@ -169,7 +169,7 @@ def test_a_conflict_on_the_first_try_is_still_raised_at_once(
     """Only a resend's 404 or busy row is looked into: a first request's 403 busy is a conflict, raised."""
     [ref] = client.import_dicom(study.files[0].parent, "P1")
     row = client.get_prearchive(ref)
-    emulator.hold_prearchive(row.project, row.timestamp, row.folder, status="ARCHIVING")
+    emulator.hold_prearchive(row.project, row.timestamp, row.folder, status="_ARCHIVING")  # only _X rows: 403
     with pytest.raises(XnatConflictError):
         client.archive(ref, settle_seconds=5)
     assert emulator.request_count("POST", ARCHIVE) == 1

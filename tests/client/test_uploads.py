@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.oracles.zips import streamed_zip
 from tests.support import assert_no_secret
 from xnat_provider.client import (
     XnatBadInputError,
@@ -204,10 +205,45 @@ def test_extract_a_zip_into_the_resource(client: XnatClient, session: str, emula
     check_manifest(again, local_tree(local), skipped=set(local_tree(local)))
     assert emulator.request_count("PUT", FILE_PUT) == 1
 
-    under = client.upload(archive, EXP, "ZIPPED", extract=True, remote_dir="unpacked")
+
+def test_extract_goes_to_the_resource_root_and_a_folder_must_be_inside_the_zip(
+        client: XnatClient, session: str, emulator: XnatEmulator, http: requests.Session, local: Path,
+        tmp_path: Path) -> None:
+    """XNAT unpacks at the resource root whatever folder the URL names, so remote_dir with extract=True is refused
+    before anything moves (it could never be verified); a folder goes inside the zip instead."""
+    files = [p for p in local.rglob("*") if p.is_file() and not p.name.endswith(".part")]
+    puts = emulator.request_count("PUT")
+    with pytest.raises(XnatBadInputError, match=r"remote_dir='unpacked'.*resource root"):
+        client.upload(zip_files(files, tmp_path / "flat.zip", root=local), EXP, "ZIPPED", extract=True,
+                      remote_dir="unpacked")
+    assert emulator.request_count("PUT") == puts and resources(http, emulator, EXP) == set()
+
+    nested = tmp_path / "nested" / "unpacked"
+    nested.mkdir(parents=True)
+    for p in files:
+        (nested / p.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
+        (nested / p.relative_to(local)).write_bytes(p.read_bytes())
+    archive = zip_files([p for p in nested.rglob("*") if p.is_file()], tmp_path / "bundle.data",  # not a .zip name
+                        root=nested.parent)
+    manifest = client.upload(archive, EXP, "ZIPPED", extract=True)
     expected = {f"unpacked/{k}": v for k, v in local_tree(local).items()}
     assert server_tree(http, emulator, EXP, "ZIPPED") == expected
-    check_manifest(under, expected)
+    check_manifest(manifest, expected)
+    # Sent under a name XNAT unpacks (it picks the extractor by the name's suffix), at the resource root.
+    puts = [p for m, p in emulator.requests_sent("airflow-provider-xnat/") if m == "PUT" and "/files/" in p]
+    assert [p.rsplit("/resources/", 1)[1] for p in puts] == ["ZIPPED/files/bundle.data.zip"]
+
+
+def test_empty_files_go_through_a_zip(client: XnatClient, session: str, emulator: XnatEmulator,
+                                      http: requests.Session, tmp_path: Path) -> None:
+    """XNAT cannot take a 0-byte file body, but unpacks 0-byte zip entries: the way the refusal message suggests."""
+    archive = tmp_path / "with-empty.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("empty.txt", b"")
+        zf.writestr("logs/run.log", b"done\n")
+    manifest = client.upload(archive, EXP, "OUT", extract=True)
+    assert server_tree(http, emulator, EXP, "OUT") == {"empty.txt": b"", "logs/run.log": b"done\n"}
+    check_manifest(manifest, {"empty.txt": b"", "logs/run.log": b"done\n"})
 
 
 # ---- the server's answers are checked ----------------------------------------------------------------------
@@ -314,7 +350,8 @@ def _zip_with(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing file", "empty dir", "extract non-zip", "zip ../", "zip absolute",
-                                  "zip nested ..", "bad policy", "bad resource"])
+                                  "zip nested ..", "bad policy", "bad resource", "empty file",
+                                  "empty file in a folder", "extract into remote_dir", "streamed zip"])
 def test_bad_inputs_fail_before_any_change(client: XnatClient, session: str, emulator: XnatEmulator,
                                            http: requests.Session, local: Path, tmp_path: Path, case: str,
                                            secrets: list[str]) -> None:
@@ -332,6 +369,19 @@ def test_bad_inputs_fail_before_any_change(client: XnatClient, session: str, emu
         source, match, kwargs = _zip_with(tmp_path, name), "Refusing unsafe path", {"extract": True}
     elif case == "bad policy":
         source, match, kwargs = local, "overwrite must be one of", {"overwrite": "replace"}
+    elif case == "empty file":
+        source, match = local / "empty.txt", r"Refusing to upload 1 empty \(0-byte\) file\(s\): empty\.txt\."
+        source.write_bytes(b"")
+    elif case == "empty file in a folder":  # the whole folder is refused, not uploaded in part
+        (local / "sub" / "empty.csv").write_bytes(b"")
+        (local / "zero.bin").write_bytes(b"")
+        source, match = local, r"2 empty \(0-byte\) file\(s\): sub/empty\.csv, zero\.bin\."
+    elif case == "extract into remote_dir":
+        source, match = _zip_with(tmp_path, "also-fine.txt"), "XNAT unpacks an archive at the resource root"
+        kwargs = {"extract": True, "remote_dir": "sub"}
+    elif case == "streamed zip":  # STORED entries with data descriptors, as a zip streamed to a pipe has
+        source, match, kwargs = tmp_path / "streamed.zip", "STORED with a data descriptor", {"extract": True}
+        source.write_bytes(streamed_zip([("a.txt", b"a")]))
     else:
         source, match, resource = local, "Invalid resource label", "a/b"
 

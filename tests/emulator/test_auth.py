@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import requests
 
+from xnat_provider.client.protocol import xnat_message
 from xnat_provider.testing import XnatEmulator
 
 
@@ -141,9 +143,53 @@ def test_token_for_another_user_is_admin_only(http, emulator: XnatEmulator) -> N
     assert r.text == "User 'alice' is logged in"
     as_alice = requests.get(emulator.url + "/data/services/tokens/issue/user/admin", auth=("alice", "alice-pw"))
     assert as_alice.status_code == 403
-    assert http.get(emulator.url + "/data/services/tokens/issue/user/nobody").status_code == 404
-    assert http.get(emulator.url + "/data/services/tokens/validate/x").status_code == 401
-    assert http.get(emulator.url + "/data/services/tokens/frobnicate").status_code == 400
+    assert xnat_message(as_alice.text) == NOT_OWN
+    # AliasTokenRestlet, in order: the token named in the path (404), then the caller (403), then the operation.
+    nobody = http.get(emulator.url + "/data/services/tokens/issue/user/nobody")
+    assert (nobody.status_code, xnat_message(nobody.text)) == (400, "An error occurred retrieving the user: nobody")
+    not_alias = http.get(emulator.url + "/data/services/tokens/validate/x")
+    assert (not_alias.status_code, xnat_message(not_alias.text)) == (404, "Can't find an alias token with the ID x")
+    no_token = http.get(emulator.url + "/data/services/tokens/validate")
+    assert (no_token.status_code, xnat_message(no_token.text)) == (
+        401, "You must specify both token and secret to validate a token.")
+    unknown = http.get(emulator.url + "/data/services/tokens/frobnicate")
+    assert (unknown.status_code, xnat_message(unknown.text)) == (400, "Unknown operation: frobnicate")
+
+
+NOT_OWN = "Non-admin users can only request operations on alias tokens for their own account"
+
+
+def test_a_non_admin_is_refused_another_users_token_before_the_operation(http, emulator: XnatEmulator) -> None:
+    """AliasTokenRestlet's constructor (l.95-97): a caller who is not a site administrator gets 403 for a token
+    of another user, whatever the operation: validate gives no answer about the token, invalidate keeps it."""
+    tok = http.get(emulator.url + "/data/services/tokens/issue").json()  # admin's token
+    alice = ("alice", "alice-pw")
+    for op in (f"validate/{tok['alias']}/{tok['secret']}", f"validate/{tok['alias']}/wrong",
+               f"invalidate/{tok['alias']}", f"invalidate/{tok['id']}", f"show/{tok['alias']}", "show/user/admin"):
+        r = requests.get(f"{emulator.url}/data/services/tokens/{op}", auth=alice)
+        assert (r.status_code, xnat_message(r.text)) == (403, NOT_OWN), op
+    # The token is untouched, and its owner and the site administrator still validate it.
+    assert http.get(f"{emulator.url}/data/services/tokens/validate/{tok['alias']}/{tok['secret']}").json() == {
+        "valid": "admin"}
+    # An unknown alias is 404 for anyone: the token is looked up before the caller is checked.
+    missing = requests.get(f"{emulator.url}/data/services/tokens/validate/{uuid.uuid4()}/secret", auth=alice)
+    assert missing.status_code == 404 and xnat_message(missing.text).startswith("Can't find an alias token")
+    # Alice's own token, by alias or by ID: hers to validate and invalidate.
+    own = requests.get(emulator.url + "/data/services/tokens/issue", auth=alice).json()
+    assert requests.get(f"{emulator.url}/data/services/tokens/validate/{own['alias']}/{own['secret']}",
+                        auth=alice).json() == {"valid": "alice"}
+    assert requests.get(f"{emulator.url}/data/services/tokens/invalidate/{own['id']}", auth=alice).json() == {
+        "result": "OK"}
+    # An administrator may work on anyone's token.
+    assert http.get(f"{emulator.url}/data/services/tokens/invalidate/{tok['alias']}").json() == {"result": "OK"}
+
+
+def test_the_guest_user_cannot_touch_tokens(tmp_path) -> None:
+    with XnatEmulator(data_dir=tmp_path / "x", require_login=False) as emu:
+        tok = requests.get(emu.url + "/data/services/tokens/issue", auth=("admin", "admin")).json()
+        for op in ("issue", f"validate/{tok['alias']}/{tok['secret']}", "show"):
+            r = requests.get(f"{emu.url}/data/services/tokens/{op}")
+            assert (r.status_code, xnat_message(r.text)) == (403, "The guest user can't request alias tokens"), op
 
 
 def test_tokens_expire(tmp_path) -> None:
@@ -152,3 +198,7 @@ def test_tokens_expire(tmp_path) -> None:
         assert requests.get(emu.url + "/data/auth", auth=(tok["alias"], tok["secret"])).status_code == 200
         time.sleep(0.7)
         assert requests.get(emu.url + "/data/auth", auth=(tok["alias"], tok["secret"])).status_code == 401
+        # XNAT's hourly sweep deletes expired tokens; the emulator sweeps at once: the alias is unknown now.
+        gone = requests.get(f"{emu.url}/data/services/tokens/validate/{tok['alias']}/{tok['secret']}",
+                            auth=("admin", "admin"))
+        assert gone.status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 import requests
 
+from tests.oracles.zips import seekable_zip, streamed_zip
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study
 
@@ -49,10 +51,15 @@ def test_file_listing_has_size_and_md5_and_get_matches(http, emulator, archived,
     assert http.get(emulator.url + rows[0]["URI"] + "x").status_code == 404
 
 
-def test_range_requests_and_switching_them_off(http, emulator, tmp_path) -> None:
+def test_range_requests_are_ignored_unless_switched_on(http, emulator, tmp_path) -> None:
     data = bytes(range(256)) * 40
     url = f"{emulator.url}/data/projects/P1/resources/R/files/blob.bin"
     assert http.put(url, data=data, headers=OCTET).status_code == 200
+    assert not emulator.range_requests  # the default: the whole file with 200, the harder case for clients
+    r = http.get(url, headers={"Range": "bytes=100-199"})
+    assert r.status_code == 200 and r.content == data and "Accept-Ranges" not in r.headers
+
+    emulator.range_requests = True  # as XNAT 1.8 does, through Restlet 1.1.10's RangeFilter
     r = http.get(url, headers={"Range": "bytes=100-199"})
     assert r.status_code == 206 and r.content == data[100:200]
     assert r.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
@@ -60,9 +67,7 @@ def test_range_requests_and_switching_them_off(http, emulator, tmp_path) -> None
     assert http.get(url, headers={"Range": "bytes=-5"}).content == data[-5:]
     bad = http.get(url, headers={"Range": f"bytes={len(data)}-"})
     assert bad.status_code == 416 and bad.headers["Content-Range"] == f"bytes */{len(data)}"
-    emulator.range_requests = False  # as a real XNAT may: the whole file with 200
-    r = http.get(url, headers={"Range": "bytes=100-199"})
-    assert r.status_code == 200 and r.content == data and "Accept-Ranges" not in r.headers
+    assert http.get(url, headers={"Range": "bytes=0-9,20-29"}).status_code == 501  # RangeFilter: one range only
 
 
 def test_upload_duplicate_overwrite_and_delete(http, emulator) -> None:
@@ -81,10 +86,30 @@ def test_upload_duplicate_overwrite_and_delete(http, emulator) -> None:
     assert r.status_code == 404 and "No matched files" in r.text
 
 
-def test_upload_needs_a_body_and_a_name(http, emulator) -> None:
+def test_empty_upload_answers_xnats_500_and_creates_nothing(http, emulator) -> None:
+    """An empty in-body file: SecureResource.getFileWritersAndLoadParams throws a FileUploadException, which
+    FileList.handlePost (PUT is handled as POST) answers with a 500 and its text; no resource is created."""
     base = f"{emulator.url}/data/projects/P1/resources/R/files"
-    r = http.put(base + "/empty.txt", data=b"", headers=OCTET)
-    assert r.status_code == 400 and "inbody=true" in r.text
+    for method in ("PUT", "POST"):
+        r = http.request(method, base + "/empty.txt", data=b"", headers=OCTET)
+        assert r.status_code == 500, r.text
+        assert ("In-body File posts must include the file directly as the body of the message. In this case, the "
+                "request entity size is 0 but the media type is not application/zip (i.e. streaming compressed "
+                "upload).") in r.text
+    r = http.put(base + "/chunked.txt", data=iter([b"no ", b"length"]), headers=OCTET)  # size unknown: -1
+    assert r.status_code == 500 and "request entity size is -1" in r.text
+    r = http.put(base + "/untyped.txt", data=b"")  # no Content-Type: XNAT finds no file in the request at all
+    assert r.status_code == 400 and "found request entity size of 0" in r.text
+    assert files_of(http, f"{emulator.url}/data/projects/P1/resources") == []  # not even the resource
+    # application/zip is exempt ("streaming compressed upload"): an empty body is stored as an empty file.
+    assert http.put(base + "/empty.zip", data=b"", headers={"Content-Type": "application/zip"}).status_code == 200
+    assert [(row["Name"], row["Size"]) for row in files_of(http, base)] == [("empty.zip", "0")]
+    r = http.get(base + "/empty.zip")
+    assert (r.status_code, r.headers["Content-Length"], r.content) == (200, "0", b"")
+
+
+def test_upload_needs_a_name(http, emulator) -> None:
+    base = f"{emulator.url}/data/projects/P1/resources/R/files"
     assert http.put(base + "/../escape.txt", data=b"x", headers=OCTET).status_code in (400, 404)
     assert not (emulator.data_dir / "archive/P1/resources/escape.txt").exists()
 
@@ -124,6 +149,45 @@ def test_extract_zip_and_tgz_safely(http, emulator, tmp_path) -> None:
     r = http.put(base + "/evil.zip", params={"extract": "true"}, data=evil.getvalue(), headers=OCTET)
     assert r.status_code == 400
     assert not list(emulator.data_dir.rglob("outside.txt"))
+
+
+def test_extract_unpacks_at_the_resource_root_whatever_folder_the_url_names(http, emulator) -> None:
+    """CatalogUtils.storeCatalogEntry extracts into the catalog's own folder; the path after ``/files/`` is used only
+    for a file stored as is. The extractor follows the file's name (``Format``, case-sensitive): .zip/.zar,
+    .tar/.xar, .tgz/.tar.gz, and .gz for one gzipped file; a zip is read as ``ZipInputStream`` reads it."""
+    base = f"{emulator.url}/data/projects/P1/resources/X/files"
+
+    def paths() -> list[str]:
+        return sorted(r["URI"].split("/files/")[1] for r in files_of(http, base))
+
+    def put(rel: str, data: bytes) -> requests.Response:
+        return http.put(f"{base}/{rel}", params={"extract": "true"}, data=data, headers=OCTET)
+
+    assert put("wanted/folder/bundle.zip", seekable_zip([("a/one.txt", b"1"), ("two.txt", b"2")])).status_code == 200
+    assert paths() == ["a/one.txt", "two.txt"]  # not wanted/folder/...
+    # Multipart: the part's file name decides, and the URL's folder is ignored just the same.
+    r = http.post(f"{base}/elsewhere", params={"extract": "true"},
+                  files={"file": ("more.zip", seekable_zip([("three.txt", b"3")]))})
+    assert r.status_code == 200 and "three.txt" in paths()
+    tbuf = io.BytesIO()
+    with tarfile.open(fileobj=tbuf, mode="w") as tf:
+        info = tarfile.TarInfo("t/four.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"4"))
+    assert put("deep/x.xar", tbuf.getvalue()).status_code == 200 and "t/four.txt" in paths()
+    assert put("deep/notes.txt.gz", gzip.compress(b"five")).status_code == 200 and "notes.txt" in paths()
+    # A name XNAT does not unpack (the suffix is case-sensitive) is stored as is, where the URL says.
+    assert put("kept/BUNDLE.ZIP", seekable_zip([("six.txt", b"6")])).status_code == 200
+    assert "kept/BUNDLE.ZIP" in paths() and "six.txt" not in paths()
+    # STORED entries with data descriptors (a zip streamed to a pipe): ZipInputStream throws, FileList answers 500,
+    # and nothing of the archive is catalogued.
+    r = put("streamed.zip", streamed_zip([("seven.txt", b"7"), ("eight.txt", b"8")]))
+    assert r.status_code == 500 and "only DEFLATED entries can have EXT descriptor" in r.text
+    assert paths() == ["a/one.txt", "kept/BUNDLE.ZIP", "notes.txt", "t/four.txt", "three.txt", "two.txt"]
+    # Entries already there are duplicates (by their names from the root) unless overwrite=true.
+    dup = put("again/bundle.zip", seekable_zip([("two.txt", b"changed")]))
+    assert dup.status_code == 200 and json.loads(dup.text) == {"duplicates": ["two.txt"]}
+    assert http.get(f"{base}/two.txt").content == b"2"
 
 
 def test_zip_downloads_use_xnat_layout(http, emulator, archived) -> None:

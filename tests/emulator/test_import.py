@@ -460,9 +460,13 @@ def test_import_to_archive_again_without_overwrite_is_400_and_row_conflict(emula
     assert do_import(http, emulator, study_zip, dest="/archive/projects/P1").status_code == 200
     r = do_import(http, emulator, study_zip, dest="/archive/projects/P1")
     assert r.status_code == 400, r.text
-    assert "Unable to archive" in r.text and "<h3>" in r.text
+    # DicomZipImporter.xmlBuild's fixed text, exactly, and no reason: that is in the row's prearchive log.
+    assert "<h3>unable to archive for the Prearchive session</h3>" in r.text
+    assert "exists" not in r.text
     [row] = prearchive_rows(http, emulator, "P1")  # the second copy waits in the prearchive
     assert row["status"] == "CONFLICT"
+    log = http.get(emulator.url + "/data" + row["url"] + "/logs/last", timeout=10)
+    assert log.text == "Session already exists, retry with overwrite enabled"
     assert sum(len(v) for v in dicom_on_disk(session_dir(emulator, "/data" + row["url"])).values()) == \
         len(study.files)
     exps = http.get(emulator.url + "/data/projects/P1/experiments", params={"format": "json"}, timeout=10)
@@ -480,6 +484,47 @@ def test_import_to_archive_with_overwrite_append_merges(emulator, http, tmp_path
     session = emulator.data_dir / "archive" / "P1" / "arc001" / "S01_MR1"
     assert dicom_on_disk(session) == {"1": sop_uids(a.files), "2": sop_uids(b.files)}
     assert prearchive_rows(http, emulator) == []
+
+
+def test_a_failed_study_stops_the_import_later_ones_stay_receiving(emulator, http, tmp_path):
+    """xmlBuild builds and archives the import's sessions in order and stops at the first failure: the one
+    before it is archived, the failed one is CONFLICT, the one after it stays RECEIVING (unbuilt) until the
+    clock builds it, as XNAT's rebuilder does."""
+    a = make_study(tmp_path / "a", patient_name="S01", patient_id="S01_MR1", instances=1)
+    b = make_study(tmp_path / "b", patient_name="S02", patient_id="S02_MR1", instances=1)
+    c = make_study(tmp_path / "c", patient_name="S03", patient_id="S03_MR1", instances=1)
+    assert do_import(http, emulator, zip_files(b.files, tmp_path / "b.zip"), dest="/archive/projects/P1").ok
+    body = zip_files(a.files + b.files + c.files, tmp_path / "abc.zip")
+    r = do_import(http, emulator, body, dest="/archive/projects/P1")
+    assert r.status_code == 400 and "<h3>unable to archive for the Prearchive session</h3>" in r.text
+    statuses = {x["name"]: x["status"] for x in prearchive_rows(http, emulator, "P1")}
+    assert statuses == {"S02_MR1": "CONFLICT", "S03_MR1": "RECEIVING"}
+    exps = http.get(emulator.url + "/data/projects/P1/experiments", params={"format": "json"}, timeout=10)
+    assert sorted(e["label"] for e in exps.json()["ResultSet"]["Result"]) == ["S01_MR1", "S02_MR1"]
+    wait_for(lambda: {x["name"]: x["status"] for x in prearchive_rows(http, emulator, "P1")}.get("S03_MR1")
+             == "READY")
+
+
+@pytest.mark.parametrize("flag", ["quarantine", "triggerPipelines"])
+def test_import_to_archive_ignores_quarantine_and_trigger_pipelines(emulator, http, study_zip, flag):
+    """DicomZipImporter.populateAdditionalValues passes only overwrite_files on: the session is archived active."""
+    r = do_import(http, emulator, study_zip, dest="/archive/projects/P1", **{flag: "true" if flag == "quarantine"
+                                                                             else "false"})
+    assert r.status_code == 200, r.text
+    exp = http.get(emulator.url + "/data/projects/P1/experiments/S01_MR1", params={"format": "json"}, timeout=10)
+    eid = exp.json()["items"][0]["data_fields"]["ID"]
+    assert http.get(f"{emulator.url}/data/experiments/{eid}/status", timeout=10).text == "active"
+
+
+def test_prearchive_dest_in_an_auto_archive_project_is_left_ready(emulator, http, study_zip):
+    emulator.add_project("PA", prearchive="auto-archive")
+    [uri] = uri_lines(do_import(http, emulator, study_zip, dest="/prearchive/projects/PA", **{"auto-archive": "true"}))
+    assert uri.startswith("/data/prearchive/projects/PA/")
+    time.sleep(emulator.prearchive.receiving_idle + 2 * emulator.prearchive.build_seconds)
+    [row] = prearchive_rows(http, emulator, "PA")
+    assert (row["status"], row["autoarchive"]) == ("READY", "AutoArchive")
+    exps = http.get(emulator.url + "/data/projects/PA/experiments", params={"format": "json"}, timeout=10)
+    assert exps.json()["ResultSet"]["Result"] == []
 
 
 # ---- auto-archive and interrupted builds ---------------------------------------------------------------

@@ -393,13 +393,24 @@ def test_archive_receiving_session_is_refused(emulator, http, tmp_path):
     assert pdir(emulator, uri).is_dir()
 
 
-def test_archive_locked_session_is_403(emulator, http, ready):
-    emulator.hold_prearchive(*parts(ready), status="BUILDING")
+@pytest.mark.parametrize("status", ["_ARCHIVING", "_BUILDING", "_MOVING", "_DELETING"])
+def test_archive_locked_session_is_403(emulator, http, ready, status):
+    """Archiver.setSessionArchiveStatus: PrearcDatabase.setStatus refuses a locked (_X) row."""
+    emulator.hold_prearchive(*parts(ready), status=status)
     r = archive(http, emulator, ready)
     assert r.status_code == 403
-    assert "in progress" in r.text
+    assert "<h3>Operation already in progress on this prearchive entry.</h3>" in r.text
     assert experiments(http, emulator, "P1") == []
-    assert status_of(http, emulator, ready) == "BUILDING"
+    assert status_of(http, emulator, ready) == status
+
+
+@pytest.mark.parametrize("status", ["BUILDING", "ARCHIVING", "QUEUED_MOVING", "QUEUED_BUILDING"])
+def test_archive_of_a_built_row_in_an_unlocked_status_goes_ahead(emulator, http, study, ready, status):
+    """Only _X statuses lock a row: XNAT sets ARCHIVING over any other and archives the built session."""
+    emulator.hold_prearchive(*parts(ready), status=status)
+    r = archive(http, emulator, ready)
+    assert r.status_code == 200, r.text
+    assert [e["label"] for e in experiments(http, emulator, "P1")] == ["S01_MR1"] and rows(http, emulator) == []
 
 
 def test_archive_unassigned_needs_a_project(emulator, http, study_zip):
@@ -466,8 +477,9 @@ def test_batch_move_json_and_errors(emulator, http, ready):
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
     [row] = r.json()["ResultSet"]["Result"]
     assert row["status"] == "QUEUED_MOVING" and all(isinstance(v, str) for v in row.values())
-    # While queued, another operation is refused.
-    assert _batch(http, emulator, "delete", ready).status_code == 403
+    # A queued row is not locked: another operation is queued over it.
+    r = _batch(http, emulator, "delete", ready, format="json")
+    assert r.status_code == 200 and [x["status"] for x in r.json()["ResultSet"]["Result"]] == ["QUEUED_DELETING"]
 
 
 def test_batch_delete_queued_then_gone(emulator, http, ready):
@@ -542,10 +554,70 @@ def test_statuses_in_listing_are_known_values(emulator, http, study: Study, read
 
 
 def test_action_build_on_a_locked_session_is_409(emulator, http, ready):
-    emulator.hold_prearchive(*parts(ready), status="QUEUED_MOVING")
+    """PrearcSessionResource.postActionBuild: setStatus(BUILDING) is refused only on a locked (_X) row."""
+    emulator.hold_prearchive(*parts(ready), status="_MOVING")
     r = http.post(emulator.url + ready, params={"action": "build"}, timeout=10)
-    assert r.status_code == 409
-    assert status_of(http, emulator, ready) == "QUEUED_MOVING"
+    assert r.status_code == 409 and "session document locked" in r.text
+    assert status_of(http, emulator, ready) == "_MOVING"
+    emulator.hold_prearchive(*parts(ready), status="QUEUED_MOVING")
+    assert http.post(emulator.url + ready, params={"action": "build"}, timeout=10).status_code == 200
+    assert status_of(http, emulator, ready) == "READY"
+
+
+@pytest.mark.parametrize("op", ["rebuild", "move", "delete"])
+@pytest.mark.parametrize("status", ["_ARCHIVING", "_BUILDING", "_MOVING", "_DELETING", "_RECEIVING"])
+def test_batch_operation_on_a_locked_row_is_a_silent_no_op(emulator, http, study, ready, op, status):
+    """PrearcUtils.queuePrearchiveOperation and PrearchiveBatchDelete queue only when PrearcDatabase.setStatus
+    may take the row, never over a lock (not even with overrideLock): 200, the row listed unchanged."""
+    emulator.hold_prearchive(*parts(ready), status=status)
+    before = row_of(http, emulator, ready)
+    extra = {"newProject": "P2"} if op == "move" else {"overrideLock": "true"} if op == "rebuild" else {}
+    r = _batch(http, emulator, op, ready, format="json", **extra)
+    assert r.status_code == 200, r.text
+    assert r.json()["ResultSet"]["Result"] == [before]
+    time.sleep(3 * emulator.prearchive.queue_seconds)
+    assert row_of(http, emulator, ready) == before
+    assert sum(len(v) for v in dcm_names(pdir(emulator, ready)).values()) == len(study.files)
+    # Once the operation holding the lock ends, the same request is queued.
+    emulator.release_prearchive(*parts(ready))
+    [row] = _batch(http, emulator, op, ready, format="json", **extra).json()["ResultSet"]["Result"]
+    assert row["status"] == f"QUEUED_{ {'rebuild': 'BUILDING', 'move': 'MOVING', 'delete': 'DELETING'}[op]}"
+
+
+def test_reset_status_frees_a_row_stuck_locked(emulator, http, ready):
+    """An administrator's way out of a lock left by an operation that died: reset-status rewrites the row."""
+    emulator.hold_prearchive(*parts(ready), status="_ARCHIVING")
+    assert http.post(emulator.url + ready, params={"action": "reset-status"}, timeout=10).status_code == 200
+    assert status_of(http, emulator, ready) == "READY"
+    assert archive(http, emulator, ready).status_code == 200
+
+
+def test_archive_service_delete_is_append_and_deletes_nothing(emulator, http, tmp_path):
+    """Archiver: append and delete both set overrideExceptions for one session and merge (allowSessionMerge is
+    always true there); nothing is deleted. Without overwrite a new series merges, the same files conflict."""
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    first = make_study(tmp_path / "a", study_uid=uid, series=((1, "T1"),), instances=2, uid_seed="a")
+    more = make_study(tmp_path / "b", study_uid=uid, series=((2, "T2"),), instances=1, uid_seed="a")
+    one = make_study(tmp_path / "c", study_uid=uid, series=((1, "T1"),), instances=1, uid_seed="a")
+    for files, overwrite, code in ((first.files, None, 200), (more.files, None, 200), (one.files, None, 500),
+                                   (one.files, "append", 200), (one.files, "delete", 200)):
+        uri = import_zip(http, emulator, zip_files(files, tmp_path / "x.zip"), dest="/prearchive/projects/P1")
+        r = archive(http, emulator, uri, **({"overwrite": overwrite} if overwrite else {}))
+        assert r.status_code == code, (overwrite, r.text)
+        if code == 500:
+            assert "FAILED: Session already exists with matching files." in r.text
+            assert _batch(http, emulator, "delete", uri).status_code == 200
+            wait_for(lambda uri=uri: status_of(http, emulator, uri) is None)
+    assert dcm_names(adir(emulator, "P1", "S01_MR1")) == {"1": sop_names(first.files[:2]), "2": sop_names(more.files)}
+
+
+def test_archive_quarantine_is_recorded_on_the_experiment(emulator, http, ready):
+    r = archive(http, emulator, ready, quarantine="true")
+    assert r.status_code == 200, r.text
+    [exp] = experiments(http, emulator, "P1")
+    assert http.get(f"{emulator.url}/data/experiments/{exp['ID']}/status", timeout=10).text == "quarantine"
+    path = f"{emulator.url}/data/projects/P1/subjects/S01/experiments/S01_MR1/status"
+    assert http.get(path, timeout=10).text == "quarantine"
 
 
 def test_rebuild_does_not_auto_archive_and_archive_redirects(emulator, http, ready):

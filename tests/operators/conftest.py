@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pydicom
 import pytest
 import requests
+from pydicom.uid import generate_uid
 
 from tests.support import experiment_url
 from tests.support import listing as rows
@@ -104,3 +107,17 @@ def second_study(tmp_path: Path, name: str = "S02", session: str = "S02_MR1", **
 
 def study_zip_of(tmp_path: Path, study: Study, name: str) -> Path:
     return zip_files(study.files, tmp_path / name)
+
+
+def resent_with_one_more(study: Study, dest: Path) -> Path:
+    """A folder with scan 1's first instance of ``study`` again and one new instance of the same series: archived
+    into ``study``'s session without overwrite it is a conflict (XNAT's merge meets a file it already has,
+    MergeSessionsA "Session already exists with matching files."); with ``append`` scan 1 gains one file."""
+    dest.mkdir(parents=True)
+    first = study.series["1"][0]
+    shutil.copy(first, dest / first.name)
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(dest / "one-more.dcm", enforce_file_format=True)
+    return dest

@@ -11,7 +11,7 @@ import pytest
 import xnat
 
 from tests.airflow_helpers import FakeStore, FakeTI
-from tests.operators.conftest import ARCHIVE, Server, second_study, study_zip_of
+from tests.operators.conftest import ARCHIVE, Server, resent_with_one_more, second_study, study_zip_of
 from xnat_provider.client.errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatServerError
 from xnat_provider.links import XCOM_KEY
 from xnat_provider.operators.archive import ARCHIVED_ALIAS, XnatArchiveOperator
@@ -165,12 +165,10 @@ def test_a_session_that_is_nowhere_is_not_found(xnat_conn, server: Server) -> No
 
 @pytest.fixture
 def conflict(xnat_conn, archived, study, tmp_path) -> list[dict]:
-    """S01_MR1 archived (scan 1 and 2), and a new prearchive copy holding one more instance of scan 1."""
-    from xnat_provider.testing.samples import make_study
-
-    extra = make_study(tmp_path / "extra", patient_name="S01", patient_id="S01_MR1", study_uid=study.study_uid,
-                       series=((1, "T1"),), instances=1)
-    return imported(extra.files[0].parent)
+    """S01_MR1 archived (scans 1 and 2, 3 files each), and a prearchive copy of scan 1 with one of its archived
+    instances again and one more: without overwrite XNAT's merge meets a file it has (a conflict); XNAT merges a
+    new series into the session even without overwrite, so the conflict needs a file it already holds."""
+    return imported(resent_with_one_more(study, tmp_path / "extra"))
 
 
 def test_on_conflict_fail(xnat_conn, server: Server, conflict) -> None:
@@ -202,7 +200,28 @@ def test_overwrite_append_and_delete(xnat_conn, server: Server, conflict, study,
     assert len(server.scan_files("S01_MR1", "1")) == 4 and server.prearchive() == []
     again = imported(study.series["1"][0])
     archive(sessions=again, overwrite="delete")
-    assert len(server.scan_files("S01_MR1", "1")) == 1 and server.labels() == ["S01_MR1"]
+    # delete is append for one session: the file sent again is overwritten, nothing is deleted or replaced.
+    assert len(server.scan_files("S01_MR1", "1")) == 4 and server.labels() == ["S01_MR1"]
+    assert server.prearchive() == []
+
+
+def test_quarantine_and_trigger_pipelines_reach_the_archive_service(xnat_conn, server: Server, study_zip) -> None:
+    upstream = imported(study_zip)
+    op = XnatArchiveOperator(task_id="archive", sessions=upstream, quarantine=True, trigger_pipelines=False)
+    sent: list[dict] = []
+    http = op.hook.get_conn().session.http
+    original = http.request
+
+    def spy(method, url, **kw):
+        if url.endswith("/data/services/archive"):
+            sent.append(dict(kw.get("params") or {}))
+        return original(method, url, **kw)
+
+    http.request = spy
+    [result] = op.execute(ctx())
+    assert sent and sent[0]["quarantine"] == "true" and sent[0]["triggerPipelines"] == "false"
+    status = server.http.get(f"{server.url}/data/experiments/{result['id']}/status")
+    assert status.text == "quarantine"
 
 
 def test_an_already_archived_session_is_reported_on_a_retry(xnat_conn, server: Server, study_zip) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.airflow_helpers import FakeStore, FakeTI
-from tests.operators.conftest import Server
+from tests.operators.conftest import Server, resent_with_one_more
 from xnat_provider.operators.archive import XnatArchiveOperator
 from xnat_provider.operators.imports import XnatImportOperator
 
@@ -34,12 +34,10 @@ def imported(source: Any, project: str = "P1") -> list[dict]:
 
 @pytest.fixture
 def conflict(xnat_conn, archived, study, tmp_path) -> list[dict]:
-    """S01_MR1 archived (scans 1 and 2, 3 files each), and a prearchive copy with one more instance of scan 1."""
-    from xnat_provider.testing.samples import make_study
-
-    extra = make_study(tmp_path / "extra", patient_name="S01", patient_id="S01_MR1", study_uid=study.study_uid,
-                       series=((1, "T1"),), instances=1)
-    return imported(extra.files[0].parent)
+    """S01_MR1 archived (scans 1 and 2, 3 files each), and a prearchive copy of scan 1 with one of its archived
+    instances again and one more: without overwrite XNAT's merge meets a file it has (a conflict); XNAT merges a
+    new series into the session even without overwrite, so the conflict needs a file it already holds."""
+    return imported(resent_with_one_more(study, tmp_path / "extra"))
 
 
 def test_on_conflict_append_merges_with_one_archive_request(xnat_conn, server: Server, conflict) -> None:

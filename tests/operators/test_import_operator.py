@@ -83,28 +83,30 @@ def test_overwrite_policies_on_the_archive(xnat_conn, server: Server, study, tmp
     assert [r["status"] for r in result] == ["ARCHIVED"]
     assert server.labels() == ["S01_MR1"]
     assert len(server.scan_files("S01_MR1", "1")) == 2
-    # delete replaces the scans sent with what is sent: scan 1 is back to one file.
+    # delete overrides XNAT's checks and merges too: nothing is deleted, scan 1 now holds all three files.
     run(source=study.files[1], destination="archive", overwrite="delete")
     assert server.labels() == ["S01_MR1"]
-    assert len(server.scan_files("S01_MR1", "1")) == 1
+    assert len(server.scan_files("S01_MR1", "1")) == 3
+    # The same file again with append: XNAT's file check refuses it; delete overwrites it.
+    with pytest.raises(XnatConflictError, match="matching files"):
+        run(source=study.files[0], destination="archive", overwrite="append")
+    run(source=study.files[0], destination="archive", overwrite="delete")
+    assert len(server.scan_files("S01_MR1", "1")) == 3
 
 
-def test_quarantine_and_trigger_pipelines_are_sent(xnat_conn, server: Server, study_zip) -> None:
-    op = XnatImportOperator(task_id="import", source=str(study_zip), project="P1", destination="archive",
-                            quarantine=True, trigger_pipelines=False)
-    sent: list[dict] = []
-    http = op.hook.get_conn().session.http
-    original = http.request
-
-    def spy(method, url, **kw):
-        if url.endswith("/data/services/import"):
-            sent.append(dict(kw.get("params") or {}))
-        return original(method, url, **kw)
-
-    http.request = spy
-    op.execute(context())
-    assert sent and sent[0]["quarantine"] == "true" and sent[0]["triggerPipelines"] == "false"
-    assert server.labels() == ["S01_MR1"]
+@pytest.mark.parametrize("destination", ["archive", "prearchive"])
+@pytest.mark.parametrize("flags", [{"quarantine": True}, {"trigger_pipelines": False}])
+def test_quarantine_and_trigger_pipelines_are_refused(xnat_conn, server: Server, study_zip, destination,
+                                                      flags) -> None:
+    """XNAT's import service drops both (DicomZipImporter.populateAdditionalValues keeps overwrite_files only):
+    refused when the DAG is parsed, and again when a rendered task runs, before anything is read or sent."""
+    with pytest.raises(XnatBadInputError, match="XnatArchiveOperator\\(quarantine=True"):
+        XnatImportOperator(task_id="import", source=str(study_zip), project="P1", destination=destination, **flags)
+    op = XnatImportOperator(task_id="import", source=str(study_zip), project="P1", destination=destination)
+    op.quarantine, op.trigger_pipelines = flags.get("quarantine", False), flags.get("trigger_pipelines")
+    with pytest.raises(XnatBadInputError, match="drops them"):
+        op.execute(context())
+    assert server.imports() == 0 and server.labels() == [] and server.prearchive() == []
 
 
 def test_ignore_unparsable(xnat_conn, server: Server, study, tmp_path) -> None:

@@ -59,25 +59,49 @@ def test_a_retry_sends_only_the_studies_that_did_not_arrive(xnat_conn, server: S
     assert {r["uri"] for r in result} == {"/data" + r["url"] for r in server.prearchive()}
 
 
-def test_a_retry_into_an_auto_archive_project_finds_the_archived_session(xnat_conn, server: Server, study_zip,
-                                                                         after_request) -> None:
-    """destination='prearchive' but the project auto-archives: the earlier try's session is in the archive."""
+def test_a_retry_into_an_auto_archive_project_finds_the_ready_session(xnat_conn, server: Server, study_zip,
+                                                                      after_request) -> None:
+    """destination='prearchive' into a project that auto-archives: XNAT builds the session and leaves it READY
+    (DicomZipImporter never archives a /prearchive dest); the retry finds the earlier try's row."""
     emu = xnat_conn
     emu.add_project("AA", prearchive="auto-archive")
     emu.succeed_then_504("POST", IMPORT)
-    after_request("POST", IMPORT, lambda: emu.fail_next("GET", r"^/data/projects/AA/experiments$", status=503,
+    after_request("POST", IMPORT, lambda: emu.fail_next("GET", r"^/data/prearchive/projects/AA$", status=503,
                                                         count=3))
     store = FakeStore()
     with pytest.raises(XnatServerError):
         run(context(store), source=str(study_zip), project="AA")
-    assert server.labels("AA") == ["S01_MR1"] and server.imports() == 1
+    assert server.labels("AA") == [] and server.imports() == 1
+    [row] = server.prearchive("AA")
+    assert row["status"] == "READY"
 
     result = run(context(store), source=str(study_zip), project="AA")
 
-    assert server.imports() == 1  # not sent again (it would have met the archived session: a conflict)
+    assert server.imports() == 1  # not sent again (a second copy would wait beside the first)
+    assert [(r["label"], r["status"], r["in_prearchive"]) for r in result] == [("S01_MR1", "READY", True)]
+    assert result[0]["uri"] == "/data" + row["url"]
+    assert server.labels("AA") == [] and len(server.prearchive("AA")) == 1
+
+
+def test_a_retry_finds_a_prearchive_session_archived_since(xnat_conn, server: Server, study_zip,
+                                                           after_request) -> None:
+    """Either outcome of a prearchive import is found: here the earlier try's session was archived in between
+    (by someone, or by a server that forwards prearchive imports), and the retry reports the archive session."""
+    emu = xnat_conn
+    emu.succeed_then_504("POST", IMPORT)
+    after_request("POST", IMPORT, lambda: emu.fail_next("GET", r"^/data/prearchive/projects/P1$", status=503,
+                                                        count=3))
+    store = FakeStore()
+    with pytest.raises(XnatServerError):
+        run(context(store), source=str(study_zip))
+    [row] = server.prearchive()
+    assert server.http.post(f"{server.url}/data/services/archive", params={"src": "/data" + row["url"]}).ok
+
+    result = run(context(store), source=str(study_zip))
+
+    assert server.imports() == 1
     assert [(r["label"], r["status"], r["in_prearchive"]) for r in result] == [("S01_MR1", "ARCHIVED", False)]
-    assert result[0]["uri"] == "/data/archive/projects/AA/subjects/S01/experiments/S01_MR1"
-    assert server.prearchive("AA") == []
+    assert result[0]["uri"] == "/data/archive/projects/P1/subjects/S01/experiments/S01_MR1"
 
 
 def test_one_run_reads_headers_once_checks_the_project_once_and_lists_once(

@@ -290,9 +290,22 @@ def test_upload_read_back_with_pyxnat(xnat_conn, archived, results_dir, tmp_path
     ({"session": "S01_MR1", "overwrite": "always"}, "overwrite"),
     ({"session": "S01_MR1", "source": "{missing}"}, "does not exist"),
     ({"session": "S01_MR1", "extract": True}, "zip"),
+    # XNAT unpacks at the resource root whatever folder the URL names: the entries could never be under remote_dir.
+    ({"session": "S01_MR1", "extract": True, "remote_dir": "unpacked", "source": "{zip}"}, "at the resource root"),
+    # XNAT answers an empty file body with a 500: one empty file refuses the whole folder.
+    ({"session": "S01_MR1", "source": "{with_empty}"}, r"1 empty \(0-byte\) file\(s\): sub/empty\.txt"),
+    ({"session": "S01_MR1", "source": "{with_empty}/sub/empty.txt"}, r"empty \(0-byte\) file\(s\): empty\.txt"),
 ])
 def test_upload_bad_input(xnat_conn, server: Server, archived, results_dir, tmp_path, kwargs, match) -> None:
-    source = Path(str(kwargs.pop("source", results_dir)).format(missing=tmp_path / "missing"))
+    with zipfile.ZipFile(tmp_path / "results.zip", "w") as zf:
+        zf.writestr("report.json", "{}")
+    with_empty = tmp_path / "with-empty"
+    (with_empty / "sub").mkdir(parents=True)
+    (with_empty / "report.json").write_text("{}")
+    (with_empty / "sub" / "empty.txt").write_bytes(b"")
+    source = Path(str(kwargs.pop("source", results_dir)).format(missing=tmp_path / "missing",
+                                                                zip=tmp_path / "results.zip", with_empty=with_empty))
+    before = xnat_conn.request_count()
     with pytest.raises(XnatBadInputError, match=match):
         upload(source, **kwargs)
-    assert xnat_conn.request_count("PUT", r"/resources/") == 0
+    assert xnat_conn.request_count() == before  # refused before connecting: not even a login

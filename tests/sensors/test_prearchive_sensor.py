@@ -166,6 +166,94 @@ def test_stalled_session_without_rebuild_fails_clearly(xnat_conn, tmp_path) -> N
     assert status_of(xnat_conn, row) == "QUEUED_BUILDING"
 
 
+LOCKED_MESSAGE = (r"S01_MR1 .*has been {status} with no change.*locked by an operation XNAT is still running"
+                  r".*reset-status")
+
+
+@pytest.mark.parametrize("status", ["_ARCHIVING", "_BUILDING", "_MOVING", "_DELETING"])
+def test_a_stalled_locked_session_is_not_rebuilt_and_fails_saying_why(xnat_conn, tmp_path, status) -> None:
+    """XNAT ignores a rebuild of a locked (_X) row (200, the row unchanged): the sensor does not spend its one
+    rebuild on it; it waits until stall_timeout and fails naming the lock and what an administrator can do."""
+    row = put_session(xnat_conn, tmp_path, "S01_MR1")
+    hold(xnat_conn, row, status)
+    t0 = time.monotonic()
+    with pytest.raises(AirflowFailException, match=LOCKED_MESSAGE.format(status=status)) as e:
+        sensor(stall_timeout=0.5, rebuild_stalled=True).execute(context(FakeStore()))
+    assert "even after a rebuild" not in str(e.value)
+    assert time.monotonic() - t0 >= 0.5
+    assert xnat_conn.request_count("POST", REBUILD) == 0
+    assert status_of(xnat_conn, row) == status
+
+
+def test_a_stalled_locked_session_fails_the_same_when_deferred(xnat_conn, tmp_path) -> None:
+    import asyncio
+
+    from tests.sensors.support import first_event
+
+    row = put_session(xnat_conn, tmp_path, "S01_MR1")
+    hold(xnat_conn, row, "_ARCHIVING")
+    s = sensor(deferrable=True, timeout=30, stall_timeout=0.4, rebuild_stalled=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        s.execute(context(FakeStore()))
+    event = asyncio.run(first_event(deferred.value.trigger))
+    assert event["status"] == "error"  # not "rebuild": the trigger does not ask for a pointless rebuild
+    with pytest.raises(AirflowFailException, match=LOCKED_MESSAGE.format(status="_ARCHIVING")):
+        s.execute_complete(context(), event)
+    assert xnat_conn.request_count("POST", REBUILD) == 0
+
+
+def _lock_after_the_next_listing(monkeypatch, emu, row: dict, status: str) -> None:
+    """The row gets locked by an operation just after the sensor's look and before its rebuild request."""
+    from xnat_provider.client import XnatClient
+
+    real = XnatClient.list_prearchive
+
+    def list_then_lock(self, *args, **kwargs):
+        listed = real(self, *args, **kwargs)
+        hold(emu, row, status)
+        monkeypatch.setattr(XnatClient, "list_prearchive", real)
+        return listed
+
+    monkeypatch.setattr(XnatClient, "list_prearchive", list_then_lock)
+
+
+def test_a_rebuild_xnat_ignores_is_not_spent_in_poke_mode(xnat_conn, tmp_path, monkeypatch) -> None:
+    row = put_session(xnat_conn, tmp_path, "S01_MR1")
+    hold(xnat_conn, row, "BUILDING")
+    store = FakeStore()
+
+    def poke():
+        return sensor(mode="reschedule", stall_timeout=0.4, rebuild_stalled=True).poke(context(store))
+
+    assert poke() is False
+    time.sleep(0.5)
+    _lock_after_the_next_listing(monkeypatch, xnat_conn, row, "_BUILDING")
+    assert poke() is False  # stalled: a rebuild is asked, XNAT ignores it (the row is locked by now)
+    assert xnat_conn.request_count("POST", REBUILD) == 1
+    assert store.data[STATE_KEY]["rebuilt"] == []  # not spent
+    assert status_of(xnat_conn, row) == "_BUILDING"
+    assert poke() is False  # a new status: the stall clock starts again
+    time.sleep(0.5)
+    with pytest.raises(AirflowFailException, match=LOCKED_MESSAGE.format(status="_BUILDING")):
+        poke()
+    assert xnat_conn.request_count("POST", REBUILD) == 1
+
+
+def test_a_rebuild_xnat_ignores_is_not_spent_when_deferred(xnat_conn, tmp_path) -> None:
+    row = put_session(xnat_conn, tmp_path, "S01_MR1")
+    hold(xnat_conn, row, "_BUILDING")  # locked by the time the task acts on the trigger's event
+    s = sensor(deferrable=True, timeout=30, stall_timeout=0.3, rebuild_stalled=True)
+    store = FakeStore()
+    state = {"seen": {uri(row): ["BUILDING|x", 0]}, "rebuilt": [], "deferred_at": time.time()}
+    event = {"status": "rebuild", "message": "stalled", "sessions": [row | {"folder": row["folderName"]}],
+             "state": state}
+    with pytest.raises(TaskDeferred) as again:
+        s.execute_complete(context(store), event)
+    assert xnat_conn.request_count("POST", REBUILD) == 1
+    assert again.value.trigger.state["rebuilt"] == [] and store.data[STATE_KEY]["rebuilt"] == []
+    assert status_of(xnat_conn, row) == "_BUILDING"
+
+
 def test_reschedule_state_survives_in_the_task_state_store(xnat_conn, tmp_path) -> None:
     """Each reschedule is a new process: a new sensor object, only the store carries the observations.
     A session that stays stuck after its one rebuild fails 'even after a rebuild'."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatServerError
+from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatPermissionError, XnatServerError
 from .models import AliasToken, Experiment, Scan
 from .protocol import (
     EXPERIMENT_COLUMNS,
@@ -184,15 +184,33 @@ class ArchiveMixin:
                                   method="PUT", path=path)
 
     # ---- alias tokens ------------------------------------------------------------------------------
+    # XNAT's AliasTokenRestlet refuses, for a login that is not a site administrator's, any operation on another
+    # user's account or token (403 "Non-admin users can only request operations on alias tokens for their own
+    # account"), before it looks at the operation: so validating someone else's token is a refusal, not an answer.
     def issue_token(self, user: str | None = None) -> AliasToken:
-        """A new alias token for the logged-in user, or for ``user`` (site administrators only)."""
+        """A new alias token for the logged-in user, or for ``user`` (site administrators only).
+
+        :raises XnatPermissionError: ``user`` is another user and this login is not a site administrator's.
+        """
         path = "/data/services/tokens/issue" + (f"/user/{q(user)}" if user else "")
-        token = AliasToken.from_json(self.session.request("GET", path, retry=False).json())
+        try:
+            resp = self.session.request("GET", path, retry=False)
+        except XnatPermissionError as exc:
+            raise _token_refused(exc, f"{user!r} is another user and this login is not a site administrator's",
+                                 f"issue the token with {user!r}'s own login or a site administrator's") from exc
+        token = AliasToken.from_json(resp.json())
         self.session.add_secret(token.secret)
         return token
 
     def validate_token(self, token: AliasToken | str, secret: str | None = None) -> str | None:
-        """The user a token stands for, or None when it is invalid or expired."""
+        """The user a token stands for, or None when it is invalid (wrong secret) or unknown (never issued,
+        invalidated, or expired and swept: XNAT deletes expired tokens hourly and does not check expiry here, so
+        a token may still validate for up to an hour after its expiry).
+
+        :raises XnatPermissionError: the token belongs to another user and this login is not a site
+            administrator's. XNAT refuses (403) rather than answer, so the token's validity is unknown: this is
+            never reported as None. Validate with the token owner's login or a site administrator's.
+        """
         alias, secret = (token.alias, token.secret) if isinstance(token, AliasToken) else (token, secret)
         if not secret:
             raise XnatBadInputError("validate_token needs the token's secret.")
@@ -201,14 +219,27 @@ class ArchiveMixin:
             data = self.session.request("GET", f"/data/services/tokens/validate/{q(alias)}/{q(secret)}").json()
         except XnatNotFoundError:
             return None
+        except XnatPermissionError as exc:
+            raise _token_refused(exc, f"token {alias} belongs to another user and this login is not a site "
+                                      "administrator's", "XNAT did not say whether it is valid; validate it with the "
+                                      "token owner's login or a site administrator's") from exc
         return data.get("valid") or None
 
     def invalidate_token(self, token: AliasToken | str) -> None:
+        """Invalidate a token (an unknown one is already gone: no error).
+
+        :raises XnatPermissionError: the token belongs to another user and this login is not a site
+            administrator's; the token stays valid.
+        """
         alias = token.alias if isinstance(token, AliasToken) else token
         try:
             self.session.request("GET", f"/data/services/tokens/invalidate/{q(alias)}")
         except XnatNotFoundError:
             pass  # already gone: the goal is reached
+        except XnatPermissionError as exc:
+            raise _token_refused(exc, f"token {alias} belongs to another user and this login is not a site "
+                                      "administrator's", "it was not invalidated; invalidate it with the token "
+                                      "owner's login or a site administrator's") from exc
 
     # ---- DICOM -------------------------------------------------------------------------------------
     def dicom_dump(self, project: str, experiment: str, scan: str | None = None,
@@ -219,3 +250,12 @@ class ArchiveMixin:
         params += [("field", f) for f in fields or []]
         resp = self.session.request("GET", "/data/services/dicomdump", params=params)
         return result_rows(resp.content, "GET", "/data/services/dicomdump")
+
+
+def _token_refused(exc: XnatPermissionError, what: str, remedy: str) -> XnatPermissionError:
+    """XNAT's 403 on an alias-token operation, told with what it means and what to do when it is the refusal of
+    another user's account or token (AliasTokenRestlet l.95-97, or its case-sensitive twin in ``represent``)."""
+    said = (exc.xnat_message or "").lower()
+    others = "for their own account" in said or "for other users" in said
+    return XnatPermissionError(f"{exc} ({what}: {remedy})" if others else str(exc), method=exc.method,
+                               path=exc.path, status=exc.status, xnat_message=exc.xnat_message)

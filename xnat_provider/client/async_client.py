@@ -2,8 +2,9 @@
 
 Triggers run in the triggerer's event loop and must never block it, so they use this client. It shares URL
 building, answer parsing and error mapping with the sync client (``protocol``), and follows the same rules:
-one login reused, one re-login on 401 (never a loop), retries with backoff only for idempotent calls on
-connection errors, timeouts, 429, 502, 503 and 504, typed errors, secrets redacted.
+one login reused, one re-login on 401 or when an open site serves an expired session as guest (never a loop),
+retries with backoff only for idempotent calls on connection errors, timeouts, 429, 502, 503 and 504, typed
+errors, secrets redacted.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .protocol import (
     result_rows,
     scans_from_rows,
 )
-from .session import ClientConfig, Secrets, _RetryAfter
+from .session import GUEST_USER, ClientConfig, Secrets, SessionCookiePolicy, _RetryAfter, auth_user, session_replaced
 
 log = logging.getLogger("xnat_provider.client")
 
@@ -51,6 +52,7 @@ class AsyncXnatClient:
         self.http = httpx.AsyncClient(
             verify=config.verify, headers={"User-Agent": config.user_agent}, follow_redirects=True,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
+        self.http.cookies.jar.set_policy(SessionCookiePolicy())  # only a login sets JSESSIONID
         self._lock = asyncio.Lock()
         self._generation = 0
         self._logged_in = False
@@ -96,13 +98,37 @@ class AsyncXnatClient:
         self._generation += 1
         self._logged_in = True
 
-    async def _relogin(self, generation: int) -> None:
+    async def _relogin(self, generation: int, confirm: bool = False) -> bool:
+        """As the sync client's: True when the session was renewed (here or by a concurrent call); with
+        ``confirm``, only after ``GET /data/auth`` shows the session is gone."""
         async with self._lock:
             if self._generation != generation:
-                return
+                return True
+            if confirm and not await self._session_gone():
+                return False
             self.http.cookies.clear()
             self._logged_in = False
             await self._login_locked()
+            return True
+
+    async def _session_gone(self) -> bool:
+        try:
+            resp = await self.http.get(self.base_url + "/data/auth", follow_redirects=False)
+        except httpx.TransportError:
+            return True
+        user = auth_user(resp.text) if resp.status_code == 200 else None
+        if user is not None and user.lower() != GUEST_USER:
+            return False
+        log.info("XNAT served a request without this client's session (GET /data/auth: %s): the session expired "
+                 "on a site that does not require a login", f"user {user!r}" if user else resp.status_code)
+        return True
+
+    @staticmethod
+    def _session_replaced(resp: httpx.Response) -> bool:
+        try:
+            return session_replaced(resp.request.headers.get("Cookie"), resp.cookies.jar)
+        except RuntimeError:  # a response built without its request (a test double): no cookie to compare
+            return False
 
     # ---- requests ----------------------------------------------------------------------------------
     async def request(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
@@ -128,6 +154,13 @@ class AsyncXnatClient:
             if resp.status_code == 401:
                 raise XnatAuthError(f"{method} {self.redact(path)}: 401 even after logging in again",
                                     method=method, path=self.redact(path), status=401)
+        elif self._session_replaced(resp) and await self._relogin(generation, confirm=True):
+            # Served as guest (an open site, the session expired): every call here is a GET or HEAD, so resend.
+            resp = await self.http.request(method, self.base_url + path, params=params)
+            if resp.status_code == 401 or self._session_replaced(resp):
+                raise XnatAuthError(f"{method} {self.redact(path)}: XNAT served the request as the guest user even "
+                                    "after logging in again", method=method, path=self.redact(path),
+                                    status=resp.status_code)
         if resp.status_code >= 400 or ("text/html" in resp.headers.get("Content-Type", "")
                                        and looks_like_html(resp.text)):
             raise_for_answer(method, path, resp.status_code, resp.text, self.redact)

@@ -38,7 +38,15 @@ import requests
 
 from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
 from .models import PrearchiveSession, SessionRef
-from .protocol import archived_uri, check_label, is_ambiguous, is_conflict_message, q, session_refs
+from .protocol import (
+    archived_uri,
+    check_label,
+    is_ambiguous,
+    is_conflict_message,
+    is_import_archive_failure,
+    q,
+    session_refs,
+)
 from .session import XnatSession
 
 log = logging.getLogger("xnat_provider.client")
@@ -381,6 +389,29 @@ def zip_stream(entries: list[Entry]) -> Iterator[bytes]:
     yield from sink.take()
 
 
+def check_import_flags(destination: str, quarantine: bool | None, trigger_pipelines: bool | None) -> None:
+    """Refuse the archive flags the import service drops, before anything is read or sent.
+
+    ``quarantine`` and ``triggerPipelines`` are read only by the archiver (``PrearcSessionArchiver``). An import
+    to the archive builds its archiver from ``DicomZipImporter.populateAdditionalValues``, which keeps
+    ``overwrite_files`` alone; an import to the prearchive is not archived at all. Either way the flags would do
+    nothing, silently: a session meant to be quarantined would be archived active.
+    """
+    given = (["quarantine=True"] if quarantine else []) + (
+        [f"trigger_pipelines={trigger_pipelines}"] if trigger_pipelines is not None else [])
+    if given:
+        then = ("import with destination='prearchive', then archive the session with archive(..., "
+                "quarantine=True, trigger_pipelines=...) (XnatArchiveOperator(quarantine=True, ...))")
+        if destination == "prearchive":
+            then = ("pass them when the session is archived: archive(..., quarantine=True, trigger_pipelines=...) "
+                    "(XnatArchiveOperator(quarantine=True, ...))")
+        raise XnatBadInputError(
+            f"{' and '.join(given)} cannot be applied by XNAT's import service: it drops them (only "
+            f"overwrite_files reaches the archiver), so the {destination} import would ignore them silently. "
+            f"Instead, {then}."
+        )
+
+
 def _reached_server(exc: XnatError) -> bool:
     """False when the request surely never arrived (connection refused or not opened)."""
     cause = exc.__cause__
@@ -408,7 +439,31 @@ class ImportMixin:
         studies: Collection[str] | None = None,
         check_project: bool = True,
     ) -> list[SessionRef]:
-        """Import DICOM into ``project``'s prearchive (built at once, READY) or archive; one ref per session.
+        """Import DICOM into ``project``'s prearchive or archive; one ref per session.
+
+        ``destination="prearchive"``: XNAT builds each session at once and leaves it READY, even in a project
+        set to auto-archive (``DicomZipImporter`` never archives on this path); archive it later with
+        :meth:`~xnat_provider.client.prearchive.PrearchiveMixin.archive`. ``destination="archive"``: XNAT builds
+        and archives each session in the same request.
+
+        ``overwrite`` (archive destination, or a session that meets an existing one) follows XNAT's *import*
+        service, which differs from the archive service: None refuses any existing session ("Session already
+        exists, retry with overwrite enabled"), unless the project auto-archives; ``append`` merges into it but
+        keeps XNAT's checks (a different StudyInstanceUID, or files already there, are conflicts); ``delete``
+        merges too, skipping those checks and overwriting files of the same name. Neither deletes anything: files
+        and scans already archived stay, and a series whose number is taken by another series is added under a
+        new scan ID (``4-MR1``).
+
+        ``quarantine`` and ``trigger_pipelines`` are refused: the import service drops them
+        (``DicomZipImporter`` passes only ``overwrite_files`` on to the archiver), so they would silently do
+        nothing. Import to the prearchive, then archive with ``archive(..., quarantine=True)``.
+
+        A session that XNAT could not archive (a conflict with the archive) stays in the prearchive in CONFLICT
+        (or ERROR): XNAT answers 400 "unable to archive for the Prearchive session" without the reason; the
+        client reads the reason from the session's prearchive log and raises :class:`XnatConflictError` (or
+        :class:`XnatBadInputError` for ERROR) carrying it. XNAT stops at that study: the studies of the import
+        sent before it are archived, the ones after it are left unbuilt in the prearchive (RECEIVING), for XNAT
+        to build after its idle time (and archive, if the project auto-archives).
 
         ``plan`` is a plan already made with :func:`plan_import` for ``source`` (with the same ``subject``,
         ``session`` and ``ignore_unparsable``): the headers are then not read again. ``studies`` (study UIDs of
@@ -420,6 +475,7 @@ class ImportMixin:
             raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {destination!r}")
         if overwrite not in (None, "append", "delete"):
             raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {overwrite!r}")
+        check_import_flags(destination, quarantine, trigger_pipelines)
         check_label(project, "project")
         if plan is None:
             plan = plan_import(source, subject=subject, session=session, ignore_unparsable=ignore_unparsable)
@@ -440,10 +496,6 @@ class ImportMixin:
         for key, value in (("subject", subject), ("session", session), ("overwrite", overwrite)):
             if value:
                 params[key] = value
-        if quarantine:
-            params["quarantine"] = "true"
-        if trigger_pipelines is not None:
-            params["triggerPipelines"] = str(trigger_pipelines).lower()
         if ignore_unparsable:
             params["Ignore-Unparsable"] = "true"
         before = snapshot if snapshot is not None else self.import_snapshot(project, plan)
@@ -462,8 +514,12 @@ class ImportMixin:
                 )
                 return found + session_refs(resp.text)
             except XnatBadInputError as exc:
+                if is_import_archive_failure(exc.xnat_message or "") and not is_conflict_message(
+                        exc.xnat_message or ""):
+                    # XNAT's fixed answer, without the reason: the failed row and its log say why.
+                    raise self._import_archive_failure(exc, project, pending, before) from exc
                 if is_conflict_message(exc.xnat_message or ""):
-                    # Archiving (asked for, or the project auto-archives) met an existing session; XNAT kept the
+                    # A server whose answer carries the reason: archiving met an existing session; XNAT kept the
                     # data in the prearchive, in CONFLICT: a conflict, not a bad request.
                     raise XnatConflictError(
                         f"{exc}. The session waits in the prearchive in CONFLICT; archive it "
@@ -490,12 +546,43 @@ class ImportMixin:
                 time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _import_archive_failure(self, exc: XnatBadInputError, project: str, studies: Collection[str],
+                                before: ImportSnapshot) -> XnatError:
+        """The error to raise for XNAT's fixed "unable to archive for the Prearchive session": the new prearchive
+        row of one of ``studies`` that XNAT left in CONFLICT or ERROR, with the reason from its log (the same
+        reason :class:`~xnat_provider.sensors.prearchive.XnatPrearchiveSensor` reports)."""
+        where: dict[str, Any] = {"method": exc.method, "path": exc.path, "status": exc.status,
+                                 "xnat_message": exc.xnat_message}
+        try:
+            rows = [s for s in self.list_prearchive(project)  # type: ignore[attr-defined]
+                    if s.study_uid in studies and s.uri not in before.prearchive]
+        except XnatError as look:
+            log.warning("Import: could not look for the session XNAT failed to archive (%s)", look)
+            rows = []
+        failed = [s for s in rows if s.failed]
+        if not failed:
+            return XnatBadInputError(f"{exc}. No prearchive session of this import is in CONFLICT or ERROR to say "
+                                     "why.", **where)
+        row = failed[0]
+        reason = self.prearchive_reason(row)  # type: ignore[attr-defined]
+        said = f": XNAT says {reason!r}" if reason else " (its prearchive log gives no reason)"
+        left = [s for s in rows if not s.failed]
+        rest = (f" XNAT stopped at this session: {len(left)} other session(s) of this import "
+                f"({', '.join(f'{s.name} {s.status}' for s in left)}) wait in the prearchive, unbuilt; XNAT builds "
+                "them after its idle time (and archives them if the project auto-archives)." if left else "")
+        if row.status == "CONFLICT":
+            return XnatConflictError(
+                f"{exc}. {row.uri} conflicts with the archive and waits in the prearchive in CONFLICT{said}. "
+                f"Archive it with overwrite='append' or 'delete', or delete it.{rest}", **where)
+        return XnatBadInputError(f"{exc}. {row.uri} could not be archived and is in ERROR{said}.{rest}", **where)
+
     def import_snapshot(self, project: str, plan: ImportPlan) -> ImportSnapshot:
         """What already exists for the plan's studies, so that a later look finds only what came after.
 
-        Both places are looked at whatever the destination: a project that auto-archives sends a prearchive
-        import on to the archive, and an archive import that fails to archive stays in the prearchive. The
-        result is JSON-safe (:meth:`ImportSnapshot.to_dict`), for a caller that retries in another process.
+        Both places are looked at whatever the destination: an archive import that fails to archive stays in
+        the prearchive, and a prearchive import may be archived by then (by someone else, or by a server that
+        forwards prearchive imports; XNAT 1.8 leaves them READY even in an auto-archive project). The result is
+        JSON-safe (:meth:`ImportSnapshot.to_dict`), for a caller that retries in another process.
         """
         pre = {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
         labels = {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
@@ -535,10 +622,12 @@ class ImportMixin:
         prearchive rows (matched by study UID, not in ``before``) and none of them is still being received,
         built or moved, or its session is in the archive and new or changed since ``before`` (matched by the
         label the plan predicts, the archive listing carries no study UID). A prearchive import's refs are its
-        rows, unless they failed; an archive import's (or a failed row's whose session did reach the archive)
-        is the archive session. Polls for up to ``settle`` seconds until every study has arrived. Raises
-        :class:`XnatConflictError` (or :class:`XnatServerError` for ERROR) when a study's new rows failed to
-        archive and it is not in the archive: resending it would only add a second failed copy.
+        rows (XNAT 1.8 builds them READY and never archives them on this path, even in an auto-archive project),
+        unless they failed, or are gone and the session is in the archive (archived since, by whoever); an
+        archive import's (or a failed row's whose session did reach the archive) is the archive session. Polls
+        for up to ``settle`` seconds until every study has arrived. Raises :class:`XnatConflictError` (or
+        :class:`XnatServerError` for ERROR), with XNAT's reason from the row's log, when a study's new rows
+        failed to archive and it is not in the archive: resending it would only add a second failed copy.
         """
         wanted = list(dict.fromkeys(plan.studies if studies is None else studies))
         deadline = time.monotonic() + settle
@@ -568,9 +657,11 @@ class ImportMixin:
                     arrived[uid] = [ref]
                 elif failed:
                     cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
+                    reason = self.prearchive_reason(failed[0])  # type: ignore[attr-defined]
                     raise cls(
                         f"POST /data/services/import: the import arrived but could not be archived: "
-                        f"{failed[0].uri} is in {failed[0].status}. Archive it with overwrite='append' or "
+                        f"{failed[0].uri} is in {failed[0].status}"
+                        f"{f' (XNAT says {reason!r})' if reason else ''}. Archive it with overwrite='append' or "
                         "'delete', or delete it.",
                         method="POST",
                         path="/data/services/import",

@@ -22,6 +22,14 @@ def status_is_failed(status: str) -> bool:
     return status in ("CONFLICT", "ERROR")
 
 
+def status_is_locked(status: str) -> bool:
+    """True for the ``_X`` statuses: an operation runs on the row and holds its lock (``PrearcDatabase.isLocked``
+    reads the values of ``PrearcUtils.inProcessStatusMap``, every ``_X`` status). XNAT ignores rebuild, move and
+    delete requests on a locked row (it answers 200 with the row unchanged) and refuses to archive it (403).
+    ``QUEUED_X``, READY, ERROR and the plain BUILDING, ARCHIVING... are not locked."""
+    return status.startswith("_")
+
+
 class _Serialisable:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)  # type: ignore[call-overload]
@@ -77,6 +85,10 @@ class PrearchiveSession(_Serialisable):
     @property
     def busy(self) -> bool:
         return status_is_busy(self.status)
+
+    @property
+    def locked(self) -> bool:
+        return status_is_locked(self.status)
 
     @property
     def failed(self) -> bool:

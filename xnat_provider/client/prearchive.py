@@ -117,7 +117,21 @@ class PrearchiveMixin:
     ) -> SessionRef:
         """Archive a prearchive session (relabelled if asked); returns the archived session's reference.
 
-        ``overwrite``: None (a conflict is an error), ``append`` (merge) or ``delete`` (replace).
+        ``overwrite``, as XNAT's archive service reads it for one session (``Archiver``: it always allows a
+        merge into an existing session of that label; ``append`` and ``delete`` set ``overrideExceptions``):
+
+        - None (or ``"none"``): a new session is archived; into an existing one XNAT merges what is new (new
+          scans; a series whose number is taken gets a new scan ID such as ``4-MR1``), and refuses with a
+          conflict a different StudyInstanceUID, a scan's UID under another number, or files already there (the
+          same data sent again); another subject or modality is refused whatever ``overwrite`` says.
+        - ``append``: merges past the UID checks and the file check; files of the same name are overwritten.
+        - ``delete``: for one session exactly the same as ``append`` (XNAT uses its "allow deletion" only for a
+          batch of several sessions). Nothing is deleted or replaced: the old scans and files stay, so the
+          session holds old and new data. To replace a session, delete it from the archive first.
+
+        ``quarantine=True`` archives it quarantined (XNAT shows the experiment's status as ``quarantine`` until
+        someone activates it); ``trigger_pipelines=False`` skips the project's auto-run pipelines. Both are
+        passed to XNAT's archiver as given (the import service, by contrast, drops them).
 
         After an ambiguous failure (no answer, 502, 503, 504) the prearchive row and the archive are watched for
         up to ``settle_seconds`` (the client's ``settle_seconds`` by default): the request is sent again only
@@ -257,8 +271,17 @@ class PrearchiveMixin:
 
     # ---- queued batch services ---------------------------------------------------------------------
     def _batch(self, op: str, session: PrearchiveSession | SessionRef | str, **extra: str) -> PrearchiveSession | None:
+        """Queue ``op`` on a row; returns the row as XNAT answers it (``QUEUED_<OP>`` once queued).
+
+        A row locked by a running operation (an ``_X`` status) is skipped by XNAT without a word: the answer is
+        200 with the row unchanged (``PrearcUtils.queuePrearchiveOperation`` and ``PrearchiveBatchDelete`` only
+        queue when ``PrearcDatabase.setStatus`` can take the row, which it cannot while it is locked, and no
+        parameter overrides that). The row is read before the request so that such a no-op is told apart from an
+        operation that was queued and has already started: it raises :class:`XnatConflictError`.
+        """
         src = prearchive_src(session)
         path = f"/data/services/prearchive/{op}"
+        before = self.find_prearchive(src)  # a missing row: the request below answers 404
         try:
             resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         except XnatError as exc:
@@ -269,18 +292,44 @@ class PrearchiveMixin:
                 raise typed from exc
             # Queued operations are cheap to check: did the row change as asked?
             row = self.find_prearchive(src)
+            if row is not None and _refused_as_locked(before, row):
+                raise _locked_error(op, path, src, row, status=exc.status) from exc
             if row is None or row.status.startswith(("QUEUED_", "_")):
                 return row
             resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         rows = result_rows(resp.content, "POST", path)
-        return PrearchiveSession.from_row(rows[0]) if rows else None
+        row = PrearchiveSession.from_row(rows[0]) if rows else None
+        if row is not None and _refused_as_locked(before, row):
+            raise _locked_error(op, path, src, row, status=resp.status_code)
+        return row
 
     def move_prearchive(self, session: PrearchiveSession | SessionRef | str, project: str) -> PrearchiveSession | None:
+        """Queue a move to ``project``; raises :class:`XnatConflictError` when XNAT ignored it (a locked row)."""
         check_label(project, "project")
         return self._batch("move", session, newProject=project)
 
     def rebuild_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
+        """Queue a rebuild (it never auto-archives). XNAT requeues a row in any status but a locked ``_X`` one:
+        that is ignored, and raises :class:`XnatConflictError`."""
         return self._batch("rebuild", session)
 
     def delete_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
+        """Queue a delete; raises :class:`XnatConflictError` when XNAT ignored it (a locked row)."""
         return self._batch("delete", session)
+
+
+def _refused_as_locked(before: PrearchiveSession | None, after: PrearchiveSession) -> bool:
+    """True when a batch answer shows the row exactly as it was before the request, locked (``_X``): XNAT
+    skipped it. A locked row that changed in between (another lastmod) may be this request's operation already
+    running, and is not counted as refused."""
+    return (before is not None and after.locked and before.status == after.status
+            and before.lastmod == after.lastmod)
+
+
+def _locked_error(op: str, path: str, src: str, row: PrearchiveSession, status: int | None) -> XnatConflictError:
+    return XnatConflictError(
+        f"POST {path}: XNAT did not {op} {src}: the row is locked ({row.status}) by an operation in progress, and "
+        f"XNAT ignores a {op} of a locked row (it answered with the row unchanged). Wait for that operation to "
+        "finish; if it is stuck, an XNAT administrator can reset the row (POST "
+        f"{src}?action=reset-status) and try again.",
+        method="POST", path=path, status=status)

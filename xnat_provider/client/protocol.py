@@ -124,6 +124,17 @@ def is_conflict_message(message: str) -> bool:
     return any(w in message.lower() for w in words)
 
 
+# DicomZipImporter.xmlBuild (l.258) wraps whatever failed while building or archiving an import's session in
+# ClientException("unable to archive for the Prearchive session"); the import service answers 400 with that text
+# alone. XNAT's reason is in the session's prearchive log, and the row is left in CONFLICT or ERROR.
+IMPORT_ARCHIVE_FAILED = "unable to archive for the prearchive session"
+
+
+def is_import_archive_failure(message: str) -> bool:
+    """The import service's fixed answer when it could not build or archive a session it received."""
+    return message.lower().startswith(IMPORT_ARCHIVE_FAILED)
+
+
 def result_rows(body: str | bytes, method: str = "GET", path: str = "") -> list[dict[str, str]]:
     """Rows of an XNAT ``ResultSet`` JSON listing."""
     try:

@@ -7,6 +7,16 @@ Why each rule:
   threads may see the 401 at once: only the first logs in again (a generation counter tells the others the
   cookie is fresh). A second 401 is an :class:`XnatAuthError`, never a loop of logins: XNAT locks accounts
   after repeated failures.
+- **Re-login once when served as guest.** A site that does not require a login (``requireLogin=false``) never
+  answers 401: a request whose session has expired is served as the ``guest`` user, so private data reads as
+  404 or empty listings and writes fail (403) or, for a file upload, answer 200 and store nothing. XNAT then
+  starts a new HTTP session and sends a new ``JSESSIONID``, which is how the client notices: only a login may
+  set the session cookie in its jar (:class:`SessionCookiePolicy`); an answer carrying another one means the
+  session is gone. The client asks ``GET /data/auth`` who it is (a guest shows as ``User 'guest' is logged
+  in``), logs in again through the same shared path as after a 401 (one login for all threads), and resends the
+  request once if that is safe: an idempotent method, or a 403 (XNAT refused before doing anything). A POST
+  answered otherwise raises an ambiguous :class:`XnatServerError` (no status), for its caller to check whether
+  it took effect. Served as guest again after the new login: :class:`XnatAuthError`.
 - **Retries only where safe.** GET, HEAD, PUT and DELETE are retried with exponential backoff and jitter on
   connection errors, timeouts, 429, 502, 503 and 504 (honouring ``Retry-After``). POST (import, archive,
   batch services) is never resent here: those callers first look for the effect of an ambiguous attempt.
@@ -16,6 +26,7 @@ Why each rule:
 
 from __future__ import annotations
 
+import http.cookiejar
 import logging
 import random
 import re
@@ -36,6 +47,44 @@ from .protocol import TRANSIENT_STATUSES, looks_like_html, raise_for_answer
 log = logging.getLogger("xnat_provider.client")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+SESSION_COOKIE = "JSESSIONID"
+GUEST_USER = "guest"  # XNAT's Users.DEFAULT_GUEST_USERNAME
+_LOGIN_PATH = "/data/services/auth"
+_SENT_SESSION_RE = re.compile(rf"(?:^|;)\s*{SESSION_COOKIE}=([^;\s]*)")
+_AUTH_USER_RE = re.compile(r"^User '(.*)' is logged in")
+
+
+class SessionCookiePolicy(http.cookiejar.DefaultCookiePolicy):
+    """Only the answer to a login may set the session cookie in a client's jar.
+
+    XNAT starts a new HTTP session for every request that comes without a live one (``XnatExpiredPasswordFilter``
+    calls ``request.getSession()`` on every request) and sends its id as a new ``JSESSIONID``. Kept, that cookie
+    would make every later request a guest's on an open site, and a late answer to one thread could overwrite the
+    session another thread's re-login has just made. So the client keeps the cookie its login got, and takes a new
+    one on any other answer as the sign that its session is gone (:func:`session_replaced`)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        if cookie.name == SESSION_COOKIE and not urlsplit(request.get_full_url()).path.endswith(_LOGIN_PATH):
+            return False
+        return super().set_ok(cookie, request)
+
+
+def session_replaced(sent_cookie_header: str | None, answer_cookies: Iterable[http.cookiejar.Cookie]) -> bool:
+    """True when an answer sets a session cookie other than the one its request carried: XNAT had no session
+    for that request any more and served it in a new one (as ``guest`` on a site that does not require a login)."""
+    new = next((c.value for c in answer_cookies if c.name == SESSION_COOKIE), None)
+    if not new:
+        return False
+    sent = _SENT_SESSION_RE.search(sent_cookie_header or "")
+    return new != (sent.group(1) if sent else None)
+
+
+def auth_user(text: str) -> str | None:
+    """The user named by ``GET /data/auth`` (``User 'alice' is logged in``), or None for any other answer."""
+    m = _AUTH_USER_RE.match(text.strip())
+    return m.group(1) if m else None
+
+
 # Every secret any client in this process has learnt. XNAT puts token secrets in URL paths
 # (tokens/validate/{alias}/{secret}) and urllib3 logs URLs at DEBUG, so its log records are redacted too.
 _KNOWN_SECRETS: set[str] = set()
@@ -148,6 +197,7 @@ class XnatSession:
         self.http = requests.Session()
         self.http.headers["User-Agent"] = config.user_agent
         self.http.verify = config.verify
+        self.http.cookies.set_policy(SessionCookiePolicy())
         self._lock = threading.Lock()
         self._generation = 0
         self._logged_in = False
@@ -212,14 +262,35 @@ class XnatSession:
             log.warning("XNAT at %s redirects to %s; using that from now on", self.base_url, new_base)
             self.base_url = new_base
 
-    def _relogin(self, generation: int) -> None:
+    def _relogin(self, generation: int, confirm: bool = False) -> bool:
+        """Log in again unless another thread has since (then True at once). With ``confirm``, first ask XNAT
+        whether the session is really gone (:meth:`_session_gone`); False when it is not and nothing was done."""
         with self._lock:
             if self._generation != generation:
-                return  # another thread already renewed the session
+                return True  # another thread already renewed the session
+            if confirm and not self._session_gone():
+                return False
             self.http.cookies.clear()
             self._logged_in = False
             log.info("XNAT session expired; logging in again")
             self._login_locked()
+            return True
+
+    def _session_gone(self) -> bool:
+        """``GET /data/auth`` with the session cookie: True unless XNAT names a user other than ``guest``."""
+        try:
+            resp = self.http.get(self.url("/data/auth"), timeout=(self.config.connect_timeout, 30),
+                                 allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout):
+            return True  # cannot tell; the login that follows reports an unreachable server
+        self.requests_sent += 1
+        user = auth_user(resp.text) if resp.status_code == 200 else None
+        resp.close()
+        if user is not None and user.lower() != GUEST_USER:
+            return False
+        log.info("XNAT served a request without this client's session (GET /data/auth: %s): the session expired "
+                 "on a site that does not require a login", f"user {user!r}" if user else resp.status_code)
+        return True
 
     def logout(self) -> None:
         with self._lock:
@@ -301,6 +372,20 @@ class XnatSession:
                 resp.close()
                 raise XnatAuthError(f"{method} {self.redact(path)}: 401 even after logging in again",
                                     method=method, path=self.redact(path), status=401)
+        elif self._session_replaced(resp) and self._relogin(generation, confirm=True):
+            resp.close()
+            status = resp.status_code
+            where = self.redact(path)
+            if method not in IDEMPOTENT and status != 403:
+                # A 403 is XNAT refusing before acting; any other answer to a POST may have done something.
+                raise XnatServerError(f"{method} {where}: the XNAT session had expired and XNAT served the request "
+                                      f"as the guest user (HTTP {status}); logged in again, but a {method} whose "
+                                      "effect is unknown is not resent here", method=method, path=where)
+            resp = self._send(method, path, params, data, headers, stream, allow_redirects)
+            if resp.status_code == 401 or self._session_replaced(resp):
+                resp.close()
+                raise XnatAuthError(f"{method} {where}: XNAT served the request as the guest user even after "
+                                    "logging in again", method=method, path=where, status=resp.status_code)
         if resp.status_code in ok_statuses:
             return resp
         if resp.status_code >= 400:
@@ -316,6 +401,14 @@ class XnatSession:
         if html and not stream and not expect_html and looks_like_html(resp.text):
             raise_for_answer(method, path, resp.status_code, resp.text, self.redact)
         return resp
+
+    @staticmethod
+    def _session_replaced(resp: requests.Response) -> bool:
+        """The answer came from a session other than the one sent: see :class:`SessionCookiePolicy`."""
+        if not any(c.name == SESSION_COOKIE for c in resp.cookies):
+            return False
+        sent = resp.request.headers.get("Cookie") if resp.request is not None else None
+        return session_replaced(sent, resp.cookies)
 
     def _send(self, method: str, path: str, params: Any, data: Body, headers: dict[str, str] | None,
               stream: bool, allow_redirects: bool) -> requests.Response:

@@ -48,6 +48,63 @@ def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
     return pairs
 
 
+def upload_pairs(source: str | os.PathLike[str], remote_dir: str = "", extract: bool = False
+                 ) -> list[tuple[Path, str]]:
+    """What an upload sends, as (local path, resource-relative path) pairs, checked locally before anything moves;
+    ``XnatBadInputError`` for what XNAT could not store as asked:
+
+    - ``extract=True`` with a ``remote_dir``: XNAT unpacks an archive at the resource root and ignores the folder
+      in the URL (``CatalogUtils.storeCatalogEntry``), so the entries could never be found under ``remote_dir``;
+    - ``extract=True`` with anything but a zip XNAT can read (see :func:`check_zip`);
+    - a 0-byte file: XNAT refuses an empty file body with a 500 ("In-body File posts must include the file
+      directly as the body of the message ..."). One empty file refuses the whole upload, so that a folder is
+      never stored in part.
+    """
+    src = Path(source)
+    if extract and remote_dir.strip("/"):
+        raise XnatBadInputError(
+            f"extract=True cannot put the entries under remote_dir={remote_dir!r}: XNAT unpacks an archive at the "
+            "resource root and ignores the folder in the upload URL. Put the folder inside the zip, or upload "
+            "without extract. Nothing was uploaded.")
+    pairs = local_files(src, remote_dir)
+    if extract:
+        if not (src.is_file() and zipfile.is_zipfile(src)):
+            raise XnatBadInputError(f"extract=True needs a zip file; {src} is not one.")
+        check_zip(src)
+        return pairs
+    empty = [rel for p, rel in pairs if p.stat().st_size == 0]
+    if empty:
+        raise XnatBadInputError(
+            f"Refusing to upload {len(empty)} empty (0-byte) file(s): {', '.join(empty[:5])}"
+            f"{' ...' if len(empty) > 5 else ''}. XNAT refuses an empty file body (500 \"In-body File posts must "
+            "include the file\"); nothing was uploaded. Leave them out, or zip the files and upload the zip with "
+            "extract=True (XNAT unpacks empty entries).")
+    return pairs
+
+
+def check_zip(archive: Path) -> None:
+    """Refuse, before sending, a zip XNAT cannot unpack: it reads uploads forward with
+    ``java.util.zip.ZipInputStream``, which throws on an encrypted entry, a compression method other than
+    STORED or DEFLATED, and a STORED entry with a data descriptor (what a zip streamed to a pipe has)."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            problem = ("is encrypted" if info.flag_bits & 0x1 else
+                       f"uses compression method {info.compress_type}"
+                       if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) else
+                       "is STORED with a data descriptor" if info.flag_bits & 0x8
+                       and info.compress_type != zipfile.ZIP_DEFLATED else None)
+            if problem:
+                raise XnatBadInputError(f"{archive}: entry {info.filename!r} {problem}, which XNAT's zip reader "
+                                        "(java.util.zip.ZipInputStream) refuses; rewrite the zip with STORED or "
+                                        "DEFLATED entries. Nothing was uploaded.")
+
+
+def extract_name(archive: Path) -> str:
+    """The name a zip is sent under with ``extract=true``: XNAT picks the extractor by the name's suffix
+    (``.zip`` or ``.zar``, case-sensitive) and would store a zip of any other name as one file."""
+    return archive.name if archive.name.endswith((".zip", ".zar")) else f"{archive.name}.zip"
+
+
 class UploadMixin:
     session: XnatSession
 
@@ -77,19 +134,19 @@ class UploadMixin:
         """Upload a file or a directory tree to ``{path}/resources/{resource}``; verified; returns a manifest.
 
         ``path`` is an archive object path (see ``protocol.base_path``), at project, subject, experiment,
-        scan or assessor level. With ``extract=True`` a zip is sent whole and unpacked by XNAT, and its
-        entries are verified against the catalog afterwards.
+        scan or assessor level. With ``extract=True`` a zip is sent whole and unpacked by XNAT at the resource
+        root (so ``remote_dir`` must stay empty), and its entries are verified against the catalog afterwards.
+        0-byte files are refused before anything is sent (XNAT cannot store them as a file upload), see
+        :func:`upload_pairs`.
         """
         if overwrite not in POLICIES:
             raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {overwrite!r}")
         if not resource or "/" in resource:
             raise XnatBadInputError(f"Invalid resource label {resource!r}.")
         src = Path(source)
-        pairs = local_files(src, remote_dir)
+        pairs = upload_pairs(src, remote_dir, extract)
         if extract:
-            if not (src.is_file() and zipfile.is_zipfile(src)):
-                raise XnatBadInputError(f"extract=True needs a zip file; {src} is not one.")
-            expected = self._zip_entries(src, remote_dir)
+            expected = self._zip_entries(src)
         else:
             sizes = {rel: p.stat().st_size for p, rel in pairs}
         self.ensure_resource(path, resource, format, content)
@@ -106,9 +163,7 @@ class UploadMixin:
         kept: set[str] = set()
         if extract:
             if todo:
-                prefix = remote_dir.strip("/")
-                dups, _ = self._put(res_path, src, f"{prefix}/{src.name}" if prefix else src.name,
-                                    {**params, "extract": "true"})
+                dups, _ = self._put(res_path, src, extract_name(src), {**params, "extract": "true"})
                 kept = {rel for rel in expected if rel in dups}
         else:
             for local, rel in pairs:
@@ -120,7 +175,9 @@ class UploadMixin:
         return self._check_upload(res_path, expected, skipped, kept)
 
     @staticmethod
-    def _zip_entries(archive: Path, remote_dir: str) -> dict[str, tuple[int, str]]:
+    def _zip_entries(archive: Path) -> dict[str, tuple[int, str]]:
+        """Size and MD5 of every file entry, under the path XNAT stores it at: the entry's name, from the
+        resource root."""
         entries: dict[str, tuple[int, str]] = {}
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -131,8 +188,7 @@ class UploadMixin:
                 with zf.open(info) as fh:
                     for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                         h.update(chunk)
-                rel = f"{remote_dir.strip('/')}/{info.filename}" if remote_dir.strip("/") else info.filename
-                entries[rel] = (info.file_size, h.hexdigest())
+                entries[info.filename] = (info.file_size, h.hexdigest())
         return entries
 
     def _apply_policy(self, res_path: str, expected: dict[str, tuple[int, str]], remote: dict[str, RemoteFile],

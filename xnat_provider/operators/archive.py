@@ -32,7 +32,14 @@ class XnatArchiveOperator(XnatBaseOperator):
     ``on_conflict``: ``fail`` (raise :class:`XnatConflictError`), ``append`` (merge into the existing
     session: unless ``overwrite`` is given, every session is archived with ``overwrite="append"``, which
     archives a new session as usual; a conflict even a merge cannot resolve is raised) or ``skip`` (leave it in
-    the prearchive, reported as skipped). ``overwrite`` (``append`` or ``delete``) is sent as given.
+    the prearchive, reported as skipped). ``overwrite`` (``append`` or ``delete``) is sent as given. XNAT's
+    archive service merges into an existing session of the same label even without ``overwrite`` (new scans
+    are added; the same files again, another StudyInstanceUID... are conflicts); ``append`` merges past those
+    checks; ``delete`` is, for one session, the same as ``append``: nothing is deleted or replaced, the old
+    scans and files stay beside the new ones (see :meth:`XnatClient.archive
+    <xnat_provider.client.prearchive.PrearchiveMixin.archive>`).
+    ``quarantine=True`` archives the sessions quarantined (XNAT's experiment status ``quarantine``);
+    ``trigger_pipelines`` (True/False) tells XNAT whether to run the project's auto-run pipelines.
     ``new_project``/``new_subject``/``new_label`` relabel the archived session (one session only). Returns one
     dict per session: id, label, project, subject, uri, status (``archived``, ``already_archived`` or
     ``skipped``) and the reason for a skip.
@@ -52,7 +59,7 @@ class XnatArchiveOperator(XnatBaseOperator):
                  subject_filter: str | None = None, session_filter: str | None = None, study_uid: str | None = None,
                  overwrite: str | None = None, new_project: str | None = None, new_subject: str | None = None,
                  new_label: str | None = None, on_conflict: str = "fail", asset_alias: str = ARCHIVED_ALIAS,
-                 **kwargs: Any) -> None:
+                 quarantine: bool | None = None, trigger_pipelines: bool | None = None, **kwargs: Any) -> None:
         outlets = list(kwargs.pop("outlets", None) or [])
         outlets.append(AssetAlias(asset_alias))
         super().__init__(outlets=outlets, **kwargs)
@@ -64,6 +71,7 @@ class XnatArchiveOperator(XnatBaseOperator):
         self.subject_filter, self.session_filter, self.study_uid = subject_filter, session_filter, study_uid
         self.overwrite, self.on_conflict, self.asset_alias = overwrite, on_conflict, asset_alias
         self.new_project, self.new_subject, self.new_label = new_project, new_subject, new_label
+        self.quarantine, self.trigger_pipelines = quarantine, trigger_pipelines
 
     def _targets(self, client: Any) -> list[dict[str, Any]]:
         if self.sessions is not None:
@@ -137,7 +145,8 @@ class XnatArchiveOperator(XnatBaseOperator):
             return self._result(exp, "already_archived")
         try:
             ref = client.archive(row, overwrite=self._overwrite(), project=self.new_project,
-                                 subject=self.new_subject, label=self.new_label)
+                                 subject=self.new_subject, label=self.new_label, quarantine=self.quarantine,
+                                 trigger_pipelines=self.trigger_pipelines)
         except XnatConflictError as exc:
             if self.on_conflict != "skip":
                 raise  # "fail"; or "append", whose merge was asked up front and still conflicts

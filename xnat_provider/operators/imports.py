@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client.errors import XnatBadInputError
-from ..client.imports import ImportSnapshot, plan_import
+from ..client.imports import ImportSnapshot, check_import_flags, plan_import
 from ..client.models import PrearchiveSession, SessionRef
 from ..client.protocol import check_label
 from .base import XnatBaseOperator
@@ -21,18 +21,30 @@ class XnatImportOperator(XnatBaseOperator):
     """Import a zip, a tar, a DICOM file, a directory, or every match of a glob, into ``project``.
 
     ``destination`` is ``prearchive`` (the sessions are built at once and READY, ready for
-    :class:`XnatArchiveOperator` or a review) or ``archive``. Returns one dict per study: project, subject,
-    label, uri, in_prearchive, timestamp and status.
+    :class:`XnatArchiveOperator` or a review; XNAT leaves them there even in a project set to auto-archive) or
+    ``archive``. Returns one dict per study: project, subject, label, uri, in_prearchive, timestamp and status.
+
+    ``overwrite`` follows XNAT's import service: None refuses a session that already exists (unless the project
+    auto-archives), ``append`` merges into it with XNAT's checks, ``delete`` merges past them, overwriting
+    files of the same name; neither deletes anything already archived. A session that conflicts stays in the
+    prearchive in CONFLICT and the task fails with :class:`XnatConflictError` and XNAT's reason.
+
+    ``quarantine`` and ``trigger_pipelines`` are refused (before anything is read or sent): XNAT's import
+    service drops them. Import to the prearchive, then archive with
+    ``XnatArchiveOperator(quarantine=True, trigger_pipelines=...)``.
 
     A retry never creates a second copy. Before sending, the operator records in the task state store (which
     survives a retry on another worker) the studies it is about to send and what the server held for them (in
     the prearchive and in the archive); a later try looks, study by study, for what arrived since (in both
-    places: a project may auto-archive) and sends only the studies that did not, returning refs for all.
+    places: an archive import that conflicted stays in the prearchive, and a prearchive session may have been
+    archived since) and sends only the studies that did not, returning refs for all.
     Inside one try, the client itself resolves an ambiguous answer (a gateway's 504 after XNAT did the work)
     the same way. Each source's headers are read once, and the project checked once, for the whole run.
 
     :param source: a path or glob; every matching file or directory is imported.
-    :param overwrite: None, ``append`` or ``delete`` (XNAT's merge modes).
+    :param overwrite: None, ``append`` or ``delete`` (XNAT's merge modes, as above).
+    :param quarantine: must stay False (refused: see above).
+    :param trigger_pipelines: must stay None (refused: see above).
     """
 
     template_fields: Sequence[str] = ("source", "project", "subject", "session", "destination", "overwrite",
@@ -48,6 +60,7 @@ class XnatImportOperator(XnatBaseOperator):
         self.destination, self.overwrite = destination, overwrite
         self.quarantine, self.trigger_pipelines = quarantine, trigger_pipelines
         self.ignore_unparsable = ignore_unparsable
+        check_import_flags(str(destination), quarantine, trigger_pipelines)  # fails when the DAG is parsed
 
     def sources(self) -> list[Path]:
         source = os.fspath(self.source)
@@ -64,6 +77,7 @@ class XnatImportOperator(XnatBaseOperator):
             self.overwrite = None
         if self.overwrite not in (None, "append", "delete"):
             raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {self.overwrite!r}")
+        check_import_flags(self.destination, self.quarantine, self.trigger_pipelines)
         check_label(self.project, "project")
         # Every source is read and checked before anything is sent: bad input fails with nothing half-imported.
         plans = [(src, plan_import(src, subject=self.subject, session=self.session,

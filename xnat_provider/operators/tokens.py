@@ -9,6 +9,13 @@ encrypted with Airflow's Fernet key (``[core] fernet_key``), the same protection
     work = my_container_task(token=token.output)           # calls token_from_xcom(token)
     done = XnatInvalidateTokenOperator(task_id="revoke", token=token.output)
     token >> work >> done.as_teardown(setups=token)
+
+Whose token: XNAT lets a login that is not a site administrator's work only on its own tokens. Issuing for another
+``user``, and validating or invalidating another user's token, is refused with 403 before XNAT even looks at the
+token ("Non-admin users can only request operations on alias tokens for their own account"); the client raises
+:class:`~xnat_provider.client.errors.XnatPermissionError` saying so (a validation never comes back as "invalid").
+Give these tasks the token owner's connection, or a site administrator's. The default, a token for the
+connection's own user issued and invalidated over the same connection, always qualifies.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ def token_from_xcom(value: dict[str, Any]) -> AliasToken:
 class XnatIssueTokenOperator(XnatBaseOperator):
     """Issue an alias token (for ``user``, site administrators only, or the connection's user).
 
-    Returns alias, user, expiry and the Fernet-encrypted secret; never the secret in clear.
+    Returns alias, user, expiry and the Fernet-encrypted secret; never the secret in clear. A ``user`` other than
+    the connection's own on a connection that is not a site administrator's fails with ``XnatPermissionError``
+    (XNAT's 403), and so would the teardown that invalidates the token: give both an administrator's connection.
     """
 
     template_fields: Sequence[str] = ("user", "xnat_conn_id")
@@ -68,7 +77,12 @@ class XnatIssueTokenOperator(XnatBaseOperator):
 
 
 class XnatInvalidateTokenOperator(XnatBaseOperator):
-    """Invalidate the token an ``XnatIssueTokenOperator`` issued (use it as that task's teardown)."""
+    """Invalidate the token an ``XnatIssueTokenOperator`` issued (use it as that task's teardown).
+
+    A token already gone (invalidated, or expired and swept by XNAT) is fine. Another user's token on a connection
+    that is not a site administrator's fails with ``XnatPermissionError`` (XNAT's 403) and stays valid: use the
+    connection that issued it (the owner's or an administrator's).
+    """
 
     template_fields: Sequence[str] = ("token", "xnat_conn_id")
 

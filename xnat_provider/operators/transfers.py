@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client.errors import XnatBadInputError
+from ..client.uploads import POLICIES, upload_pairs
 from .base import XnatBaseOperator, structured
 
 MANIFEST_NAME = ".xnat-manifest.json"
@@ -79,8 +80,12 @@ class XnatUploadResourceOperator(XnatBaseOperator):
     The level follows from the arguments given (``project`` always; ``subject``; ``session`` for the
     experiment; ``scan`` or ``assessor`` inside it). The resource is created if missing. ``overwrite``:
     ``skip_identical`` (default; compares MD5), ``overwrite`` or ``fail``. ``extract=True`` sends a zip for
-    XNAT to unpack. After the upload the catalog is read back and every file's size and MD5 are checked.
+    XNAT to unpack at the resource root (XNAT ignores any folder in the URL, so ``remote_dir`` must then stay
+    empty). After the upload the catalog is read back and every file's size and MD5 are checked.
     Returns a summary: resource, files, bytes, transferred, skipped and the files' paths.
+
+    Refused before connecting (``XnatBadInputError``, not retried): ``extract=True`` with a ``remote_dir``, a
+    source with any 0-byte file (XNAT answers an empty file body with a 500), and the other bad inputs.
     """
 
     template_fields: Sequence[str] = ("source", "project", "subject", "session", "scan", "assessor", "resource",
@@ -109,6 +114,9 @@ class XnatUploadResourceOperator(XnatBaseOperator):
         level = self.level()
         if not re.match(r"^[\w\-. ]+$", self.resource or ""):
             raise XnatBadInputError(f"Invalid resource label {self.resource!r}.")
+        if self.overwrite not in POLICIES:
+            raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {self.overwrite!r}")
+        upload_pairs(os.fspath(self.source), self.remote_dir, self.extract)  # before any login or request
         xnat = self.hook.get_conn()
         path = xnat.object_path(self.project, self.subject, self.session, self.scan, self.assessor)
         manifest = xnat.upload(

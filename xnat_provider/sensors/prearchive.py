@@ -10,7 +10,7 @@ from typing import Any
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from ..client.errors import XnatError, XnatServerError
+from ..client.errors import XnatConflictError, XnatError, XnatServerError
 from ..client.protocol import prearchive_uri
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
 from ..triggers.prearchive import XnatPrearchiveTrigger
@@ -26,6 +26,11 @@ class XnatPrearchiveSensor(XnatBaseSensor):
     has not changed for ``quiet_period`` seconds (a session still being extended or split keeps changing);
     CONFLICT and ERROR fail with XNAT's status unless ``skip_failed``; a session whose status and ``lastmod``
     do not move for ``stall_timeout`` seconds is rebuilt once if ``rebuild_stalled``, then fails clearly.
+    A session stalled in an ``_X`` status (``_ARCHIVING``, ``_BUILDING``...) is locked by an operation XNAT
+    runs, or one that died holding the lock: XNAT ignores a rebuild of it, so none is asked (the one rebuild is
+    not spent on it); it fails at ``stall_timeout`` with a message saying so and what an administrator can do.
+    A rebuild that XNAT ignored all the same (the row got locked just before it) is not counted: the sensor
+    keeps waiting.
     Returns the matching sessions (project, timestamp, folder, name, subject, study_uid, status...).
 
     :param project: the XNAT project.
@@ -74,8 +79,8 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             if verdict.action == REBUILD:
                 for s in verdict.sessions:
                     self.log.warning("%s", verdict.message)
-                    client.rebuild_prearchive(prearchive_uri(s))
-                    watch.rebuilt(prearchive_uri(s))
+                    if self._rebuild(client, prearchive_uri(s)):
+                        watch.rebuilt(prearchive_uri(s))
         except FATAL as exc:
             self.fail(f"Cannot watch the prearchive of {self.project}: {exc}", exc)
         except XnatServerError as exc:
@@ -87,6 +92,16 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             self.fail(self._with_reasons(verdict.message, verdict.sessions))
         self.log.info("%s", verdict.message)
         return PokeReturnValue(is_done=True, xcom_value=verdict.sessions) if verdict.action == DONE else False
+
+    def _rebuild(self, client: Any, uri: str) -> bool:
+        """Ask XNAT to rebuild ``uri``; False when XNAT ignored it because the row is now locked (it got an
+        ``_X`` status since the last look): the rebuild is not spent, and the next looks see the locked row."""
+        try:
+            client.rebuild_prearchive(uri)
+        except XnatConflictError as exc:
+            self.log.warning("XNAT ignored the rebuild, the row is locked; waiting on: %s", exc)
+            return False
+        return True
 
     def _with_reasons(self, message: str, sessions: list[dict[str, Any]]) -> str:
         """Add XNAT's own reason for each CONFLICT or ERROR session (from its prearchive log)."""
@@ -125,9 +140,9 @@ class XnatPrearchiveSensor(XnatBaseSensor):
                 for s in event["sessions"]:
                     uri = prearchive_uri(s)
                     self.log.warning("%s", event.get("message"))
-                    self.hook.get_conn().rebuild_prearchive(uri)
-                    state.setdefault("rebuilt", []).append(uri)
-                    state.get("seen", {}).pop(uri, None)
+                    if self._rebuild(self.hook.get_conn(), uri):
+                        state.setdefault("rebuilt", []).append(uri)
+                        state.get("seen", {}).pop(uri, None)
             except XnatError as exc:
                 self.fail(f"Could not rebuild a stalled prearchive session: {exc}", exc)
             self._save(context, state)

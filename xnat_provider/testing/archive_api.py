@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from . import representations as rep
+from .access import GUEST, guest_reads_data, guest_reads_project
 from .http import Request, Response, Router, XnatHttpError
 from .model import Model
 
@@ -140,6 +141,8 @@ class ArchiveApi:
         cols = self._columns(req, ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"])
         rows = []
         for p in self.model.store.all("SELECT * FROM projects ORDER BY id"):
+            if req.user == GUEST and not guest_reads_project(self.model, p["id"]):
+                continue  # ProjectListResource: only the projects the user may read
             row = {"ID": p["id"], "secondary_ID": p["secondary_id"], "name": p["name"],
                    "description": p["description"], "pi_firstname": p["pi_firstname"],
                    "pi_lastname": p["pi_lastname"], "URI": f"/data/projects/{p['id']}",
@@ -158,6 +161,8 @@ class ArchiveApi:
             subjects = self.model.store.all("SELECT * FROM subjects WHERE project=? ORDER BY id", proj["id"])
         else:
             subjects = self.model.store.all("SELECT * FROM subjects ORDER BY id")
+        if req.user == GUEST:
+            subjects = [s for s in subjects if guest_reads_data(self.model, s["project"])]
         rows = [self._with_xpaths(self._subject_row(s), cols, ("subject", s["id"])) for s in subjects]
         return rep.table(req.format("json"), cols, rows, title="Subjects")
 
@@ -192,6 +197,8 @@ class ArchiveApi:
         filters = {k: v for k, v in filters.items() if k in EXPERIMENT_FILTERS}
         rows = [self._with_xpaths(self._experiment_row(e), cols, ("experiment", e["id"]))
                 for e in self.model.store.all(sql + " ORDER BY id", *args)]
+        if req.user == GUEST:  # secured queries: the guest reads public projects' data only
+            rows = [r for r in rows if guest_reads_data(self.model, r["project"])]
         rows = [r for r in rows if all(fnmatch.fnmatchcase(r[k].lower(), v.lower()) if "*" in v else r[k] == v
                                        for k, v in filters.items())]
         return rep.table(req.format("json"), cols, rows, title="Experiments")
@@ -329,6 +336,14 @@ class ArchiveApi:
             return Response(body=f"<html><body><pre>{body}</pre></body></html>".encode(), content_type="text/html")
         raise XnatHttpError(406, f"Unsupported format for this resource: {fmt}")
 
+    def get_status(self, req: Request) -> Response:
+        """``.../experiments/{E}/status``: ``quarantine`` or ``active`` (``SecureResource.returnStatus``, which
+        ``ExperimentResource`` and ``SubjAssessmentResource`` answer for the rest ``status``)."""
+        t = resolve(self.model, req.route_params)
+        if t.kind != "experiment":
+            raise XnatHttpError(404, "Unable to find the specified experiment.")
+        return Response.text(self.model.experiment_status(t.experiment["id"]))  # type: ignore[index]
+
     # ---- create, update, delete --------------------------------------------------------------------
     def _apply_params(self, req: Request, owner: tuple[str, str]) -> dict[str, str]:
         """Custom fields from ``T/fields/field[name=k]/field=v`` and plain attributes from ``T/attr=v``."""
@@ -354,6 +369,8 @@ class ArchiveApi:
         with m.store.tx():
             if not any(p.get(k) for k in ("subject", "subject_id", "experiment")):
                 proj, created = m.create_project(p["project"], user, **{k: v for k, v in req.query})
+                if not created and req.param("accessibility"):  # ProjectResource.handlePut sets it on updates too
+                    m.set_accessibility(proj["id"], req.param("accessibility"))  # type: ignore[arg-type]
                 attrs = self._apply_params(req, ("project", proj["id"]))
                 return self._created(proj["id"], created)
             if not p.get("experiment"):
@@ -407,6 +424,22 @@ class ArchiveApi:
         self._apply_params(req, ("experiment", exp["id"]))
         return self._created(exp["id"], created)
 
+    def accessibility(self, req: Request) -> Response:
+        """``ProjectAccessibilityResource``: the level as text; ``PUT .../accessibility/{level}`` sets it (the
+        project's owner, its creator here, or a site administrator)."""
+        level = req.route_params.get("level")
+        if req.method == "PUT" and not level:
+            raise XnatHttpError(400, "You must specify the ACCESS_ID parameter for this PUT call")
+        proj = self.model.project(req.route_params["project"])
+        if proj is None:
+            raise XnatHttpError(404, f"Could not find the project with ID '{req.route_params['project']}'")
+        if req.method == "PUT":
+            if proj["insert_user"] != req.user and not self.emu.auth.is_admin(req.user):
+                raise XnatHttpError(403, "Forbidden")
+            self.model.set_accessibility(proj["id"], level)  # type: ignore[arg-type]
+        return Response.text(self.model.store.one("SELECT accessibility FROM projects WHERE id=?",
+                                                  proj["id"])["accessibility"])  # type: ignore[index]
+
     @staticmethod
     def _created(ident: str, created: bool) -> Response:
         return Response(status=201 if created else 200, body=ident.encode(), content_type="text/plain")
@@ -437,11 +470,14 @@ def register(router: Router, emu: XnatEmulator) -> None:
     api = ArchiveApi(emu)
     exp_list = rf"/data(?:/projects/(?P<project>{SEG})(?:/subjects/(?P<subject>{SEG}))?)?/experiments"
     router.add("GET", r"/data/projects", api.list_projects, xnat="ProjectListResource")
+    router.add(("GET", "PUT"), rf"/data/projects/(?P<project>{SEG})/accessibility(?:/(?P<level>{SEG}))?",
+               api.accessibility, xnat="ProjectAccessibilityResource")
     router.add("GET", rf"/data(?:/projects/(?P<project>{SEG}))?/subjects", api.list_subjects,
                xnat=("ProjectSubjectList", "SubjectListResource"))
     router.add("GET", exp_list, api.list_experiments, xnat=("ProjSubExptList", "ExperimentListResource"))
     router.add("GET", OWNER + r"/scans", api.list_scans, xnat="ScanList")
     router.add("GET", OWNER + r"/assessors", api.list_assessors, xnat="ProjSubExptAsstList")
+    router.add("GET", OWNER + r"/status", api.get_status, xnat=("ExperimentResource", "SubjAssessmentResource"))
     router.add(("GET", "PUT", "DELETE"), OWNER, lambda r: {
         "GET": api.get_object, "HEAD": api.get_object, "PUT": api.put_object, "DELETE": api.delete_object,
     }[r.method](r), xnat=("ProjectResource", "SubjectResource", "ExperimentResource", "SubjAssessmentResource",

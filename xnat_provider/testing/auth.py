@@ -5,7 +5,11 @@
 - Sessions expire after an idle timeout; every authenticated answer carries the quoted
   ``SESSION_EXPIRATION_TIME="<now ms>,<timeout ms>"`` cookie that xnatpy parses.
 - Too many failed logins lock the account for a while; a locked account fails even with the right password.
-- Alias tokens are UUID aliases with a 64-character secret that log in like a user and expire.
+- Alias tokens are UUID aliases with a 64-character secret that log in like a user and expire. A login that is not
+  a site administrator's may work only on its own tokens: anything else is a 403, even a validation.
+- On a site that does not require a login (``require_login=False``) a request without valid credentials, an
+  expired session included, is the ``guest`` user in a new session (new ``JSESSIONID``), never a 401; what the
+  guest may see and do is in ``access.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from . import xnat_routes
+from .access import GUEST
 from .http import Request, Response, Router, XnatHttpError
 from .store import Store
 
@@ -42,6 +48,7 @@ class Auth:
         token_lifetime: float,
         max_failed_logins: int,
         lockout_seconds: float,
+        require_login: bool = True,
     ):
         self.store = store
         self.site_id = site_id
@@ -49,6 +56,7 @@ class Auth:
         self.token_lifetime = token_lifetime
         self.max_failed_logins = max_failed_logins
         self.lockout_seconds = lockout_seconds
+        self.require_login = require_login
         self.sessions: dict[str, HttpSession] = {}
         self._lock = threading.Lock()
         self.logins = 0  # successful credential checks, for tests and benchmarks
@@ -164,6 +172,15 @@ class Auth:
             req.user, req.session_id = login, self.new_session(login)
             req.new_session = True
             return None
+        if required and not self.require_login:
+            # An open site (requireLogin=false): no 401. Spring Security permits every URL to anyone
+            # (UpdateSecurityFilterHandlerMethod.java:162) as the anonymous "guest" (SecurityConfig.java:310), and
+            # XnatSecureGuard lets the guest through (XnatSecureGuard.java:97-108); XnatExpiredPasswordFilter calls
+            # request.getSession() on every request, so Tomcat starts a new session and sets a new JSESSIONID,
+            # also when the request carried an expired one. Later requests with that cookie stay guest.
+            req.user, req.session_id = GUEST, self.new_session(GUEST)
+            req.new_session = True
+            return None
         if required:
             resp = Response.error(401, "Unauthorized")
             resp.headers["WWW-Authenticate"] = f'Basic realm="{self.site_id}"'
@@ -235,45 +252,64 @@ def register(router: Router, auth: Auth, version: str) -> None:
         return Response(body=json.dumps(info).encode(), content_type="application/json")
 
     def tokens(req: Request) -> Response:
-        op = req.route_params["op"]
-        rest = [p for p in req.route_params.get("rest", "").split("/") if p]
-        if op in ("issue", "show"):
-            target = req.user
-            if rest[:1] == ["user"] and len(rest) == 2:
-                target = rest[1]
-                if target != req.user and not auth.is_admin(req.user):
-                    raise XnatHttpError(403, "Only administrators can manage tokens for other users.")
-                if not auth.store.one("SELECT login FROM users WHERE login=?", target):
-                    raise XnatHttpError(404, f"Unknown user: {target}")
-            elif rest:
-                raise XnatHttpError(400, "Invalid token operation.")
-            if op == "issue":
-                return _json(auth.issue_token(target))
-            rows = auth.store.all("SELECT * FROM tokens WHERE login=? AND expires>?", target, time.time())
+        """``AliasTokenRestlet`` step by step (web/.../restlet/services/AliasTokenRestlet.java).
+
+        The constructor first finds the token named in the path (404 when there is none), then refuses the guest
+        and, for a caller who is not a site administrator, any operation on another user's account or token
+        (403, l.95-97), before the operation is even looked at: so a non-admin's ``validate`` of another user's
+        token is a 403, never ``{"valid": ...}``. Then ``issue``, ``show``, ``validate`` (``{"valid": user}`` or
+        ``{}``: Jackson drops the null, ``SerializerConfig`` NON_NULL) and ``invalidate`` (``{"result": "OK"}``).
+
+        XNAT does not look at a token's expiry here (``HibernateAliasTokenService.validateToken``); an hourly job
+        deletes expired tokens (``ClearExpiredAliasTokens``, ``aliasTokenTimeoutSchedule``). The emulator deletes
+        them the moment they expire, so an expired token is an unknown one (404), as on XNAT after the sweep.
+        """
+        found = xnat_routes.match(req.path[len("/data"):])
+        variables = found.variables if found else {}
+        op, username = variables.get("OPERATION", ""), variables.get("USERNAME")
+        token_id, secret = variables.get("TOKEN"), variables.get("SECRET")
+        auth.store.run("DELETE FROM tokens WHERE expires<=?", time.time())
+        token = None
+        if token_id:
+            if UUID_RE.match(token_id):
+                token = auth.store.one("SELECT * FROM tokens WHERE alias=? AND enabled=1", token_id)
+                if token is None:
+                    raise XnatHttpError(404, f"Can't find an alias token with the alias {token_id}")
+            else:
+                token = (auth.store.one("SELECT * FROM tokens WHERE id=?", int(token_id))
+                         if token_id.isdigit() else None)
+                if token is None:
+                    raise XnatHttpError(404, f"Can't find an alias token with the ID {token_id}")
+        caller = req.user or ""
+        username = username or caller
+        if not username or username.lower() == GUEST:
+            raise XnatHttpError(403, "The guest user can't request alias tokens")
+        admin = auth.is_admin(caller)
+        if (username.lower() != caller.lower() or (token is not None and token["login"].lower() != caller.lower())) \
+                and not admin:
+            raise XnatHttpError(403, "Non-admin users can only request operations on alias tokens for their own "
+                                     "account")
+        if username != caller and not admin:  # represent(): the same check, case-sensitive this time
+            raise XnatHttpError(403, "Only admins can work with alias tokens for other users.")
+        if op == "issue":
+            if not auth.store.one("SELECT login FROM users WHERE login=?", username):
+                raise XnatHttpError(400, f"An error occurred retrieving the user: {username}")
+            return _json(auth.issue_token(username))
+        if op == "show":
+            rows = auth.store.all("SELECT * FROM tokens WHERE login=? AND enabled=1", username)
             return _json([auth.token_json(t) for t in rows])
         if op == "validate":
-            if len(rest) < 2:
-                raise XnatHttpError(401, "A token alias and secret are required.")
-            alias, secret = rest[0], rest[1]
-            tok = auth.store.one("SELECT * FROM tokens WHERE alias=?", alias)
-            if tok is None:
-                raise XnatHttpError(404, "Unknown token.")
-            ok = tok["enabled"] and tok["expires"] > time.time() and secrets.compare_digest(tok["secret"], secret)
-            if ok and tok["single_use"]:
-                auth.store.run("DELETE FROM tokens WHERE id=?", tok["id"])
-            return _json({"valid": tok["login"]} if ok else {})
+            if token is None or not secret:
+                raise XnatHttpError(401, "You must specify both token and secret to validate a token.")
+            ok = secrets.compare_digest(token["secret"], secret)
+            if token["single_use"]:  # validateToken deletes a single-use token in a finally, right or wrong
+                auth.store.run("DELETE FROM tokens WHERE id=?", token["id"])
+            return _json({"valid": token["login"]} if ok else {})
         if op == "invalidate":
-            if len(rest) != 1:
-                raise XnatHttpError(400, "Invalid token operation.")
-            key = rest[0]
-            tok = auth.store.one("SELECT * FROM tokens WHERE alias=? OR CAST(id AS TEXT)=?", key, key)
-            if tok is None:
-                raise XnatHttpError(404, "Unknown token.")
-            if tok["login"] != req.user and not auth.is_admin(req.user):
-                raise XnatHttpError(403, "You cannot invalidate another user's token.")
-            auth.store.run("DELETE FROM tokens WHERE id=?", tok["id"])
+            if token is not None:
+                auth.store.run("DELETE FROM tokens WHERE id=?", token["id"])
             return _json({"result": "OK"})
-        raise XnatHttpError(400, f"Unknown token operation: {op}")
+        raise XnatHttpError(400, f"Unknown operation: {op}")
 
     router.add("GET", r"/", site_root, public=True)
     router.add(("GET", "POST", "DELETE"), r"/data/JSESSION", jsession, xnat="UserSession")

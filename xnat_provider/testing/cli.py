@@ -28,8 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout", type=float, default=900.0, help="idle seconds (XNAT: 900)")
     p.add_argument("--receiving-idle", type=float, default=5.0,
                    help="seconds before a RECEIVING session is built (XNAT: 300)")
-    p.add_argument("--no-range", action="store_true", help="ignore HTTP Range headers, as XNAT may")
+    p.add_argument("--range", dest="range_requests", action="store_true", default=False,
+                   help="answer a single-range GET of a file with 206, as XNAT 1.8 (Restlet's RangeFilter) does")
+    p.add_argument("--no-range", dest="range_requests", action="store_false",
+                   help="ignore HTTP Range headers (the default: the harder case for clients)")
     p.add_argument("--archive-conflict-status", type=int, choices=(409, 500), default=500)
+    p.add_argument("--no-require-login", dest="require_login", action="store_false",
+                   help="an open site (XNAT's requireLogin=false): requests without valid credentials, expired "
+                        "sessions included, are served as the guest user instead of 401")
     return p
 
 
@@ -38,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     users = dict(args.user) if args.user else {"admin": "admin"}
     emulator = XnatEmulator(
         data_dir=args.data_dir, users=users, projects=args.project or ["P1"], host=args.host, port=args.port,
-        session_timeout=args.session_timeout, receiving_idle=args.receiving_idle,
-        range_requests=not args.no_range, archive_conflict_status=args.archive_conflict_status,
+        session_timeout=args.session_timeout, receiving_idle=args.receiving_idle, require_login=args.require_login,
+        range_requests=args.range_requests, archive_conflict_status=args.archive_conflict_status,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

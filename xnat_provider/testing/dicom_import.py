@@ -44,6 +44,9 @@ CT_NAMES = {
 # DicomZipImporter wraps any IOException of its ZipInputStream in ClientException("unable to read data from
 # file"), which the import service answers with 400 and this text.
 UNREADABLE_ZIP = "unable to read data from file"
+# DicomZipImporter.xmlBuild (l.258) wraps any failure to build or archive a session in ClientException with this
+# text, without the reason, which the import service answers with 400 (Importer.respondToException).
+ARCHIVE_FAILED = "unable to archive for the Prearchive session"
 
 
 def sanitise(value: str) -> str:
@@ -207,23 +210,31 @@ class Importer:
         return rep.uri_list(uris, req.param("format"))
 
     def _finish(self, req: Request, rows: list[dict], params: dict[str, str | None]) -> list[str]:
-        """With ``dest`` the sessions are built now (and archived for an /archive dest)."""
+        """With ``dest`` the sessions are built now, one after the other (``DicomZipImporter.xmlBuild``), and
+        archived for an ``/archive`` dest only: ``determiningDestination`` sets ``AA`` and ``auto-archive`` from
+        the dest (overriding the request's), and a ``/prearchive`` dest leaves the session READY even in an
+        auto-archive project (``xmlBuild`` never calls the rebuild handler's ``execute``, which alone queues the
+        auto-archive).
+
+        The archive takes the import service's merge rules and ``overwrite_files``, nothing else:
+        ``populateAdditionalValues`` drops ``quarantine`` and ``triggerPipelines``. A session that fails to build
+        or archive stops the loop: XNAT answers 400 with its fixed text (the reason goes to the row's log, the
+        row to CONFLICT or ERROR), the sessions before it are archived, those after it stay RECEIVING, unbuilt,
+        for the clock to build (and auto-archive, if the project does) as XNAT's rebuilder would."""
         dest = (req.param("dest") or "").replace("/data/", "/", 1)
         uris = []
         for row in rows:
             row = self.pre.require(row["project"], row["timestamp"], row["folder"])
             if dest:
                 row = self.pre.build(row)
-                archive = dest.startswith("/archive") or req.flag("auto-archive") or self.emu.auto_archive(row)
-                if archive and row["status"] == "READY":
+                if dest.startswith("/archive") and row["status"] == "READY":
                     try:
                         uris.append(self.pre.archive(row, req.param("overwrite"), req.user or "admin",
                                                      project=params["project"], subject=params["subject"],
-                                                     label=params["session"]))
-                    except ArchiveConflict as exc:  # the row stays in the prearchive, CONFLICT or ERROR
-                        raise XnatHttpError(400, "Unable to archive for the Prearchive session /data/prearchive/"
-                                                 f"projects/{row['project']}/{row['timestamp']}/{row['folder']}: "
-                                                 f"{exc.reason}") from exc
+                                                     label=params["session"], service="import",
+                                                     overwrite_files=req.flag("overwrite_files")))
+                    except (ArchiveConflict, XnatHttpError) as exc:  # the row stays: CONFLICT or ERROR
+                        raise XnatHttpError(400, ARCHIVE_FAILED) from exc
                     continue
             uris.append(f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folder']}")
         return uris

@@ -43,10 +43,13 @@ class XnatEmulator:
     :param session_timeout: idle seconds before an HTTP session expires (XNAT: 900).
     :param token_lifetime: seconds an alias token lives (XNAT: 2 days).
     :param max_failed_logins: failed logins that lock an account (XNAT: 20) for ``lockout_seconds``.
+    :param require_login: XNAT's ``requireLogin``; False is an open site, where a request without valid
+        credentials (an expired session too) is served as ``guest``, no 401 (see ``testing/access.py``).
     :param receiving_idle: seconds without new files before a RECEIVING session is built (XNAT: 300).
     :param build_seconds: how long a session stays BUILDING.
     :param queue_seconds: how long a queued prearchive operation waits, and then runs.
-    :param range_requests: honour HTTP Range on file downloads (real XNAT may not; clients must cope).
+    :param range_requests: answer a single-range GET of a file with 206 (XNAT 1.8 does, through Restlet 1.1.10's
+        RangeFilter); off by default, the harder case for clients: a server or proxy that ignores Range.
     :param archive_conflict_status: 500 (XNAT 1.8.9+, ``FAILED: ...``) or 409 (older servers).
     """
 
@@ -63,10 +66,11 @@ class XnatEmulator:
         token_lifetime: float = 2 * 24 * 3600.0,
         max_failed_logins: int = 20,
         lockout_seconds: float = 3600.0,
+        require_login: bool = True,
         receiving_idle: float = 5.0,
         build_seconds: float = 0.5,
         queue_seconds: float = 0.5,
-        range_requests: bool = True,
+        range_requests: bool = False,
         archive_conflict_status: int = 500,
         site_id: str = "XNAT",
         version: str = XNAT_VERSION,
@@ -84,7 +88,8 @@ class XnatEmulator:
         self.model = Model(self.store, site_id)
         self.faults = Faults()
         self.auth = Auth(self.store, site_id=site_id, session_timeout=session_timeout, token_lifetime=token_lifetime,
-                         max_failed_logins=max_failed_logins, lockout_seconds=lockout_seconds)
+                         max_failed_logins=max_failed_logins, lockout_seconds=lockout_seconds,
+                         require_login=require_login)
         self.prearchive = Prearchive(self, receiving_idle, build_seconds, queue_seconds)
         self.control = Control(self)
         self.router = Router()
@@ -195,12 +200,19 @@ class XnatEmulator:
         return self.auth.expire_all()
 
     def hold_prearchive(self, project: str, timestamp: str, folder: str, status: str = "BUILDING") -> None:
-        """Keep a prearchive session in ``status`` (a stuck session) until released or rebuilt."""
+        """Keep a prearchive session in ``status`` (a stuck session) until released or reset (``action=reset-status``).
+
+        A rebuild, move or delete request releases it and runs, as XNAT requeues a stuck row, except when
+        ``status`` is a locked ``_X`` one (``_ARCHIVING``, ``_BUILDING``...): XNAT ignores those requests on a
+        locked row (200, the row unchanged), so the row stays held, which is how a test plays an operation that
+        died holding the lock."""
         row = self.prearchive.require(project, timestamp, folder)
         self.store.run("UPDATE prearchive SET status=?, held=1, due=NULL, next_op=NULL WHERE project=? AND "
                        "timestamp=? AND folder=?", status, row["project"], row["timestamp"], row["folder"])
 
     def release_prearchive(self, project: str, timestamp: str, folder: str, status: str | None = None) -> None:
+        """Let a held session go on, in ``status`` (READY if it was built, else RECEIVING): the stuck operation
+        finished, or an administrator unlocked the row."""
         row = self.prearchive.require(project, timestamp, folder)
         self.store.run("UPDATE prearchive SET held=0, status=?, lastmod=? WHERE project=? AND timestamp=? AND "
                        "folder=?", status or ("READY" if row["built_doc"] else "RECEIVING"), time.time(),

@@ -2,21 +2,29 @@
 
 What matters to clients and is reproduced here:
 - file listings carry ``Size`` and the MD5 ``digest``; single files carry Content-Length;
-- Range requests are honoured unless switched off (real XNAT may ignore them, so clients must cope);
+- a single-range request is answered 206 when ``range_requests`` is on (XNAT's Restlet 1.1.10 does so through
+  its default ``RangeFilter``; several ranges get its 501); off by default, so that clients are tested against
+  the harder case of a server that ignores Range;
 - an upload of an existing file without ``overwrite=true`` answers **200** with ``{"duplicates": [...]}``
   and leaves the file alone (not 409), which clients must not mistake for success;
+- an empty in-body upload answers XNAT's **500** "In-body File posts must include the file ..." and creates
+  nothing; ``extract=true`` unpacks an archive (chosen by its name, as XNAT's ``Format`` does) at the
+  **resource root**, whatever folder the URL names, reading a zip as ``java.util.zip.ZipInputStream`` does;
 - zip downloads are streamed with no Content-Length in XNAT's folder layout.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
+import math
 import mimetypes
 import os
 import re
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -25,6 +33,7 @@ from .archive_api import OWNER, SEG, Target, resolve
 from .http import Request, Response, Router, XnatHttpError
 from .model import Model, md5_file, safe_relpath
 from .uploads import is_multipart, receive_multipart, spool
+from .zip_input import ZipInputError, read_zip
 
 if TYPE_CHECKING:
     from .emulator import XnatEmulator
@@ -32,7 +41,35 @@ if TYPE_CHECKING:
 FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content", "cat_ID", "digest"]
 RES_COLUMNS = ["xnat_abstractresource_id", "label", "element_name", "category", "cat_id", "cat_desc",
                "file_count", "file_size", "tags", "content", "format"]
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# What XNAT's FileExtractor unpacks with extract=true, chosen by the uploaded file's name (case-sensitive), in the
+# order of org.nrg.xft.utils.fileExtraction.Format: .tar/.xar, .tgz/.tar.gz, .zip/.zar, and .gz (one file, gunzipped).
+ARCHIVE_FORMATS = (("tar", re.compile(r".*\.[tx]ar")), ("tgz", re.compile(r".*\.t(ar\.)?gz")),
+                   ("zip", re.compile(r".*\.z(ip|ar)")), ("gz", re.compile(r"(?!.*\.tar\.gz$).*\.gz")))
+# The Content-Types XNAT takes as an in-body file (RequestUtil.supported_upload_types).
+IN_BODY_TYPES = frozenset({
+    "text/*", "application/*", "text/plain", "text/xml", "text/csv", "application/dicom", "application/zip",
+    "application/xar", "application/x-gtar", "application/x-gzip", "application/octet-stream", "application/pdf",
+    "application/vnd.ms-excel", "application/vnd.ms-powerpoint", "application/x-tar", "application/msword",
+    "image/*", "image/bmp", "image/gif", "image/x-icon", "image/jpeg", "image/png", "image/svg+xml", "image/tiff",
+    "video/*", "video/x-msvideo", "video/mp4", "video/mpeg", "video/quicktime", "video/x-ms-wmv"})
+# SecureResource.getFileWritersAndLoadParams throws this FileUploadException for an in-body upload of size < 1
+# (0, or -1 when unknown: chunked) that is not application/zip; FileList.handlePost answers it with a 500.
+EMPTY_IN_BODY = ("In-body File posts must include the file directly as the body of the message. In this case, the "
+                 "request entity size is {size} but the media type is not application/zip (i.e. streaming "
+                 "compressed upload).")
+
+
+def archive_format(name: str) -> str | None:
+    """How XNAT's FileExtractor unpacks a file of this name (``Format.getFormat``), or None: stored as is."""
+    return next((fmt for fmt, rx in ARCHIVE_FORMATS if rx.fullmatch(name)), None)
+
+
+def format_size(size: int) -> str:
+    """``CatalogUtils.formatSize``."""
+    if size < 1024:
+        return f"{size} B"
+    exp = int(math.log(size) / math.log(1024))
+    return f"{size / 1024 ** exp:.1f} {'KMGTPE'[exp - 1]}B"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
@@ -172,6 +209,8 @@ class FilesApi:
         size = path.stat().st_size
         if self.emu.range_requests:
             resp.headers["Accept-Ranges"] = "bytes"
+            if "," in (req.headers.get("Range") or ""):  # Restlet's RangeFilter: "Multiple ranges are not supported"
+                return Response.error(501, "Not Implemented")
             rng = parse_range(req.headers.get("Range"), size)
             if rng is False:
                 return Response(status=416, body=b"", headers={"Content-Range": f"bytes */{size}"})
@@ -243,6 +282,9 @@ class FilesApi:
 
     # ---- upload ------------------------------------------------------------------------------------
     def upload(self, req: Request) -> Response:
+        self._targets(req.route_params)  # 404 for a missing owner first, as FileList's init does
+        if not is_multipart(req):
+            self._check_in_body(req)  # before the resource is created: XNAT creates it only for a stored file
         _t, res = self._one_resource(req, create=True)
         rel = req.route_params.get("path") or ""
         overwrite, extract = req.flag("overwrite"), req.flag("extract")
@@ -258,21 +300,23 @@ class FilesApi:
             uploads = []
             for f in received:
                 target = rel if (rel and len(received) == 1) else "/".join(p for p in (rel, f.filename) if p)
-                uploads.append((target, f.path, f.size, f.md5))
+                uploads.append((target, f.path, f.size, f.md5, f.filename))
         else:
             if not rel:
                 raise XnatHttpError(400, "A file name is required: PUT .../files/{name}.")
-            if req.body.exhausted:
-                raise XnatHttpError(400, "The request body was empty: try inbody=true or use multipart/form-data.")
             tmp = staging / f".raw-{os.urandom(6).hex()}.part"
             size, md5 = spool(req, tmp)
-            uploads = [(rel, tmp, size, md5)]
+            uploads = [(rel, tmp, size, md5, rel)]
         duplicates: list[str] = []
         try:
-            for target, tmp, size, md5 in uploads:
-                if extract and target.lower().endswith(ARCHIVE_SUFFIXES):
-                    folder = str(PurePosixPath(target).parent) if "/" in target else ""
-                    duplicates += self._extract(res, tmp, folder, overwrite, meta)
+            for target, tmp, size, md5, name in uploads:
+                # XNAT picks the extractor by the writer's file name (the URL's last segment, or the multipart
+                # file name) and unpacks at the resource root: the folder in the URL is not used
+                # (CatalogUtils.storeCatalogEntry extracts into the catalog's own folder).
+                base = PurePosixPath(name.replace("\\", "/")).name
+                fmt = archive_format(base) if extract else None
+                if fmt:
+                    duplicates += self._extract(res, tmp, fmt, base, overwrite, meta)
                     continue
                 target = safe_relpath(target)
                 final_tmp = self.model.temp_path(res, target)
@@ -280,48 +324,81 @@ class FilesApi:
                 if self.model.commit_file(res, target, final_tmp, size, md5, overwrite, **meta) == "duplicate":
                     duplicates.append(target)
         finally:
-            for _, tmp, _, _ in uploads:
+            for _, tmp, _, _, _ in uploads:
                 Path(tmp).unlink(missing_ok=True)
         if duplicates:
             return Response(body=json.dumps({"duplicates": duplicates}).encode(), content_type="text/html")
         return Response(body=b"")
 
-    def _extract(self, res: dict, archive: Path, folder: str, overwrite: bool, meta: dict) -> list[str]:
-        """Unpack a zip or tar into the resource, refusing absolute paths, ``..`` and links."""
-        duplicates = []
+    @staticmethod
+    def _check_in_body(req: Request) -> None:
+        """Refuse an empty raw upload as XNAT does (``SecureResource.getFileWritersAndLoadParams``, then
+        ``FileList.handlePost``): an in-body file (a Content-Type XNAT takes as one, or ``inbody=true``) of size
+        < 1 (0, or -1 when unknown, as for a chunked body) that is not application/zip is a 500; a body XNAT does
+        not take as a file gives no file at all, a 400."""
+        length = req.headers.get("Content-Length")
+        chunked = "chunked" in (req.headers.get("Transfer-Encoding") or "").lower()
+        size = int(length) if length is not None and length.isdigit() and not chunked else -1
+        if size >= 1 or req.content_type == "application/zip":
+            return
+        if req.flag("inbody") or req.content_type in IN_BODY_TYPES:
+            raise XnatHttpError(500, EMPTY_IN_BODY.format(size=size))
+        if size == 0:
+            raise XnatHttpError(400, f"You tried to {req.method} to this service, but didn't provide any data (found "
+                                     "request entity size of 0). Please check the format of your service request.")
+        raise XnatHttpError(400, f"You tried to {req.method} a payload of {format_size(size)} to this service, but "
+                                 "didn't provide any data. If you think you sent data to upload, you can try to "
+                                 f"{req.method} with the query-string parameter inbody=true or use multipart/form-data "
+                                 "encoding.")
 
-        def store(name: str, src: BinaryIO) -> None:
-            rel = safe_relpath("/".join(p for p in (folder, name) if p))
+    def _extract(self, res: dict, archive: Path, fmt: str, name: str, overwrite: bool, meta: dict) -> list[str]:
+        """Unpack an upload as XNAT's FileExtractor does, into the resource root: a zip read forward with
+        ``ZipInputStream``'s rules, a tar (gzipped for ``tgz``), or one gzipped file. Entries are staged first and
+        catalogued only when the whole archive was read (XNAT catalogues nothing when extraction fails: a 500).
+        Stricter than XNAT: absolute paths, ``..`` and tar links are refused (XNAT would write them)."""
+        staged: list[tuple[str, Path]] = []
+
+        def stage(entry: str, src: BinaryIO) -> None:
+            try:
+                rel = safe_relpath(entry)
+            except XnatHttpError:
+                raise XnatHttpError(400, f"Refusing unsafe archive entry: {entry}") from None
             tmp = self.model.temp_path(res, rel)
+            staged.append((rel, tmp))
             with open(tmp, "wb") as out:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
                     out.write(chunk)
+
+        try:
+            with open(archive, "rb") as raw:
+                if fmt == "zip":
+                    for header, stream in read_zip(raw):
+                        if not header.is_dir:
+                            stage(header.name, stream)  # type: ignore[arg-type]
+                elif fmt == "gz":
+                    with gzip.open(raw) as src:
+                        stage(name[: -len(".gz")], src)  # type: ignore[arg-type]
+                else:
+                    with tarfile.open(fileobj=raw, mode="r|gz" if fmt == "tgz" else "r|") as tf:
+                        for member in tf:
+                            if member.isdir():
+                                continue
+                            if not member.isfile():
+                                raise XnatHttpError(400, f"Refusing unsafe archive entry: {member.name}")
+                            src = tf.extractfile(member)
+                            if src is not None:
+                                stage(member.name, src)
+        except BaseException as exc:
+            for _, tmp in staged:
+                tmp.unlink(missing_ok=True)
+            if isinstance(exc, (ZipInputError, tarfile.TarError, OSError, EOFError, zlib.error)):
+                raise XnatHttpError(500, str(exc) or type(exc).__name__) from exc
+            raise
+        duplicates = []
+        for rel, tmp in staged:
             size, md5 = md5_file(tmp)
             if self.model.commit_file(res, rel, tmp, size, md5, overwrite, **meta) == "duplicate":
                 duplicates.append(rel)
-
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    if info.is_dir():
-                        continue
-                    if info.filename.startswith("/") or (info.external_attr >> 16) & 0o170000 == 0o120000:
-                        raise XnatHttpError(400, f"Refusing unsafe archive entry: {info.filename}")
-                    with zf.open(info) as src:
-                        store(info.filename, src)
-        else:
-            try:
-                with tarfile.open(archive) as tf:
-                    for member in tf:
-                        if member.isdir():
-                            continue
-                        if not member.isfile() or member.name.startswith("/"):
-                            raise XnatHttpError(400, f"Refusing unsafe archive entry: {member.name}")
-                        src = tf.extractfile(member)
-                        if src is not None:
-                            store(member.name, src)
-            except tarfile.TarError as exc:
-                raise XnatHttpError(400, f"Unable to extract the uploaded archive: {exc}") from exc
         return duplicates
 
     def delete_file(self, req: Request) -> Response:

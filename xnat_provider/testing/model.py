@@ -31,6 +31,7 @@ DEFAULT_TYPES = ("xnat:otherDicomSessionData", "xnat:otherDicomScanData")
 SESSION_TYPES = {s for s, _ in MODALITY_TYPES.values()} | {DEFAULT_TYPES[0]}
 SCAN_TYPES = {s for _, s in MODALITY_TYPES.values()} | {DEFAULT_TYPES[1]}
 ASSESSOR_TYPES = {"xnat:qcAssessmentData", "xnat:imageAssessorData"}
+ACCESSIBILITY = ("private", "protected", "public")
 
 
 def check_label(label: str, what: str) -> None:
@@ -86,7 +87,16 @@ class Model:
                 pid, attrs.get("secondary_ID") or pid, attrs.get("name") or pid, attrs.get("description") or "",
                 attrs.get("pi_firstname") or "", attrs.get("pi_lastname") or "", now_text(), user,
             )
+            if attrs.get("accessibility"):
+                self.set_accessibility(pid, str(attrs["accessibility"]))
             return self.require_project(pid), True
+
+    def set_accessibility(self, pid: str, level: str) -> None:
+        """XNAT's project accessibility: ``private`` (the default: nothing visible to the guest user),
+        ``protected`` (the guest sees the project, none of its data) or ``public`` (the guest reads everything)."""
+        if level not in ACCESSIBILITY:
+            raise XnatHttpError(400, f"Invalid accessibility {level!r}: expected one of {', '.join(ACCESSIBILITY)}.")
+        self.store.run("UPDATE projects SET accessibility=? WHERE id=?", level, pid)
 
     # ---- subjects ----------------------------------------------------------------------------------
     def subject(self, project: str | None, key: str) -> dict | None:
@@ -338,7 +348,16 @@ class Model:
             self.store.run("DELETE FROM assessors WHERE experiment_id=?", exp["id"])
             self.store.run("DELETE FROM scans WHERE experiment_id=?", exp["id"])
             self.delete_owner("experiment", exp["id"])
+            self.store.run("DELETE FROM experiment_status WHERE experiment_id=?", exp["id"])
             self.store.run("DELETE FROM experiments WHERE id=?", exp["id"])
+
+    def experiment_status(self, eid: str) -> str:
+        """XNAT's status of an experiment (its ``meta/status``): ``active``, or ``quarantine`` until activated."""
+        row = self.store.one("SELECT status FROM experiment_status WHERE experiment_id=?", eid)
+        return row["status"] if row else "active"
+
+    def set_experiment_status(self, eid: str, status: str) -> None:
+        self.store.run("INSERT OR REPLACE INTO experiment_status(experiment_id, status) VALUES(?, ?)", eid, status)
 
     def delete_subject(self, subj: dict) -> None:
         with self.store.tx():

@@ -6,19 +6,33 @@ Statuses move in time, as on a real server:
   auto-archives);
 - move, rebuild and delete requests are queued: ``QUEUED_<OP>`` at once, ``_<OP>`` (running, locked) after
   ``queue_seconds``, and done ``queue_seconds`` later;
-- a failed archive leaves the row in CONFLICT (a merge conflict) or ERROR with XNAT's reason.
+- a row in an ``_X`` status is locked (``PrearcDatabase.isLocked``): a move, rebuild or delete of it is
+  skipped without a word (200, the row unchanged), and the archive service refuses it (403); nothing else
+  locks a row (``QUEUED_X``, BUILDING, ARCHIVING... are queued over, or archived, as XNAT does);
+- a failed archive leaves the row in CONFLICT (a merge conflict) or ERROR with XNAT's reason in its log.
 
-A test can hold a session in any status (a stuck session); a rebuild request releases it, which is what
-an operator's "rebuild" does to a stuck session on a real server.
+Archiving into an existing session follows ``PrearcSessionArchiver`` and ``MergeSessionsA``, with the flags each
+service sets (:func:`merge_rules`): the archive service always allows a merge (``append`` and ``delete`` both
+only add ``overrideExceptions``), the import service allows it only with an ``overwrite`` (or an auto-archive
+row). Nothing is ever deleted from the archive: a series whose number is taken by another series gets a new
+scan ID (``correctScanID``: ``4-MR1``), and a file the session already has is a conflict unless the exceptions
+are overridden (or the project overwrites files), when it is overwritten.
+
+A test can hold a session in any status (a stuck session). A rebuild, move or delete of a held row releases
+it and runs, as on a stuck row a real server would requeue, unless the held status is a locked ``_X`` one:
+then the request is ignored, as XNAT ignores it; only :meth:`XnatEmulator.release_prearchive` (or a
+``reset-status``) frees such a row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +47,20 @@ if TYPE_CHECKING:
 
 QUEUED_OPS = {"move": "MOVING", "delete": "DELETING", "rebuild": "BUILDING"}
 ARCHIVABLE = ("READY", "CONFLICT", "ERROR")
+LOCKED = "Operation already in progress on this prearchive entry."  # Archiver.setSessionArchiveStatus, 403
+# PrearchiveCode names, as the prearchive listing shows a row's ``autoarchive`` (ArcProject prearchive codes).
+AUTOARCHIVE_CODES = {0: "Manual", 4: "AutoArchive", 5: "AutoArchiveOverwrite"}
+# XNAT's reasons (PrearcSessionArchiver, MergeSessionsA), logged on the row that goes to CONFLICT.
+PRE_EXISTS = "Session already exists, retry with overwrite enabled"
+SUBJECT_MOD = "Invalid modification of session subject via archive process."
+UID_MOD = "Invalid modification of session UID via archive process."
+MODALITY_MOD = "Invalid modification of session modality via archive process.  Data may require a manual merge."
+HAS_FILES = "Session already exists with matching files."
+
+
+def is_locked(status: str) -> bool:
+    """XNAT's lock on a prearchive row: one of the ``_X`` statuses (``PrearcUtils.inProcessStatusMap``'s values)."""
+    return status.startswith("_")
 
 
 class ArchiveConflict(Exception):
@@ -40,6 +68,43 @@ class ArchiveConflict(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+@dataclass(frozen=True)
+class MergeRules:
+    """What an archive may do to an existing session: ``PrearcSessionArchiver``'s ``overrideExceptions`` and
+    ``allowSessionMerge``, and the ``overwriteFiles`` of the merge (``overrideExceptions || overwriteFiles``)."""
+
+    override_exceptions: bool
+    allow_merge: bool
+    overwrite_files: bool
+
+
+def merge_rules(service: str, overwrite: str | None, row: dict, project_code: int | None,
+                overwrite_files: bool = False) -> MergeRules:
+    """The flags each way into the archive sets.
+
+    - ``archive``, the archive service on one session (``Archiver.initialize`` and
+      ``finishSingleSessionArchive``: ``new QueueBasedImageCommit(..., _overwrite, true, ...)``): a merge is
+      always allowed; ``append`` and ``delete`` alike set ``overrideExceptions`` (``delete``'s
+      ``_allowDataDeletion`` is read only for several sessions); ``overwrite_files`` is taken by ``Archiver``
+      and never reaches the archiver.
+    - ``import``, an import to the archive (``Importer.parseOverrideValue``, ``DicomZipImporter.archiveSession``):
+      ``append`` allows the merge only; ``delete``/``override`` set both; without ``overwrite`` the merge is
+      allowed only for a row whose ``autoarchive`` is not Manual; ``overwrite_files=true`` is passed on.
+    - ``auto``, the archive an auto-archive session's rebuild queues (``PrearchiveArchiveHandler``, no
+      parameters): the merge is allowed for a row whose ``autoarchive`` is not Manual.
+
+    Files are overwritten (``PrearcSession.isOverwriteFiles``) for a row or project in AutoArchiveOverwrite too.
+    """
+    ow = (overwrite or "").lower()
+    auto_row = (row.get("autoarchive") or "Manual") != "Manual"
+    files = project_code == 5 or row.get("autoarchive") == "AutoArchiveOverwrite"
+    if service == "archive":
+        return MergeRules(ow in ("append", "delete"), True, files)
+    if service == "import":
+        return MergeRules(ow in ("delete", "override"), overwrite is not None or auto_row, files or overwrite_files)
+    return MergeRules(False, auto_row, files)
 
 
 def row_json(row: dict) -> dict[str, str]:
@@ -93,7 +158,13 @@ class Prearchive:
         return self.store.path(f"prearchive/{row['project']}/{row['timestamp']}/{row['folder']}")
 
     def new_row(self, project: str, tag: str, name: str, subject: str, params: dict[str, Any]) -> dict:
-        """A new RECEIVING row; its folder gets ``_1``.. when the name is taken in that timestamp."""
+        """A new RECEIVING row; its folder gets ``_1``.. when the name is taken in that timestamp.
+
+        Its ``autoarchive`` is the project's prearchive code, as ``PrearcDatabase.eitherGetOrCreateSession``
+        records it (``GradualDicomImporter.shouldAutoArchive``), whatever the request asked."""
+        proj = self.emu.model.project(project)
+        code = AUTOARCHIVE_CODES.get(proj["prearchive_code"]) if proj else None
+        params = {**params, "autoarchive": params.get("autoarchive") or code}
         now = time.time()
         ts = time.strftime("%Y%m%d_%H%M%S", time.localtime(now)) + f"{int(now * 1000) % 1000:03d}"
         with self.store.tx():
@@ -213,10 +284,14 @@ class Prearchive:
             self.set_status(row, "BUILDING", due=now, next_op="rebuilt")
 
     def queue(self, row: dict, op: str, arg: str | None = None) -> dict:
-        stuck = bool(row["held"]) and op == "rebuild"  # an operator's rebuild releases a stuck session
-        if not stuck and (row["status"].startswith(("QUEUED_", "_")) or row["status"] in ("ARCHIVING", "BUILDING")):
-            raise XnatHttpError(403, "Operation already in progress on this prearchive entry.")
-        if row["held"] and op == "rebuild":
+        """Queue a batch move, rebuild or delete, as XNAT does (``PrearcUtils.queuePrearchiveOperation``,
+        ``PrearchiveBatchDelete``, ``PrearchiveBatchMove``): only if ``PrearcDatabase.setStatus`` may take the row,
+        that is unless it is locked (``_X``). A locked row is left exactly as it is, without an error (the service
+        answers 200 with the row); ``overrideLock`` does not change that (the queueing never passes it on). Any
+        other status is queued over, a held (stuck) row released; an operation already queued is replaced."""
+        if is_locked(row["status"]):
+            return row
+        if row["held"]:
             self.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
                            row["project"], row["timestamp"], row["folder"])
         self.set_status(row, f"QUEUED_{QUEUED_OPS[op]}", due=time.time() + self.queue_seconds, next_op=op,
@@ -247,17 +322,25 @@ class Prearchive:
 
     # ---- archiving ---------------------------------------------------------------------------------
     def archive_quietly(self, row: dict) -> None:
+        """The archive an auto-archive session's build queues (no parameters: ``auto`` merge rules)."""
         try:
-            self.archive(row, overwrite=None, user="admin")
+            self.archive(row, overwrite=None, user="admin", service="auto")
         except (ArchiveConflict, XnatHttpError):
             pass  # the row now says CONFLICT or ERROR, as on a real server
 
     def archive(self, row: dict, overwrite: str | None, user: str, project: str | None = None,
-                subject: str | None = None, label: str | None = None) -> str:
-        """Move a READY session into the archive; returns the archive URI (labels, not IDs)."""
-        if row["status"] not in ARCHIVABLE:
-            if row["status"].startswith(("QUEUED_", "_")) or row["status"] in ("ARCHIVING", "BUILDING"):
-                raise XnatHttpError(403, "Operation already in progress on this prearchive entry.")
+                subject: str | None = None, label: str | None = None, *, service: str = "archive",
+                overwrite_files: bool = False, quarantine: bool = False) -> str:
+        """Move a built session into the archive; returns the archive URI (labels, not IDs).
+
+        ``service`` picks the merge rules (:func:`merge_rules`). A locked (``_X``) row is refused with 403 as the
+        archive service refuses it; any other built row is archived whatever its status (XNAT sets ARCHIVING
+        without looking at it); a row never built cannot be. ``quarantine`` leaves the experiment quarantined
+        (``PrearcSessionArchiver``: ``src.quarantine(user)`` when the ``quarantine`` parameter is true).
+        """
+        if is_locked(row["status"]):
+            raise XnatHttpError(403, LOCKED)
+        if row["status"] not in ARCHIVABLE and not row["built_doc"]:
             raise XnatHttpError(400, f"The prearchive session is not ready to be archived: {row['status']}.")
         if row["project"] == "Unassigned" and not project:
             raise XnatHttpError(400, "Sessions in the Unassigned project need a destination project.")
@@ -270,28 +353,28 @@ class Prearchive:
         project = project or row["project"]
         subject = subject or row["subject"]
         label = label or row["name"]
+        target = m.project(project)
+        rules = merge_rules(service, overwrite, row, target["prearchive_code"] if target else None, overwrite_files)
         moved: list[tuple[Path, Path]] = []
         try:
             with self.store.tx():
-                if m.project(project) is None:
+                if target is None:
                     raise ArchiveConflict(f"Unknown project: {project}", "ERROR")
                 if not subject:
                     raise ArchiveConflict("No subject could be determined for this session.", "ERROR")
                 subj, _ = m.create_subject(project, subject, user)
                 existing = m.experiment(project, label)
-                self._check_merge(existing, subj, doc, overwrite)
+                scan_ids = self._check_merge(existing, subj, doc, rules, self.session_dir(row))
                 exp, _ = m.create_experiment(project, subj["id"], label, existing["xsi_type"] if existing else
                                              doc["xsiType"], user, date=doc["date"], time=doc["time"],
                                              UID=doc["UID"], modality=doc["modality"])
                 for s in doc["scans"]:
-                    m.create_scan(exp["id"], s["ID"], s["xsiType"], type=s["type"],
+                    scan_id = scan_ids.get(s["ID"], s["ID"])
+                    m.create_scan(exp["id"], scan_id, s["xsiType"], type=s["type"],
                                   series_description=s["series_description"], uid=s["uid"],
                                   modality=s["modality"], frames=s["frames"])
-                    owner = f"{exp['id']}/{s['ID']}"
-                    res = m.resource("scan", owner, "DICOM")
-                    if res and overwrite in ("delete", "override"):
-                        m.delete_resource(res)
-                        res = None
+                    owner = f"{exp['id']}/{scan_id}"
+                    res = m.resource("scan", owner, "DICOM")  # merged into, never deleted (MergeSessionsA)
                     if res is None:
                         res, _ = m.create_resource("scan", owner, "DICOM", format="DICOM", content="RAW")
                     src_dir = self.session_dir(row) / "SCANS" / s["ID"] / "DICOM"
@@ -304,6 +387,8 @@ class Prearchive:
                         moved.append((tmp, f))
                         m.commit_file(res, f.name, tmp, size, md5, overwrite=True, format="DICOM", content="RAW")
                         moved[-1] = (m.file_path(res, f.name), f)
+                if quarantine:
+                    m.set_experiment_status(exp["id"], "quarantine")
                 self.store.run("DELETE FROM prearchive WHERE project=? AND timestamp=? AND folder=?",
                                row["project"], row["timestamp"], row["folder"])
         except ArchiveConflict as exc:
@@ -317,22 +402,74 @@ class Prearchive:
         _prune(self.session_dir(row).parent)
         return f"/data/archive/projects/{project}/subjects/{subject}/experiments/{label}"
 
-    def _check_merge(self, existing: dict | None, subj: dict, doc: dict, overwrite: str | None) -> None:
-        """XNAT's merge rules: without ``overwrite`` an existing scan is a conflict; append merges."""
+    def _check_merge(self, existing: dict | None, subj: dict, doc: dict, rules: MergeRules,
+                     session_dir: Path) -> dict[str, str]:
+        """XNAT's checks before a merge into ``existing``, in its order; returns the scans to renumber.
+
+        ``PrearcSessionArchiver.checkForConflicts``: no merge allowed, another modality or another subject are
+        conflicts; unless the exceptions are overridden, so are another StudyInstanceUID and a scan whose series
+        UID the session already has under another number. A scan whose number the session already uses for
+        another series is renumbered (``correctScanID``). Then ``MergeSessionsA.checkForConflict``: unless files
+        may be overwritten, a file the archived scan already has (same name, here the SOP Instance UID) is a
+        conflict.
+        """
         if existing is None:
-            return
+            return {}
+        m = self.emu.model
+        if not rules.allow_merge:
+            raise ArchiveConflict(PRE_EXISTS)
+        if existing["xsi_type"] != doc["xsiType"]:
+            raise ArchiveConflict(MODALITY_MOD)
         if existing["subject_id"] != subj["id"]:
-            raise ArchiveConflict("Invalid modification of session subject via archive process.")
-        if existing["uid"] and doc["UID"] and existing["uid"] != doc["UID"] and overwrite not in ("delete", "override"):
-            raise ArchiveConflict("Invalid modification of session UID via archive process.")
-        if overwrite in ("append", "delete", "override"):
-            return
+            raise ArchiveConflict(f"{SUBJECT_MOD}: {existing['label']} Already Exists for another Subject")
+        if (not rules.override_exceptions and existing["uid"] and doc["UID"]
+                and existing["uid"] != doc["UID"]):
+            raise ArchiveConflict(UID_MOD)
+        old = m.scans(existing["id"])
+        by_id = {o["scan_id"]: o for o in old}
+        renumber = False
         for s in doc["scans"]:
-            from_db = self.emu.model.scan(existing["id"], s["ID"])
-            if from_db is not None:
-                if from_db["uid"] == s["uid"]:
-                    raise ArchiveConflict("Session already exists with matching files.")
-                raise ArchiveConflict(f"Session already contains a scan ({s['ID']}) with a different UID.")
+            match = by_id.get(s["ID"])
+            if match is not None and match["uid"] and match["uid"] != s["uid"]:
+                renumber = True  # allowSessionMerge: renumbered below, not a conflict
+            same_uid = next((o for o in old if (o["uid"] or "") == (s["uid"] or "")), None)
+            if same_uid is not None and match is None and not rules.override_exceptions:
+                raise ArchiveConflict("Session already contains a scan with the same UID, but a different number "
+                                      f"({same_uid['scan_id']}).")
+        scan_ids = self._scan_ids(old, doc) if renumber else {}
+        if not (rules.override_exceptions or rules.overwrite_files):
+            for s in doc["scans"]:
+                res = m.resource("scan", f"{existing['id']}/{scan_ids.get(s['ID'], s['ID'])}", "DICOM")
+                there = {f["path"] for f in m.files(res["id"])} if res else set()
+                src = session_dir / "SCANS" / s["ID"] / "DICOM"
+                if there and any(f.name in there for f in src.iterdir() if not f.name.startswith(".")):
+                    raise ArchiveConflict(HAS_FILES)
+        return scan_ids
+
+    @staticmethod
+    def _scan_ids(old: list[dict], doc: dict) -> dict[str, str]:
+        """``PrearcSessionArchiver.correctScanID``: a scan whose series the session has under another number
+        joins that scan; a scan whose number is taken gets ``<number>-<modality><n>`` (``4-MR1``)."""
+        used = [o["scan_id"] for o in old]
+        out: dict[str, str] = {}
+        later: dict[str, str] = {}
+        for s in doc["scans"]:
+            code = s["xsiType"][5:7].upper() if s["xsiType"].startswith("xnat:") else ""
+            code = "PT" if code == "PE" else code
+            same_uid = next((o for o in old if (o["uid"] or "") == (s["uid"] or "")), None)
+            if same_uid is not None:
+                if same_uid["scan_id"] != s["ID"] or f"-{code}" in same_uid["scan_id"]:
+                    later[s["ID"]] = same_uid["scan_id"]
+                continue
+            stub = s["ID"].rsplit("-", 1)[0] if re.fullmatch(rf".-{code}[0-9]+", s["ID"]) else None
+            scan_id, n = s["ID"], 1
+            while scan_id in used:
+                scan_id = f"{stub or s['ID']}-{code}{n}"
+                n += 1
+            used.append(scan_id)
+            if scan_id != s["ID"]:
+                out[s["ID"]] = scan_id
+        return {**out, **later}
 
     @staticmethod
     def _undo(moved: list[tuple[Path, Path]]) -> None:

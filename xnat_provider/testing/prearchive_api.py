@@ -6,7 +6,9 @@
   ``DELETE``; its scans, their resources and files;
 - ``POST /data/services/archive``: synchronous; 200 ``text/uri-list``, 303 when asked or auto-archiving, and a
   conflict answered as 500 ``FAILED: ...`` (XNAT 1.8.9+) or 409 (older servers) with the row left in CONFLICT;
-- ``POST /data/services/prearchive/{move,rebuild,delete}``: queued; the answer lists the rows (XML default).
+  403 for a locked (``_X``) row; ``quarantine=true`` leaves the experiment quarantined (its ``/status``);
+- ``POST /data/services/prearchive/{move,rebuild,delete}``: queued; the answer lists the rows (XML default). A
+  locked (``_X``) row is skipped silently: 200 and the row unchanged, ``overrideLock`` or not.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from . import representations as rep
 from .http import Request, Response, Router, XnatHttpError
-from .prearchive import PREARCHIVE_COLUMNS, ArchiveConflict, row_json
+from .prearchive import PREARCHIVE_COLUMNS, ArchiveConflict, is_locked, row_json
 
 if TYPE_CHECKING:
     from .emulator import XnatEmulator
@@ -107,8 +109,8 @@ class PrearchiveApi:
         row = self._row(req)
         action = req.param("action")
         if action == "build":
-            if row["status"].startswith(("QUEUED_", "_")) or row["status"] == "ARCHIVING":
-                raise XnatHttpError(409, "The session document is locked by another operation.")
+            if is_locked(row["status"]):  # PrearcSessionResource.postActionBuild: setStatus(BUILDING) refused
+                raise XnatHttpError(409, "session document locked")
             if row["held"]:
                 self.emu.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
                                    row["project"], row["timestamp"], row["folder"])
@@ -129,7 +131,10 @@ class PrearchiveApi:
                 raise XnatHttpError(400, "A status is required.")
             self.pre.set_status(row, status)
             return Response(body=b"")
-        if action == "reset-status":
+        if action == "reset-status":  # rewrites the row from its document, locked or not (resetStatus)
+            if row["held"]:
+                self.emu.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
+                                   row["project"], row["timestamp"], row["folder"])
             self.pre.build(row)
             return Response(body=b"")
         raise XnatHttpError(400, f"Unknown prearchive action: {action}")
@@ -199,7 +204,10 @@ class PrearchiveApi:
         subject = req.first("subject", "SUBJECT_ID") or (dest[4] if len(dest) >= 5 else None)
         label = req.first("session", "EXPT_LABEL", "label") or (dest[6] if len(dest) >= 7 else None)
         try:
-            return self.pre.archive(row, req.param("overwrite"), req.user or "admin", project, subject, label)
+            # Archiver passes unknown parameters on to the archiver (handleParam's default branch): quarantine
+            # and triggerPipelines reach PrearcSessionArchiver.
+            return self.pre.archive(row, req.param("overwrite"), req.user or "admin", project, subject, label,
+                                    service="archive", quarantine=(req.param("quarantine") or "").lower() == "true")
         except ArchiveConflict as exc:
             status = self.emu.archive_conflict_status if exc.status == "CONFLICT" else 500
             raise XnatHttpError(status, f"FAILED: {exc.reason}" if status == 500 else exc.reason) from exc
@@ -231,12 +239,7 @@ class PrearchiveApi:
             for r in rows:
                 if self.pre.row(new_project, r["timestamp"], r["folder"]):
                     raise XnatHttpError(409, "A session with that name already exists in the destination.")
-        for r in rows:
-            if op == "rebuild" and req.flag("overrideLock") and r["status"].startswith(("QUEUED_", "_")):
-                self.pre.set_status(r, "READY")
-                r = self.pre.require(r["project"], r["timestamp"], r["folder"])
-            if op != "rebuild" and r["status"] not in ("READY", "RECEIVING", "CONFLICT", "ERROR"):
-                raise XnatHttpError(403, f"Invalid prearchive status for {op}: {r['status']}")
+        for r in rows:  # a locked row is left as it is, and listed unchanged (no error)
             self.pre.queue(r, op, req.param("newProject") if op == "move" else None)
         updated = [row_json(self.pre.require(r["project"], r["timestamp"], r["folder"])) for r in rows]
         return rep.table(req.format("xml"), PREARCHIVE_COLUMNS, updated)

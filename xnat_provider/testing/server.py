@@ -19,6 +19,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from .access import GUEST, guest_gate
 from .http import CHUNK, REASONS, BodyReader, Request, Response, XnatHttpError, normalise_path, status_page
 
 if TYPE_CHECKING:
@@ -188,6 +189,10 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
                 raise XnatHttpError(405, "Method Not Allowed")
             raise XnatHttpError(404, "The requested resource could not be found.")
         req.route_params = params
+        if req.user == GUEST:  # only on a site that does not require a login
+            refused = guest_gate(emu.model, req)
+            if refused is not None:
+                return refused
         if req.method in ("POST", "PUT"):
             req.load_form()
         emu.tick()
@@ -240,6 +245,8 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             _BodyWriter(self, chunked=False, drop_after=drop_after).write(resp.body)
 
     def _send_file(self, path: str, start: int, length: int, drop_after: int | None) -> None:
+        if length <= 0:  # a 0-byte file (socket.sendfile refuses a count of 0)
+            return
         with open(path, "rb") as f:
             if drop_after is None:
                 try:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     enabled INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY, secondary_id TEXT, name TEXT, description TEXT, pi_firstname TEXT,
-    pi_lastname TEXT, insert_date TEXT, insert_user TEXT, prearchive_code INTEGER NOT NULL DEFAULT 0);
+    pi_lastname TEXT, insert_date TEXT, insert_user TEXT, prearchive_code INTEGER NOT NULL DEFAULT 0,
+    accessibility TEXT NOT NULL DEFAULT 'private');
 CREATE TABLE IF NOT EXISTS subjects (
     id TEXT PRIMARY KEY, project TEXT NOT NULL, label TEXT NOT NULL, insert_date TEXT, insert_user TEXT,
     UNIQUE(project, label));
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS prearchive (
     source TEXT, visit TEXT, protocol TEXT, timezone TEXT, due REAL, next_op TEXT, op_arg TEXT,
     message TEXT, built_doc TEXT, held INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(project, timestamp, folder));
+CREATE TABLE IF NOT EXISTS experiment_status (experiment_id TEXT PRIMARY KEY, status TEXT NOT NULL);
 """
 
 
@@ -82,6 +84,9 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
+        if "accessibility" not in {r[1] for r in self._conn.execute("PRAGMA table_info(projects)")}:
+            # a data folder kept from before projects had an accessibility: XNAT's default, private
+            self._conn.execute("ALTER TABLE projects ADD COLUMN accessibility TEXT NOT NULL DEFAULT 'private'")
         self._depth = 0
 
     @property

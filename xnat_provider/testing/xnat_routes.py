@@ -29,12 +29,15 @@ _VARIABLE = re.compile(r"\{(\w+)\}")
 # The rest of a path some resources read (``SecureResource.filepath``), from their source: a file path below
 # ``.../files`` (FileList, PrearcSessionResourceFiles l.103); a prearchive session's ``logs`` and ``logs/{id}``
 # (PrearcSessionResource l.117-123). ``/data/prearchive/projects`` reaches the listing of every project, which
-# does not read the rest (PrearcSessionListResource): xnatpy lists the prearchive that way.
+# does not read the rest (PrearcSessionListResource): xnatpy lists the prearchive that way. An experiment's
+# ``status`` (``quarantine`` or ``active``: ExperimentResource l.99-100, SubjAssessmentResource l.613-615).
 ACCEPTED_REST = {
     "FileList": re.compile(r"/.+"),
     "PrearcSessionResourceFiles": re.compile(r"/.+"),
     "PrearcSessionResource": re.compile(r"/logs(?:/[^/]+)?"),
     "PrearcSessionListResource": re.compile(r"/projects"),
+    "ExperimentResource": re.compile(r"/status"),
+    "SubjAssessmentResource": re.compile(r"/status"),
 }
 
 

@@ -16,7 +16,8 @@ class XnatPrearchiveTrigger(BaseTrigger):
 
     Events: ``{"status": "success", "sessions": [...]}``, ``{"status": "error", "message": ...}``, or
     ``{"status": "rebuild", "sessions": [the stalled one], "state": ...}`` for the task to rebuild it (a trigger
-    only waits and reports; acting on XNAT is the task's job).
+    only waits and reports; acting on XNAT is the task's job). A session stalled in a locked ``_X`` status is
+    never sent back for a rebuild (XNAT would ignore it): it ends in an error event that says the row is locked.
 
     :param criteria: :class:`~xnat_provider.conditions.PrearchiveCriteria` as a dict.
     :param state: observations carried over from earlier polls (first-seen times, sessions rebuilt).
