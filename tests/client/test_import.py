@@ -8,6 +8,7 @@ session, not through the client), the refs the call returned, and the error type
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pydicom.data import get_testdata_file
 from tests.support import experiment_url, listing, wait_for
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatBadInputError, XnatClient, XnatConflictError, XnatServerError
-from xnat_provider.client.imports import CHUNK, Entry, zip_stream
+from xnat_provider.client.import_body import CHUNK, Entry, plan_import, zip_stream
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study
 
@@ -426,7 +427,6 @@ def test_import_arrived_takes_either_outcome_of_a_prearchive_import(
 ) -> None:
     """The rows of a prearchive import are its refs; when they are gone and the session is in the archive (a
     server that forwards them, or someone who archived them since) the archive session is."""
-    from xnat_provider.client.imports import plan_import
 
     plan = plan_import(study_zip)
     before = client.import_snapshot("P1", plan)
@@ -514,6 +514,23 @@ def test_empty_directory(client: XnatClient, emulator: XnatEmulator, tmp_path: P
     with pytest.raises(XnatBadInputError, match="No DICOM"):
         client.import_dicom(tmp_path / "empty", "P1")
     assert emulator.request_count("POST", IMPORT) == 0
+
+
+def test_a_file_of_2_to_4_gib_is_refused_before_sending(client: XnatClient, emulator: XnatEmulator,
+                                                        study: Study, tmp_path: Path) -> None:
+    """XNAT's Java zip reader refuses such an entry in a streamed zip; below 2 GiB and above 4 GiB it reads it.
+    (Sparse files: a real DICOM header, then zeros the file system does not store.)"""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for name, size in (("three_gib.dcm", 3 << 30), ("small.dcm", 0), ("over_four_gib.dcm", (4 << 30) + (1 << 20))):
+        (folder / name).write_bytes(study.files[0].read_bytes())
+        if size:
+            os.truncate(folder / name, size)
+    with pytest.raises(XnatBadInputError, match=r"1 file\(s\) .* between 2 and 4 GiB \(three_gib\.dcm\)"):
+        client.import_dicom(folder, "P1")
+    assert emulator.request_count("POST", IMPORT) == 0
+    (folder / "three_gib.dcm").unlink()
+    assert len(plan_import(folder).entries) == 2  # the 4 GiB+ file goes (as ZIP64, which Java reads)
 
 
 def test_unknown_project(client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path) -> None:

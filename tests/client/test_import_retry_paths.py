@@ -22,7 +22,8 @@ import requests
 
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatClient
-from xnat_provider.client.imports import ImportSnapshot, plan_import, zip_stream
+from xnat_provider.client.import_body import plan_import, zip_stream
+from xnat_provider.client.imports import ImportSnapshot
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study
 

@@ -18,7 +18,7 @@ import requests
 
 from tests.oracles.zips import locals_of, patched, streamed_zip
 from tests.support import listing
-from xnat_provider.client.imports import plan_import, zip_stream
+from xnat_provider.client.import_body import plan_import, zip_stream
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study
 

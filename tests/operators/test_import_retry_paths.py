@@ -13,7 +13,7 @@ import pytest
 
 from tests.airflow_helpers import FakeStore, context
 from tests.operators.conftest import IMPORT, Server
-from xnat_provider.client import imports as client_imports
+from xnat_provider.client import import_body as client_imports
 from xnat_provider.client.errors import XnatServerError
 from xnat_provider.operators.imports import XnatImportOperator
 from xnat_provider.testing.samples import make_study

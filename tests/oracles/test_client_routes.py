@@ -19,7 +19,7 @@ import pytest
 from tests.support import wait_for
 from xnat_provider.client import XnatClient
 from xnat_provider.client.async_client import AsyncXnatClient
-from xnat_provider.client.imports import plan_import
+from xnat_provider.client.import_body import plan_import
 from xnat_provider.client.session import ClientConfig
 from xnat_provider.testing import XnatEmulator, xnat_routes
 

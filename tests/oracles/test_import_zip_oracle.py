@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.oracles.zips import locals_of, patched, seekable_zip, streamed_zip
-from xnat_provider.client.imports import plan_import, zip_stream
+from xnat_provider.client.import_body import plan_import, zip_stream
 from xnat_provider.testing.samples import Study, make_study
 from xnat_provider.testing.zip_input import ZipInputError, read_zip
 

@@ -1,13 +1,6 @@
-"""Importing DICOM: a zip, a tar, one file or a whole directory, streamed, checked first, never duplicated.
+"""Importing DICOM: a zip, a tar, one file or a whole directory, checked first, never duplicated.
 
-Before any byte is sent, every file's header is read with pydicom (stopping before the pixel data): a file
-that is not DICOM is a :class:`XnatBadInputError` naming it (unless ``ignore_unparsable``), and the study UIDs
-and the subject and session labels XNAT will derive are known. Directories, single files and tars are
-zipped on the fly into the request body: no temporary copy, no whole file in memory. The zip is deflated at level
-0 (stored blocks inside DEFLATED entries), the only streamed form XNAT's reader, ``java.util.zip.ZipInputStream``,
-accepts (see :func:`zip_stream`).
-
-A zip or tar is opened once per pass (once to plan, once per request body), its members read in order.
+What is sent, and how it is read and streamed, is :mod:`~xnat_provider.client.import_body`; this module sends it.
 
 The import is a POST that may take effect even when its answer is lost. After an ambiguous failure the
 client looks, by study UID, for what this attempt created (prearchive rows of its studies that were not there
@@ -19,24 +12,18 @@ processes, such as :class:`~xnat_provider.operators.imports.XnatImportOperator`,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-import tarfile
 import time
-import warnings
-import zipfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pydicom
 import requests
 
 from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
+from .import_body import ImportPlan, plan_import, zip_stream
 from .models import PrearchiveSession, SessionRef
 from .protocol import (
     archived_uri,
@@ -49,46 +36,8 @@ from .protocol import (
 )
 from .session import XnatSession
 
+__all__ = ["ImportMixin", "ImportPlan", "ImportSnapshot", "check_import_flags", "plan_import", "zip_stream"]
 log = logging.getLogger("xnat_provider.client")
-CHUNK = 1 << 20
-COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
-KV_RE = re.compile(r"(subject|session)\s*:\s*([\w\-]*)", re.IGNORECASE)
-
-Opener = Callable[[], IO[bytes]]
-
-
-@dataclass
-class Entry:
-    """One file to send. ``archive`` is the zip or tar it is a member of (None for a plain file): while a pass
-    over that archive is open, ``open`` reads from the one open archive."""
-
-    name: str
-    open: Opener
-    size: int
-    study_uid: str
-    archive: _Archive | None = None
-
-
-@dataclass
-class ImportPlan:
-    """What an import will send: entries by study, and the labels XNAT will give each study."""
-
-    entries: list[Entry] = field(default_factory=list)
-    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # study UID -> (subject, session)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def studies(self) -> list[str]:
-        return list(dict.fromkeys(e.study_uid for e in self.entries))
-
-    def only(self, studies: Collection[str]) -> ImportPlan:
-        """The same plan restricted to ``studies`` (study UIDs of this plan); raise on a UID it does not hold."""
-        unknown = [uid for uid in studies if uid not in self.labels]
-        if unknown:
-            raise XnatBadInputError(f"Not a study of this import: {', '.join(unknown)}")
-        wanted = set(studies)
-        return ImportPlan(entries=[e for e in self.entries if e.study_uid in wanted],
-                          labels={u: v for u, v in self.labels.items() if u in wanted}, skipped=list(self.skipped))
 
 
 @dataclass
@@ -115,278 +64,6 @@ class ImportSnapshot:
 def _jsonable(value: Any) -> Any:
     """``value`` as it comes back from JSON (tuples become lists), so that stored and fresh values compare."""
     return json.loads(json.dumps(value))
-
-
-def _sanitise(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", value.strip()).strip("_")
-
-
-def _route(ds: Any, subject: str | None, session: str | None) -> tuple[str, str]:
-    """The subject and session labels XNAT derives (request parameters, comments, then patient tags)."""
-    found: dict[str, str] = {}
-    for tag in COMMENT_TAGS:
-        for key, value in KV_RE.findall(str(ds.get(tag, "") or "")):
-            found.setdefault(key.lower(), value)
-    subj = subject or found.get("subject") or _sanitise(str(ds.get("PatientName", "") or ""))
-    sess = session or found.get("session") or _sanitise(str(ds.get("PatientID", "") or "")) or "dicom_upload"
-    return subj, sess
-
-
-def _header(fh: IO[bytes]) -> Any:
-    """The header, or None when the file is not DICOM (any parse failure, never an exception)."""
-    try:
-        ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        ds.get("SOPInstanceUID"), ds.get("SOPClassUID"), ds.get("StudyInstanceUID")  # values parse lazily
-        return ds
-    except pydicom.errors.InvalidDicomError:
-        pass  # no preamble: XNAT still reads it if it parses as a data set with its UIDs
-    except Exception:
-        return None
-    try:
-        fh.seek(0)
-        with warnings.catch_warnings():  # pydicom warns about whatever it finds in a file that is not DICOM
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-            return ds if ds.get("SOPInstanceUID") and ds.get("StudyInstanceUID") else None
-    except Exception:
-        return None
-
-
-def plan_import(
-    source: str | os.PathLike[str],
-    *,
-    subject: str | None = None,
-    session: str | None = None,
-    ignore_unparsable: bool = False,
-) -> ImportPlan:
-    """Read every header of a zip, tar, DICOM file or directory and plan the import; raise on bad input."""
-    src = Path(source)
-    if not src.exists():
-        raise XnatBadInputError(f"Nothing to import: {src} does not exist.")
-    plan = ImportPlan()
-    bad: list[str] = []
-
-    def add(name: str, opener: Opener, size: int, archive: _Archive | None = None,
-            header: Opener | None = None) -> None:
-        with (header or opener)() as fh:
-            ds = _header(fh)
-        if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
-            (plan.skipped if ignore_unparsable and ds is None else bad).append(name)
-            return
-        uid = str(ds.get("StudyInstanceUID", ""))
-        plan.labels.setdefault(uid, _route(ds, subject, session))
-        plan.entries.append(Entry(name, opener, size, uid, archive))
-
-    if src.is_dir():
-        for p in sorted(src.rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
-                add(p.relative_to(src).as_posix(), lambda p=p: open(p, "rb"), p.stat().st_size)
-    elif zipfile.is_zipfile(src):
-        archive = _Archive(src, "zip")
-        with archive.opened() as zf:  # one open archive for every header
-            for info in zf.infolist():
-                if not info.is_dir():
-                    add(info.filename, lambda info=info: archive.member(info), info.file_size, archive)
-    elif tarfile.is_tarfile(src):
-        archive = _Archive(src, "tar")
-        with archive.opened() as tf:
-            for m in tf:  # members in order: a compressed tar is decompressed once, never rewound
-                if m.isfile():
-                    add(m.name, lambda m=m: archive.member(m), m.size, archive,
-                        header=lambda m=m: _Rewindable(archive.member(m)))
-    else:
-        add(src.name, lambda: open(src, "rb"), src.stat().st_size)
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise XnatBadInputError(
-            f"Not DICOM (or no SOP UIDs) in {src}: {', '.join(bad[:5])}{more}. "
-            "Remove them or import with ignore_unparsable=True."
-        )
-    if not plan.entries:
-        raise XnatBadInputError(f"No DICOM files found in {src}.")
-    for subj, sess in plan.labels.values():
-        check_label(subj, "subject")
-        check_label(sess, "session")
-    return plan
-
-
-class _Archive:
-    """A zip or tar read in passes. Inside ``with archive.opened():`` every member is read from that one open
-    archive (members must then be read one at a time, in archive order, for a compressed tar to be read
-    once); outside a pass, :meth:`member` opens the archive for that member alone."""
-
-    def __init__(self, path: Path, kind: str):
-        self.path, self.kind = path, kind
-        self._open: Any = None
-        self._users = 0
-
-    def _new(self) -> Any:
-        return zipfile.ZipFile(self.path) if self.kind == "zip" else tarfile.open(self.path)
-
-    @contextlib.contextmanager
-    def opened(self) -> Iterator[Any]:
-        """Keep the archive open for a pass. Passes may overlap (a request body abandoned by a failed attempt
-        is closed late): the archive closes when the last one ends."""
-        if self._open is None:
-            self._open = self._new()
-        self._users += 1
-        try:
-            yield self._open
-        finally:
-            self._users -= 1
-            if not self._users:
-                handle, self._open = self._open, None
-                handle.close()
-
-    def member(self, info: Any) -> IO[bytes]:
-        """A member's bytes, streamed: from the open archive during a pass, else from its own open."""
-        if self._open is None:
-            return _ZipMember(self.path, info) if self.kind == "zip" else _TarMember(self.path, info)
-        if self.kind == "zip":
-            return self._open.open(info)  # type: ignore[no-any-return]
-        fh = self._open.extractfile(info)
-        if fh is None:
-            raise XnatBadInputError(f"{self.path}: {info.name} is not a regular file")
-        return fh  # type: ignore[no-any-return]
-
-
-class _ZipMember:
-    """A zip entry opened outside a pass, closing its own archive with it."""
-
-    def __init__(self, path: Path, info: zipfile.ZipInfo):
-        self._zf = zipfile.ZipFile(path)
-        self._fh = self._zf.open(info)
-
-    def read(self, n: int = -1) -> bytes:
-        return self._fh.read(n)
-
-    def seek(self, *args: Any) -> int:
-        return self._fh.seek(*args)
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def __enter__(self) -> _ZipMember:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._fh.close()
-        self._zf.close()
-
-
-class _TarMember(_ZipMember):
-    def __init__(self, path: Path, member: tarfile.TarInfo):
-        self._zf = tarfile.open(path)  # type: ignore[assignment]
-        self._fh = self._zf.extractfile(member)  # type: ignore[assignment]
-
-
-class _Rewindable:
-    """A forward-only stream that can seek back over what was already read (kept in memory).
-
-    Reading a header, pydicom seeks back a few bytes at a time; in a compressed tar each backward seek would
-    decompress the archive again from its start. Only what pydicom reads (the header) is kept.
-    """
-
-    def __init__(self, raw: IO[bytes]):
-        self._raw, self._buf, self._pos, self._eof = raw, bytearray(), 0, False
-
-    def _fill(self, end: int | None) -> None:
-        while not self._eof and (end is None or len(self._buf) < end):
-            chunk = self._raw.read(CHUNK if end is None else max(end - len(self._buf), 1))
-            if not chunk:
-                self._eof = True
-            self._buf += chunk
-
-    def read(self, n: int | None = -1) -> bytes:
-        self._fill(None if n is None or n < 0 else self._pos + n)
-        end = len(self._buf) if n is None or n < 0 else self._pos + n
-        out = bytes(self._buf[self._pos:end])
-        self._pos += len(out)
-        return out
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 2:
-            self._fill(None)
-            offset += len(self._buf)
-        elif whence == 1:
-            offset += self._pos
-        self._pos = max(offset, 0)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __enter__(self) -> _Rewindable:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._raw.close()
-
-
-class _Sink:
-    """Where zipfile writes; the generator below hands the bytes on as they come."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> Iterator[bytes]:
-        chunks, self.chunks = self.chunks, []
-        yield from chunks
-
-
-# The import body's entries are DEFLATED at this zlib level. XNAT reads the body with java.util.zip.ZipInputStream,
-# which refuses a STORED entry whose sizes follow in a data descriptor ("only DEFLATED entries can have EXT
-# descriptor"), and a streamed zip must put the sizes after the data. Level 0 writes deflate "stored" blocks:
-# method 8, which Java accepts with a descriptor, at near memcpy speed. Measured on DICOM pixel data and files,
-# one core: level 0 at 7-12 GB/s, level 1 at 55-100 MB/s (below a 1 Gb/s link) for a body 30-55 % smaller.
-IMPORT_ZIP_LEVEL = 0
-
-
-def _needs_zip64(size: int) -> bool:
-    """Whether an entry of ``size`` bytes must be written as ZIP64: when its deflated size may pass 2 GiB - 1.
-
-    Python's writer refuses to close a non-ZIP64 entry past ``zipfile.ZIP64_LIMIT`` (2 GiB - 1); level 0 adds 5
-    bytes per 64 KiB stored block, and 1/4096 of the size covers that three times over. The planned size is not
-    given to the writer, whose own rule (size * 1.05 over the limit) would mark more entries ZIP64 than needed:
-    ZipInputStream (OpenJDK 17.0.15, checked) reads an 8-byte data descriptor only after an entry that really
-    passed 4 GiB, so XNAT refuses a smaller ZIP64 entry ("invalid entry size"). Known limit: a single file of
-    2 to 4 GiB cannot be sent this way.
-    """
-    return size + size // 4096 + (1 << 16) > zipfile.ZIP64_LIMIT
-
-
-def zip_stream(entries: list[Entry]) -> Iterator[bytes]:
-    """A zip of the entries, produced while it is sent, in the form XNAT can read.
-
-    A zip written to an unseekable sink carries each entry's CRC and sizes in a data descriptor after its data.
-    XNAT's ``ZipInputStream`` accepts that only for DEFLATED entries, so every entry is deflated at
-    :data:`IMPORT_ZIP_LEVEL` (0: stored blocks, DICOM barely shrinks and is sent as is). Each source archive is
-    opened once for the whole pass and its members streamed in order, a chunk at a time.
-    """
-    sink = _Sink()
-    with contextlib.ExitStack() as stack, \
-            zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:  # type: ignore[arg-type]
-        for archive in dict.fromkeys(e.archive for e in entries if e.archive is not None):
-            stack.enter_context(archive.opened())
-        for e in entries:
-            info = zipfile.ZipInfo(e.name, date_time=(2000, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED  # a ZipInfo does not take the ZipFile's method or level
-            # Python 3.13 names the level compress_level (keeping _compresslevel as an alias); 3.11-3.12 only
-            # _compresslevel. Unset, zlib's default level 6 would run at a few tens of MB/s.
-            setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel", IMPORT_ZIP_LEVEL)
-            with e.open() as src, zf.open(info, "w", force_zip64=_needs_zip64(e.size)) as dst:
-                for chunk in iter(lambda src=src: src.read(CHUNK), b""):
-                    dst.write(chunk)
-                    yield from sink.take()
-            yield from sink.take()
-    yield from sink.take()
 
 
 def check_import_flags(destination: str, quarantine: bool | None, trigger_pipelines: bool | None) -> None:
