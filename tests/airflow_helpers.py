@@ -89,6 +89,25 @@ class FakeStore:
         self.data[key] = value
 
 
+class AliasEvents:
+    """The asset events a task adds through one asset alias."""
+
+    def __init__(self) -> None:
+        self.added: list[tuple[Any, dict[str, Any]]] = []
+
+    def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
+        self.added.append((asset, dict(extra or {})))
+
+
+class OutletEvents(dict):
+    """``context["outlet_events"]``: the asset events a task emits, by asset alias."""
+
+    def __missing__(self, key: Any) -> AliasEvents:
+        self[key] = value = AliasEvents()
+        return value
+
+
 def context(store: FakeStore | None = None) -> dict[str, Any]:
-    """A minimal execute() context: a task instance for XComs and a task state store."""
-    return {"ti": FakeTI(), "task_state_store": store if store is not None else FakeStore()}
+    """A minimal execute() context: a task instance for XComs, a task state store and outlet events."""
+    return {"ti": FakeTI(), "task_state_store": store if store is not None else FakeStore(),
+            "outlet_events": OutletEvents()}

@@ -9,16 +9,19 @@ from typing import Any
 import requests
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until ``condition`` returns something truthy (and return it); fail after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, *, backoff: float = 1.0,
+             what: str = "condition") -> Any:
+    """Poll until ``condition`` returns something truthy (and return it); fail naming ``what`` after ``timeout``
+    seconds. The interval grows by ``backoff`` after each look, up to 5 s."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {timeout} s")
         time.sleep(interval)
+        interval = min(interval * backoff, max(interval, 5.0))
 
 
 def assert_no_secret(text: str, secrets: list[str] | tuple[str, ...]) -> None:

@@ -29,6 +29,8 @@ import pydicom
 import pytest
 import requests
 
+from tests.airflow_helpers import context
+from tests.support import wait_for
 from xnat_provider.client import XnatClient
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import make_study
@@ -123,18 +125,10 @@ def live_settings(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any] 
 
 
 # ---- waiting and checking -----------------------------------------------------------------------------------
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``condition`` until it returns something truthy (returned); fail naming ``what`` after ``timeout``
     seconds. Polling starts fast and slows to 5 s, which a real XNAT serving other users is glad of."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 5.0)
+    return wait_for(condition, timeout, interval=0.2, backoff=1.5, what=what)
 
 
 def md5(path: Path) -> str:
@@ -346,50 +340,7 @@ def q(segment: str) -> str:
 
 
 # ---- running tasks the way Airflow calls them ---------------------------------------------------------------
-class TaskInstanceStub:
-    """What an operator's ``execute`` uses of its task instance: XCom pushes, and the reschedule date a
-    sensor reads on its first poke."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.pushed[key] = value
-
-    def get_first_reschedule_date(self, context: Any) -> None:
-        return None
-
-
-class TaskStateStore:
-    """Airflow 3.3's task state store (get/set), kept in memory for one task."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = value
-
-
-class AliasEvents:
-    def __init__(self) -> None:
-        self.added: list[tuple[Any, dict[str, Any]]] = []
-
-    def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
-        self.added.append((asset, dict(extra or {})))
-
-
-class OutletEvents(dict):
-    """``context["outlet_events"]``: asset events a task emits, by asset alias."""
-
-    def __missing__(self, key: Any) -> AliasEvents:
-        self[key] = value = AliasEvents()
-        return value
-
-
 def run_task(task: Any) -> tuple[Any, dict[str, Any]]:
     """``task.execute`` with the context keys the XNAT operators and sensors use; returns (XCom, context)."""
-    context = {"ti": TaskInstanceStub(), "task_state_store": TaskStateStore(), "outlet_events": OutletEvents()}
-    return task.execute(context), context
+    ctx = context()
+    return task.execute(ctx), ctx

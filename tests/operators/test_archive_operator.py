@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import xnat
 
-from tests.airflow_helpers import FakeStore, FakeTI
+from tests.airflow_helpers import FakeStore, context
 from tests.operators.conftest import ARCHIVE, Server, resent_with_one_more, second_study, study_zip_of
 from xnat_provider.client.errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatServerError
 from xnat_provider.links import XCOM_KEY
@@ -18,23 +18,8 @@ from xnat_provider.operators.archive import ARCHIVED_ALIAS, XnatArchiveOperator
 from xnat_provider.operators.imports import XnatImportOperator
 
 
-class AliasEvents:
-    def __init__(self) -> None:
-        self.added: list[tuple[Any, dict]] = []
-
-    def add(self, asset: Any, extra: dict | None = None) -> None:
-        self.added.append((asset, dict(extra or {})))
-
-
-class OutletEvents(dict):
-    def __missing__(self, key: Any) -> AliasEvents:
-        self[key] = value = AliasEvents()
-        return value
-
-
 def ctx(store: FakeStore | None = None) -> dict[str, Any]:
-    return {"ti": FakeTI(), "task_state_store": store if store is not None else FakeStore(),
-            "outlet_events": OutletEvents()}
+    return context(store)
 
 
 def events(context: dict[str, Any]) -> list[tuple[str, dict]]:
@@ -50,7 +35,7 @@ def archive(context: dict[str, Any] | None = None, **kwargs: Any) -> tuple[list[
 def imported(source: Path, project: str = "P1", **kwargs: Any) -> list[dict]:
     """What an upstream XnatImportOperator hands on (its XCom)."""
     return XnatImportOperator(task_id="import", source=str(source), project=project, **kwargs).execute(
-        {"ti": FakeTI(), "task_state_store": FakeStore()})
+        context())
 
 
 def test_archive_from_an_upstream_xcom(xnat_conn, server: Server, study_zip) -> None:

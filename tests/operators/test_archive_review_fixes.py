@@ -7,29 +7,19 @@ from typing import Any
 
 import pytest
 
-from tests.airflow_helpers import FakeStore, FakeTI
+from tests.airflow_helpers import context
 from tests.operators.conftest import Server, resent_with_one_more
 from xnat_provider.operators.archive import XnatArchiveOperator
 from xnat_provider.operators.imports import XnatImportOperator
 
 
-class _Events(dict):
-    def __missing__(self, key: Any) -> Any:
-        class Added(list):
-            def add(self, asset: Any, extra: dict | None = None) -> None:
-                self.append((asset, extra))
-
-        self[key] = value = Added()
-        return value
-
-
 def ctx() -> dict[str, Any]:
-    return {"ti": FakeTI(), "task_state_store": FakeStore(), "outlet_events": _Events()}
+    return context()
 
 
 def imported(source: Any, project: str = "P1") -> list[dict]:
     return XnatImportOperator(task_id="import", source=str(source), project=project).execute(
-        {"ti": FakeTI(), "task_state_store": FakeStore()})
+        context())
 
 
 @pytest.fixture
