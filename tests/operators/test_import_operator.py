@@ -3,6 +3,7 @@ the retry of an import that the server did although it answered 504 (inside one 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -132,12 +133,15 @@ def test_ignore_unparsable(xnat_conn, server: Server, study, tmp_path) -> None:
     ({"project": "bad/label"}, "label"),
     ({"session": "bad label"}, "label"),
     ({"source": "{glob}"}, "No DICOM"),  # the second match is bad: the first is not sent either
+    ({"source": "{fifo}"}, "neither a regular file nor a folder"),  # a pipe: reading it would hang
 ])
 def test_bad_input_fails_before_any_data_moves(xnat_conn, server: Server, study_zip, tmp_path, kwargs,
                                                match) -> None:
     kwargs = {"source": str(study_zip), **kwargs}
     (tmp_path / "z_bad.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: no DICOM in it
-    kwargs["source"] = kwargs["source"].format(missing=tmp_path / "missing", glob=tmp_path / "*.zip")
+    os.mkfifo(tmp_path / "pipe")
+    kwargs["source"] = kwargs["source"].format(missing=tmp_path / "missing", glob=tmp_path / "*.zip",
+                                               fifo=tmp_path / "pipe")
     store = FakeStore()
     with pytest.raises(XnatBadInputError, match=match):
         run(context(store), **kwargs)

@@ -3,8 +3,10 @@
 Triggers run in the triggerer's event loop and must never block it, so they use this client. It shares URL
 building, answer parsing and error mapping with the sync client (``protocol``), and follows the same rules:
 one login reused, one re-login on 401 or when an open site serves an expired session as guest (never a loop),
-retries with backoff only for idempotent calls on connection errors, timeouts, 429, 502, 503 and 504, typed
-errors, secrets redacted.
+credentials XNAT refused never sent again (until an explicit :meth:`AsyncXnatClient.login`), retries with
+backoff only for idempotent calls on connection errors, timeouts, answers cut mid-body, 429, 502, 503 and 504,
+typed errors, secrets redacted (messages, and the :class:`~xnat_provider.client.errors.RedactedCause` chained
+in place of httpx's exception).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from .errors import XnatAuthError, XnatError, XnatNotFoundError, XnatServerError
+from .errors import XnatAuthError, XnatBadInputError, XnatError, XnatNotFoundError, XnatServerError
 from .models import Experiment, PrearchiveSession, Scan
 from .protocol import (
     EXPERIMENT_COLUMNS,
@@ -35,9 +37,29 @@ from .protocol import (
     result_rows,
     scans_from_rows,
 )
-from .session import GUEST_USER, ClientConfig, Secrets, SessionCookiePolicy, _RetryAfter, auth_user, session_replaced
+from .session import (
+    GUEST_USER,
+    ClientConfig,
+    Secrets,
+    SessionCookiePolicy,
+    _RetryAfter,
+    auth_user,
+    chained,
+    redacted_cause,
+    session_replaced,
+)
 
 log = logging.getLogger("xnat_provider.client")
+_LOGIN_PATH = "/data/services/auth"
+# The exchange broke: no answer, or an answer cut (httpx.RemoteProtocolError, httpx.ReadError) or damaged
+# (httpx.DecodingError) mid-body. Retried for idempotent calls, as the sync client does.
+BROKEN = (httpx.TransportError, httpx.DecodingError)
+CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.DecodingError)
+
+
+def _reached_server(exc: BaseException) -> bool:
+    """False when the request surely never reached XNAT (the connection was refused or never opened)."""
+    return not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
 
 
 class AsyncXnatClient:
@@ -56,6 +78,7 @@ class AsyncXnatClient:
         self._lock = asyncio.Lock()
         self._generation = 0
         self._logged_in = False
+        self._refused: str | None = None  # why XNAT refused these credentials: not sent again
         self.login_attempts = 0
 
     async def __aenter__(self) -> AsyncXnatClient:
@@ -75,22 +98,54 @@ class AsyncXnatClient:
 
     # ---- login -------------------------------------------------------------------------------------
     async def login(self) -> None:
+        """Log in unless logged in. Called explicitly, it also sends once more credentials that XNAT refused
+        earlier (requests never do: see the sync client's ``XnatSession.login``)."""
+        async with self._lock:
+            self._refused = None
+            if not self._logged_in:
+                await self._login_locked()
+
+    @property
+    def credentials_refused(self) -> bool:
+        """True once XNAT has refused this client's credentials; requests then fail at once, without a login."""
+        return self._refused is not None
+
+    async def _ensure_login(self) -> None:
         async with self._lock:
             if not self._logged_in:
                 await self._login_locked()
 
+    def _refusal(self) -> XnatAuthError:
+        return XnatAuthError(
+            f"XNAT refused the login of {self.redact(self.config.user or '')!r} ({self._refused}); these "
+            "credentials are not sent again (XNAT locks an account after repeated failed logins). Fix the "
+            "password or alias token, then use a new client (or call login()).",
+            method="POST", path=_LOGIN_PATH, status=401)
+
     async def _login_locked(self) -> None:
+        if self._refused is not None:
+            raise self._refusal()
         if not self.config.user:
             raise XnatAuthError("No XNAT user configured: set a login (user or token alias) and password.")
         self.login_attempts += 1
+        failure: XnatError | None = None
         try:
-            resp = await self.http.post(self.base_url + "/data/services/auth",
+            resp = await self.http.post(self.base_url + _LOGIN_PATH,
                                         data={"username": self.config.user, "password": self.config.password or ""})
-        except httpx.TransportError as exc:
-            raise XnatServerError(f"POST /data/services/auth: could not reach XNAT at {self.base_url}: "
-                                  f"{type(exc).__name__}", method="POST", path="/data/services/auth") from exc
+        except BROKEN as exc:
+            what = "the answer was cut short" if isinstance(exc, CUT) else f"could not reach XNAT at {self.base_url}"
+            failure = chained(XnatServerError(f"POST {_LOGIN_PATH}: {what}: {type(exc).__name__}", method="POST",
+                                              path=_LOGIN_PATH), redacted_cause(exc, self.redact, _reached_server(exc)))
+        if failure is not None:
+            raise failure
         if resp.status_code != 200 or looks_like_html(resp.text):
-            raise_for_answer("POST", "/data/services/auth", resp.status_code, resp.text, self.redact)
+            try:
+                raise_for_answer("POST", _LOGIN_PATH, resp.status_code, resp.text, self.redact)
+            except XnatAuthError as exc:
+                self._refused = str(exc)
+                log.error("XNAT refused the login of %s (%s): not sending these credentials again",
+                          self.redact(self.config.user or ""), exc)
+                raise
         sid = resp.text.strip()
         self.add_secret(sid)
         if not self.http.cookies.get("JSESSIONID"):
@@ -102,6 +157,8 @@ class AsyncXnatClient:
         """As the sync client's: True when the session was renewed (here or by a concurrent call); with
         ``confirm``, only after ``GET /data/auth`` shows the session is gone."""
         async with self._lock:
+            if self._refused is not None:
+                raise self._refusal()  # a re-login by another call was refused: not again
             if self._generation != generation:
                 return True
             if confirm and not await self._session_gone():
@@ -114,7 +171,7 @@ class AsyncXnatClient:
     async def _session_gone(self) -> bool:
         try:
             resp = await self.http.get(self.base_url + "/data/auth", follow_redirects=False)
-        except httpx.TransportError:
+        except BROKEN:
             return True
         user = auth_user(resp.text) if resp.status_code == 200 else None
         if user is not None and user.lower() != GUEST_USER:
@@ -136,16 +193,34 @@ class AsyncXnatClient:
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.config.retries),
             wait=_RetryAfter(self.config.backoff, self.config.backoff_max),
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, httpx.TransportError) or is_transient(e)),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, BROKEN) or is_transient(e)),
             reraise=True)
         try:
             return await retrying(self._attempt, method.upper(), path, params)
-        except httpx.TransportError as exc:
-            raise XnatServerError(f"{method} {self.redact(path)}: no answer from XNAT ({type(exc).__name__})",
-                                  method=method, path=self.redact(path)) from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure = self._transport_error(method, path, exc)
+        raise failure  # outside the except block: httpx's exception is not even its context
+
+    def _transport_error(self, method: str, path: str, exc: Exception) -> XnatError:
+        """As the sync client's: an ambiguous :class:`XnatServerError` (no status) when the exchange broke,
+        :class:`XnatBadInputError` when nothing could be sent, chained to a redacted stand-in of ``exc``."""
+        where = self.redact(path)
+        cause = redacted_cause(exc, self.redact, _reached_server(exc))
+        detail = f"{type(exc).__name__}: {self.redact(str(exc))[:200]}"
+        if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+            error: XnatError = XnatBadInputError(f"{method} {where}: not sent, the request is invalid ({detail})",
+                                                 method=method, path=where)
+        elif isinstance(exc, CUT):
+            error = XnatServerError(f"{method} {where}: the answer from XNAT was cut short ({detail}); its effect "
+                                    "is unknown", method=method, path=where)
+        elif isinstance(exc, BROKEN):
+            error = XnatServerError(f"{method} {where}: no answer from XNAT ({detail})", method=method, path=where)
+        else:
+            error = XnatServerError(f"{method} {where}: the request failed ({detail})", method=method, path=where)
+        return chained(error, cause)
 
     async def _attempt(self, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
-        await self.login()
+        await self._ensure_login()
         generation = self._generation
         resp = await self.http.request(method, self.base_url + path, params=params)
         if resp.status_code == 401:

@@ -30,16 +30,18 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 import requests
+import urllib3
 
 from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatTransferError
 from .models import Experiment, Manifest, RemoteFile, Scan
 from .protocol import looks_like_html, q, raise_for_answer, result_rows
-from .session import XnatSession
+from .session import XnatSession, chained, redacted_cause
 
 log = logging.getLogger("xnat_provider.client")
 CHUNK = 1 << 20
 BROKEN = (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-          requests.exceptions.Timeout, ConnectionError)
+          requests.exceptions.Timeout, requests.exceptions.ContentDecodingError, urllib3.exceptions.HTTPError,
+          ConnectionError)
 
 
 THREADED_MD5_MIN = 8 * CHUNK  # below this a helper thread costs more than it saves
@@ -92,6 +94,49 @@ def check_relpath(rel: str, root: object = "the target folder") -> PurePosixPath
     return pure
 
 
+class _Destinations:
+    """Checks that downloads can land where they are asked to, before anything is requested or written:
+    :class:`XnatBadInputError` naming the file in the way (a destination that is a file, or under one; a file's
+    place taken by a folder) or the folder that cannot be written, instead of a raw ``OSError`` half-way through.
+    Folders already found fine are not looked at again."""
+
+    def __init__(self) -> None:
+        self._fine: set[Path] = set()
+
+    def folder(self, dest: Path, what: str = "Download destination") -> None:
+        """``dest`` is, or can be created as, a folder this process can write in."""
+        path = Path(os.path.abspath(dest))
+        nearest = next(p for p in (path, *path.parents) if os.path.lexists(p))  # the root always exists
+        if nearest in self._fine:
+            return
+        if not nearest.is_dir():
+            kind = ("a broken link" if not nearest.exists() else "a file" if nearest.is_file()
+                    else "not a folder (a special file)")
+            where = f"is {kind}" if nearest == path else f"is under {nearest}, which is {kind}"
+            raise XnatBadInputError(f"{what} {dest} {where}: nothing was downloaded.")
+        try:
+            with tempfile.TemporaryFile(dir=nearest):
+                pass
+        except OSError as exc:
+            raise XnatBadInputError(f"{what} {dest} cannot be written: no file can be created in {nearest} "
+                                    f"({exc.strerror or type(exc).__name__}): nothing was downloaded.") from None
+        self._fine.add(nearest)
+
+    def files(self, targets: Iterable[Path]) -> None:
+        """Each target's place is free of a folder, and its folder can be made and written in."""
+        for target in targets:
+            if target.is_dir():
+                raise XnatBadInputError(f"Cannot download to {target}: a folder is in the way (it would be replaced "
+                                        "by a file): nothing was downloaded.")
+            self.folder(target.parent, f"Cannot download {target.name}: its folder")
+
+
+def check_destination(dest: str | os.PathLike[str]) -> Path:
+    """``dest`` as a Path, once checked to be (or to be creatable as) a writable folder; see :class:`_Destinations`."""
+    _Destinations().folder(Path(dest))
+    return Path(dest)
+
+
 def safe_join(root: Path, rel: str) -> Path:
     """``root / rel``, refusing absolute paths and anything that would land outside ``root``."""
     pure = check_relpath(rel, root)
@@ -134,8 +179,15 @@ class DownloadMixin:
 
     # ---- one file ----------------------------------------------------------------------------------
     def download_file(self, remote: RemoteFile, target: str | os.PathLike[str]) -> dict:
-        """Download one listed file to ``target``, verified; returns its manifest entry."""
+        """Download one listed file to ``target``, verified; returns its manifest entry.
+
+        :raises XnatBadInputError: before any request, when ``target`` is a folder or its folder cannot be made
+            or written (a file in the way)."""
         target = Path(target)
+        _Destinations().files([target])
+        return self._download_one(remote, target)
+
+    def _download_one(self, remote: RemoteFile, target: Path) -> dict:
         same_size = target.exists() and (remote.size is None or target.stat().st_size == remote.size)
         if same_size and remote.digest and md5_of(target) == remote.digest:
             return {"path": str(target), "size": target.stat().st_size, "md5": remote.digest, "skipped": True}
@@ -143,15 +195,21 @@ class DownloadMixin:
         part = target.with_name(target.name + ".part")
         attempts = self.session.config.retries
         for attempt in range(attempts):
+            broke: XnatTransferError | None = None
             try:
                 size, md5 = self._fetch(remote, part)
             except BROKEN as exc:
                 if attempt + 1 >= attempts:
-                    raise XnatTransferError(f"GET {remote.uri}: transfer broke {attempts} times ({type(exc).__name__});"
-                                            f" {part.stat().st_size if part.exists() else 0} bytes kept in {part} "
-                                            "for the next attempt", method="GET", path=remote.uri) from exc
-                log.warning("Download of %s broke (%s); resuming", remote.uri, type(exc).__name__)
-                continue
+                    where = self.session.redact(remote.uri)
+                    broke = chained(XnatTransferError(  # type: ignore[assignment]
+                        f"GET {where}: transfer broke {attempts} times ({type(exc).__name__}); "
+                        f"{part.stat().st_size if part.exists() else 0} bytes kept in {part} for the next attempt",
+                        method="GET", path=where), redacted_cause(exc, self.session.redact))
+                else:
+                    log.warning("Download of %s broke (%s); resuming", remote.uri, type(exc).__name__)
+                    continue
+            if broke is not None:
+                raise broke  # outside the except block: the library's exception is not its context
             problem = self._check_download(remote, size, md5)
             if problem is None:
                 os.replace(part, target)
@@ -210,10 +268,11 @@ class DownloadMixin:
     # ---- many files --------------------------------------------------------------------------------
     def download_files(self, files: Iterable[tuple[RemoteFile, Path]], workers: int | None = None) -> Manifest:
         """Download (remote, local path) pairs with a bounded pool of workers; returns the manifest."""
-        pairs = list(files)
+        pairs = [(remote, Path(target)) for remote, target in files]
+        _Destinations().files(t for _, t in pairs)  # every place, before the first byte moves
         manifest = Manifest()
         with ThreadPoolExecutor(max_workers=max(1, workers or self.session.config.workers)) as pool:
-            results = list(pool.map(lambda p: self.download_file(*p), pairs))
+            results = list(pool.map(lambda p: self._download_one(*p), pairs))
         for (remote, _), entry in zip(pairs, results, strict=True):
             manifest.add(entry["path"], entry["size"], entry["md5"], entry["skipped"], uri=remote.uri)
         return manifest
@@ -221,7 +280,7 @@ class DownloadMixin:
     def download_resource(self, path: str, resource: str, dest: str | os.PathLike[str],
                           workers: int | None = None) -> Manifest:
         """All files of one resource of an archive object (``path`` from ``base_path``) into ``dest``."""
-        dest = Path(dest)
+        dest = check_destination(dest)
         files = self.list_files(f"{path}/resources/{q(resource)}")
         return self.download_files(((f, safe_join(dest, f.path)) for f in files), workers)
 
@@ -257,7 +316,7 @@ class DownloadMixin:
         none of which is on disk yet comes as one zip (see :meth:`_download_pairs`); everything else, and
         whatever the zip did not deliver verified, file by file.
         """
-        dest = Path(dest)
+        dest = check_destination(dest)
         exp_path = self.experiment_path(project, experiment, subject)  # type: ignore[attr-defined]
         pairs: list[Pair] = []
         zips: list[tuple[str, list[int]]] = []
@@ -280,7 +339,7 @@ class DownloadMixin:
         ``dest/resources/<resource>/`` (the session's own resources) and ``dest/assessors/<label>/<resource>/``.
 
         Scan resources may come as one zip each, as in :meth:`download_scans`; the rest goes file by file."""
-        dest = Path(dest)
+        dest = check_destination(dest)
         exp = self.experiment_path(project, experiment, subject)  # type: ignore[attr-defined]
         pairs: list[Pair] = []
         zips: list[tuple[str, list[int]]] = []
@@ -313,6 +372,7 @@ class DownloadMixin:
         did not deliver goes through :meth:`download_files` (skip, resume, retry, verify), so the manifest, in
         the order of ``pairs``, is the one the per-file path gives.
         """
+        _Destinations().files(t for _, t in pairs)  # before the first request for a file
         chosen = [(path, idx) for path, idx in zips if self._zip_eligible([pairs[i] for i in idx])]
         from_zip: dict[int, dict] = {}  # index into pairs -> manifest entry
         if chosen:
@@ -456,7 +516,7 @@ class DownloadMixin:
     # ---- zips --------------------------------------------------------------------------------------
     def download_zip(self, path: str, dest: str | os.PathLike[str], extract: bool = True) -> Manifest:
         """``GET {path}?format=zip`` to a temporary file, then (optionally) extract it safely into ``dest``."""
-        dest = Path(dest)
+        dest = check_destination(dest)
         dest.mkdir(parents=True, exist_ok=True)
         part = dest / ".download.zip.part"
         named = self._stream_zip(path, part)
@@ -479,23 +539,27 @@ class DownloadMixin:
         raises :class:`XnatTransferError`."""
         resp = self.session.request("GET", path, params={"format": "zip"}, stream=True)
         head = b""
-        if "text/html" in resp.headers.get("Content-Type", ""):  # perhaps an error page answered with 200
-            head = resp.raw.read(64 * 1024, decode_content=True)
-            text = head.decode("utf-8", "replace")
-            if looks_like_html(text):
-                resp.close()
-                raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
-        named = re.search(r'filename="?([^";/\\]+)"?', resp.headers.get("Content-Disposition", ""))
+        broke: XnatError | None = None
         try:
+            if "text/html" in resp.headers.get("Content-Type", ""):  # perhaps an error page answered with 200
+                head = resp.raw.read(64 * 1024, decode_content=True)
+                text = head.decode("utf-8", "replace")
+                if looks_like_html(text):
+                    resp.close()
+                    raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
             with resp, open(part, "wb") as out:
                 out.write(head)  # bytes already read to look for an error page belong to the zip
                 for chunk in resp.iter_content(CHUNK):
                     out.write(chunk)
         except BROKEN as exc:
+            resp.close()
             part.unlink(missing_ok=True)
-            raise XnatTransferError(f"GET {path}?format=zip: transfer broke ({type(exc).__name__})",
-                                    method="GET", path=path) from exc
-        return named
+            where = self.session.redact(path)
+            broke = chained(XnatTransferError(f"GET {where}?format=zip: transfer broke ({type(exc).__name__})",
+                                              method="GET", path=where), redacted_cause(exc, self.session.redact))
+        if broke is not None:
+            raise broke  # outside the except block: the library's exception is not its context
+        return re.search(r'filename="?([^";/\\]+)"?', resp.headers.get("Content-Disposition", ""))
 
     @staticmethod
     def extract_zip(archive: Path, dest: Path) -> Manifest:
@@ -507,6 +571,7 @@ class DownloadMixin:
                     if is_link(info):
                         raise XnatBadInputError(f"Refusing link {info.filename!r} in the downloaded zip.")
                     safe_join(dest, info.filename)
+                _Destinations().files(safe_join(dest, info.filename) for info in infos)
                 for info in infos:
                     target = safe_join(dest, info.filename)
                     target.parent.mkdir(parents=True, exist_ok=True)

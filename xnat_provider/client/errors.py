@@ -2,7 +2,9 @@
 
 Every error carries the HTTP method, the path and XNAT's own message (the ``<h3>`` of its status page) where
 there was one, and never a secret: the client redacts passwords, token secrets and session ids from every
-message before raising.
+message before raising, and where the HTTP library failed (no answer, a cut answer) it chains a
+:class:`RedactedCause` (the library's exception type and redacted message) instead of the library's exception,
+whose URL may carry a token secret. Nothing reachable through ``__cause__`` or ``__context__`` holds a secret.
 
 Which to retry: :class:`XnatServerError` and :class:`XnatTransferError` are worth another try;
 :class:`XnatAuthError`, :class:`XnatPermissionError`, :class:`XnatNotFoundError`, :class:`XnatConflictError`
@@ -59,6 +61,21 @@ class XnatTransferError(XnatError):
 class XnatBadInputError(XnatError, ValueError):
     """The caller's input is wrong (missing local file, bad label, unsafe path...), caught before or by XNAT
     (400, 417, 422)."""
+
+
+class RedactedCause(Exception):
+    """A stand-in for what the HTTP library raised, set as the ``__cause__`` of the client's error in its place.
+
+    The library's own exception carries the request's URL (in its message, and in attributes of the exceptions it
+    chains), and XNAT puts alias-token secrets in URL paths: a task log that prints the chain would show them. This
+    stand-in keeps what helps a diagnosis, the original's type and its message with every known secret replaced
+    by ``***``, and chains nothing. ``reached_server`` is False when the request surely never reached XNAT
+    (the connection was refused or never opened): a POST that failed so cannot have taken effect."""
+
+    def __init__(self, type_name: str, message: str, *, reached_server: bool = True):
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.reached_server = reached_server
 
 
 def error_for_status(status: int) -> type[XnatError]:

@@ -104,6 +104,14 @@ def _header(fh: IO[bytes]) -> Any:
         return None
 
 
+def check_import_source(source: str | os.PathLike[str]) -> None:
+    """Refuse, before anything is read, a source that is neither a regular file nor a folder (a pipe, a socket,
+    a device): opening a pipe to read it would wait for a writer forever."""
+    if os.path.exists(source) and not (os.path.isfile(source) or os.path.isdir(source)):
+        raise XnatBadInputError(f"Cannot import {os.fspath(source)}: it is neither a regular file nor a folder (a "
+                                "pipe, a socket or a device). Nothing was sent.")
+
+
 def plan_import(
     source: str | os.PathLike[str],
     *,
@@ -115,6 +123,7 @@ def plan_import(
     src = Path(source)
     if not src.exists():
         raise XnatBadInputError(f"Nothing to import: {src} does not exist.")
+    check_import_source(src)
     plan = ImportPlan()
     bad: list[str] = []
 

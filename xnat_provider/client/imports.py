@@ -22,8 +22,8 @@ from typing import Any
 
 import requests
 
-from .errors import XnatBadInputError, XnatConflictError, XnatError, XnatServerError
-from .import_body import ImportPlan, plan_import, zip_stream
+from .errors import RedactedCause, XnatBadInputError, XnatConflictError, XnatError, XnatServerError
+from .import_body import ImportPlan, check_import_source, plan_import, zip_stream
 from .models import PrearchiveSession, SessionRef
 from .protocol import (
     archived_uri,
@@ -36,7 +36,8 @@ from .protocol import (
 )
 from .session import XnatSession
 
-__all__ = ["ImportMixin", "ImportPlan", "ImportSnapshot", "check_import_flags", "plan_import", "zip_stream"]
+__all__ = ["ImportMixin", "ImportPlan", "ImportSnapshot", "check_import_flags", "check_import_source", "plan_import",
+           "zip_stream"]
 log = logging.getLogger("xnat_provider.client")
 
 
@@ -90,8 +91,11 @@ def check_import_flags(destination: str, quarantine: bool | None, trigger_pipeli
 
 
 def _reached_server(exc: XnatError) -> bool:
-    """False when the request surely never arrived (connection refused or not opened)."""
+    """False when the request surely never arrived (connection refused or not opened), as the transport's
+    :class:`RedactedCause` tells; True for any other failure (an answer lost, cut mid-body, or a gateway's)."""
     cause = exc.__cause__
+    if isinstance(cause, RedactedCause):
+        return cause.reached_server
     return not isinstance(cause, requests.exceptions.ConnectTimeout) and "NewConnectionError" not in repr(cause)
 
 

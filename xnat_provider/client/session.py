@@ -7,6 +7,11 @@ Why each rule:
   threads may see the 401 at once: only the first logs in again (a generation counter tells the others the
   cookie is fresh). A second 401 is an :class:`XnatAuthError`, never a loop of logins: XNAT locks accounts
   after repeated failures.
+- **Credentials XNAT refused are not sent again.** When a login is refused (401: a wrong or changed password,
+  a revoked or expired alias token, a locked account), the client remembers it: every request waiting for that
+  login and every later one fails with :class:`XnatAuthError` at once, without a request. So one expiry met by
+  many threads costs one failed login, not one per thread or per request. An explicit :meth:`XnatSession.login`
+  (or a new client) tries again.
 - **Re-login once when served as guest.** A site that does not require a login (``requireLogin=false``) never
   answers 401: a request whose session has expired is served as the ``guest`` user, so private data reads as
   404 or empty listings and writes fail (403) or, for a file upload, answer 200 and store nothing. XNAT then
@@ -18,16 +23,21 @@ Why each rule:
   answered otherwise raises an ambiguous :class:`XnatServerError` (no status), for its caller to check whether
   it took effect. Served as guest again after the new login: :class:`XnatAuthError`.
 - **Retries only where safe.** GET, HEAD, PUT and DELETE are retried with exponential backoff and jitter on
-  connection errors, timeouts, 429, 502, 503 and 504 (honouring ``Retry-After``). POST (import, archive,
-  batch services) is never resent here: those callers first look for the effect of an ambiguous attempt.
+  connection errors, timeouts, answers cut mid-body, 429, 502, 503 and 504 (honouring ``Retry-After``). POST
+  (import, archive, batch services) is never resent here: a failure without a complete answer is an ambiguous
+  :class:`XnatServerError` (no status), and those callers first look for its effect.
 - **Errors say what happened.** Method, path, status and XNAT's ``<h3>`` message, with every known secret
-  replaced by ``***``; an HTML error page answered with status 200 is an error too.
+  replaced by ``***``; an HTML error page answered with status 200 is an error too. A transport failure chains
+  a :class:`~xnat_provider.client.errors.RedactedCause` (the library's exception type and redacted message),
+  never the library's exception itself: its URL may hold a token secret.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
 import logging
+import math
+import os
 import random
 import re
 import threading
@@ -35,13 +45,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import tenacity
 
 from .. import __version__
-from .errors import XnatAuthError, XnatBadInputError, XnatServerError
+from .errors import RedactedCause, XnatAuthError, XnatBadInputError, XnatError, XnatServerError
 from .protocol import TRANSIENT_STATUSES, looks_like_html, raise_for_answer
 
 log = logging.getLogger("xnat_provider.client")
@@ -52,6 +62,18 @@ GUEST_USER = "guest"  # XNAT's Users.DEFAULT_GUEST_USERNAME
 _LOGIN_PATH = "/data/services/auth"
 _SENT_SESSION_RE = re.compile(rf"(?:^|;)\s*{SESSION_COOKIE}=([^;\s]*)")
 _AUTH_USER_RE = re.compile(r"^User '(.*)' is logged in")
+
+# The exchange failed in transit: no answer (connection refused or reset, timeout) or an answer cut or damaged
+# mid-body. Retried for idempotent calls; for a POST the effect is unknown (an ambiguous XnatServerError).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError)
+CUT_ERRORS: tuple[type[BaseException], ...] = (requests.exceptions.ChunkedEncodingError,
+                                               requests.exceptions.ContentDecodingError)
+# requests refused to build the request: nothing was sent.
+UNSENDABLE_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader)
 
 
 class SessionCookiePolicy(http.cookiejar.DefaultCookiePolicy):
@@ -97,6 +119,28 @@ def redact_text(text: str, secrets: set[str] | None = None) -> str:
     return text
 
 
+def redacted_cause(exc: BaseException, redact: Callable[[str], str], reached_server: bool = True,
+                   limit: int = 500) -> RedactedCause:
+    """The stand-in chained in place of an HTTP library's exception (see :class:`RedactedCause`)."""
+    kind = type(exc)
+    return RedactedCause(f"{kind.__module__}.{kind.__qualname__}", redact(str(exc))[:limit],
+                         reached_server=reached_server)
+
+
+def chained(error: XnatError, cause: BaseException | None) -> XnatError:
+    """``error`` with ``cause`` as its ``__cause__`` and no ``__context__``: raise it outside the ``except``
+    block that caught the library's exception, so that the exception is not its context either."""
+    error.__cause__ = cause
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
+
+
+def reached_server(exc: BaseException) -> bool:
+    """False when a requests failure surely happened before the request reached the server."""
+    return not isinstance(exc, requests.exceptions.ConnectTimeout) and "NewConnectionError" not in repr(exc)
+
+
 class Secrets:
     """The secrets one client has learnt (password, token secrets, session ids): redacted from its messages
     and, process-wide, from log records, and handed to ``on_secret`` (Airflow's masking) once each."""
@@ -106,11 +150,15 @@ class Secrets:
         self._on_secret = on_secret
 
     def add(self, value: str | None) -> None:
-        if value and value not in self._known:
-            self._known.add(value)
-            _KNOWN_SECRETS.add(value)
-            if self._on_secret:
-                self._on_secret(value)
+        if not value:
+            return
+        # As the secret itself, and as it reads in a URL (a token secret in a path, percent-encoded).
+        for form in dict.fromkeys((value, quote(value, safe=""), quote_plus(value))):
+            if form not in self._known:
+                self._known.add(form)
+                _KNOWN_SECRETS.add(form)
+                if self._on_secret:
+                    self._on_secret(form)
 
     def redact(self, text: str) -> str:
         return redact_text(text, self._known)
@@ -133,7 +181,7 @@ Body = bytes | str | Iterable[bytes] | Callable[[], Any] | None
 
 @dataclass
 class ClientConfig:
-    """How to reach XNAT. ``url`` may carry a path prefix (``https://host/xnat``).
+    """How to reach XNAT. ``url`` may carry a path prefix (``https://host/xnat``); without a scheme it is https.
 
     ``user`` may be an alias token's alias (then ``password`` is its secret). ``verify`` is True, False or a
     CA bundle path. ``retries`` counts attempts of an idempotent request; ``backoff`` is the first wait in
@@ -141,6 +189,11 @@ class ClientConfig:
     import or archive whose answer was lost before sending it again (XNAT may still be working on it).
     ``on_secret`` is called with every secret the client
     learns (password, token secrets, session ids) so that a host, such as Airflow, can mask it in logs.
+
+    Every value is checked here, before any request: a bad one raises :class:`XnatBadInputError` (a URL that is
+    not ``http(s)://host[:port][/path]`` or carries credentials, ``retries`` below 1, a timeout that is not a
+    positive number, a negative backoff or settle time, ``workers`` below 1, ``verify`` other than True, False or
+    the path of an existing CA bundle: never None or an empty string, which would turn certificate checks off).
     """
 
     url: str
@@ -158,12 +211,55 @@ class ClientConfig:
     on_secret: Callable[[str], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url if "://" in self.url else f"https://{self.url}")
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise XnatBadInputError(f"Invalid XNAT URL {self.url!r}: expected http(s)://host[:port][/path]")
-        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        if self.retries < 1:
-            raise XnatBadInputError("retries must be at least 1")
+        self.url = _checked_url(self.url)
+        _check_number("retries", self.retries, minimum=1, integer=True)
+        _check_number("workers", self.workers, minimum=1, integer=True)
+        for name in ("connect_timeout", "read_timeout"):
+            _check_number(name, getattr(self, name), positive=True)
+        for name in ("backoff", "backoff_max", "settle_seconds"):
+            _check_number(name, getattr(self, name), minimum=0)
+        if not isinstance(self.verify, bool):
+            if not isinstance(self.verify, str) or not self.verify.strip():
+                raise XnatBadInputError(f"verify must be True, False or the path of a CA bundle, not {self.verify!r}"
+                                        " (only an explicit False turns certificate checks off)")
+            if not os.path.exists(self.verify):
+                raise XnatBadInputError(f"verify: no CA bundle (file or folder) at {self.verify!r}")
+        for name in ("user", "password"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise XnatBadInputError(f"{name} must be a string or None")
+
+
+def _checked_url(url: object) -> str:
+    """``url`` as ``scheme://host[:port][/path]`` (https when no scheme is given), or XnatBadInputError."""
+    expected = "expected http(s)://host[:port][/path]"
+    if not isinstance(url, str) or not url.strip():
+        raise XnatBadInputError(f"Invalid XNAT URL {url!r}: {expected}")
+    text = url.strip()
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme not in ("http", "https") or not parts.netloc or not parts.hostname:
+        raise XnatBadInputError(f"Invalid XNAT URL {url!r}: {expected}")
+    if parts.username is not None or parts.password is not None:
+        # Never echo it: the part before '@' may be a password.
+        raise XnatBadInputError("Invalid XNAT URL: it carries credentials (user:password@); give the login and "
+                                "password (or token alias and secret) separately")
+    if any(c.isspace() for c in text):
+        raise XnatBadInputError(f"Invalid XNAT URL {url!r}: it contains white space")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        raise XnatBadInputError(f"Invalid XNAT URL {url!r}: bad port; {expected}") from None
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _check_number(name: str, value: object, *, minimum: float | None = None, positive: bool = False,
+                  integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (not positive or value > 0)  # type: ignore[operator]
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bound = (f" of at least {minimum:g}" if minimum is not None else "") + (" above 0" if positive else "")
+        raise XnatBadInputError(f"{name} must be {what}{bound}, not {value!r}")
 
 
 class _RetryAfter(tenacity.wait.wait_base):
@@ -183,9 +279,25 @@ class _RetryAfter(tenacity.wait.wait_base):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return True  # no answer, or an answer cut mid-body
     return isinstance(exc, XnatServerError) and exc.status in TRANSIENT_STATUSES
+
+
+class _HttpSession(requests.Session):
+    """A requests session whose own TLS setting wins over the environment.
+
+    requests replaces a session's ``verify`` with ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` when a request does
+    not name one, so a connection's ``ca_bundle`` (a lab's CA) or its explicit ``verify_ssl=false`` was silently
+    replaced wherever those variables are set (many images set them). Only the default, ``verify=True``, takes
+    the environment's bundle: the system's trust, as before. Proxies and the rest of the environment still apply.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
 
 
 class XnatSession:
@@ -194,13 +306,14 @@ class XnatSession:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.base_url = config.url
-        self.http = requests.Session()
+        self.http = _HttpSession()
         self.http.headers["User-Agent"] = config.user_agent
         self.http.verify = config.verify
         self.http.cookies.set_policy(SessionCookiePolicy())
         self._lock = threading.Lock()
         self._generation = 0
         self._logged_in = False
+        self._refused: str | None = None  # why XNAT refused this client's credentials: not sent again
         self._rebased = False
         self.secrets = Secrets(config.on_secret)
         self.add_secret, self.redact = self.secrets.add, self.secrets.redact
@@ -214,29 +327,67 @@ class XnatSession:
         return self.http.cookies.get("JSESSIONID")
 
     def login(self) -> None:
-        """Log in (once); later requests carry the session cookie, not the credentials."""
+        """Log in (once); later requests carry the session cookie, not the credentials.
+
+        Called explicitly, it also sends credentials that XNAT refused earlier once more (requests never do, see
+        :attr:`credentials_refused`): for a caller that has reason to think they work now."""
+        with self._lock:
+            self._refused = None
+            if not self._logged_in:
+                self._login_locked()
+
+    @property
+    def credentials_refused(self) -> bool:
+        """True once XNAT has refused this client's credentials (401 to its login): requests then fail with
+        :class:`XnatAuthError` without sending anything, until :meth:`login` is called."""
+        return self._refused is not None
+
+    def _ensure_login(self) -> None:
+        """Log in unless logged in; never again with credentials XNAT refused (see :meth:`_login_locked`)."""
         with self._lock:
             if not self._logged_in:
                 self._login_locked()
 
+    def _refusal(self) -> XnatAuthError:
+        return XnatAuthError(
+            f"XNAT refused the login of {self.redact(self.config.user or '')!r} ({self._refused}); these "
+            "credentials are not sent again (XNAT locks an account after repeated failed logins). Fix the "
+            "password or alias token, then use a new client (or call login()).",
+            method="POST", path=_LOGIN_PATH, status=401)
+
     def _login_locked(self) -> None:
+        if self._refused is not None:
+            raise self._refusal()
         if not self.config.user:
             raise XnatAuthError("No XNAT user configured: set a login (user or token alias) and password.")
         if not self._rebased:
             self._follow_site_redirect()
         self.login_attempts += 1
-        url = self.base_url + "/data/services/auth"
+        url = self.base_url + _LOGIN_PATH
+        failure: XnatError | None = None
         try:
             resp = self.http.post(url, data={"username": self.config.user, "password": self.config.password or ""},
                                   timeout=(self.config.connect_timeout, self.config.read_timeout),
                                   allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise XnatServerError(f"POST /data/services/auth: could not reach XNAT at {self.base_url}: "
-                                  f"{type(exc).__name__}", method="POST", path="/data/services/auth") from exc
+            text = resp.text
+        except TRANSPORT_ERRORS as exc:
+            cause = redacted_cause(exc, self.redact, reached_server(exc))
+            what = ("the answer was cut short" if isinstance(exc, CUT_ERRORS)
+                    else f"could not reach XNAT at {self.base_url}")
+            failure = chained(XnatServerError(f"POST {_LOGIN_PATH}: {what}: {type(exc).__name__}",
+                                              method="POST", path=_LOGIN_PATH), cause)
+        if failure is not None:
+            raise failure
         self.requests_sent += 1
-        if resp.status_code != 200 or looks_like_html(resp.text):
-            raise_for_answer("POST", "/data/services/auth", resp.status_code, resp.text, self.redact)
-        sid = resp.text.strip()
+        if resp.status_code != 200 or looks_like_html(text):
+            try:
+                raise_for_answer("POST", _LOGIN_PATH, resp.status_code, text, self.redact)
+            except XnatAuthError as exc:
+                self._refused = str(exc)
+                log.error("XNAT refused the login of %s (%s): not sending these credentials again",
+                          self.redact(self.config.user), exc)
+                raise
+        sid = text.strip()
         self.add_secret(sid)
         if not self.http.cookies.get("JSESSIONID"):
             host = urlsplit(self.base_url).hostname or ""
@@ -250,7 +401,7 @@ class XnatSession:
         self._rebased = True
         try:
             resp = self.http.get(self.base_url + "/", timeout=(self.config.connect_timeout, 30), allow_redirects=True)
-        except (requests.ConnectionError, requests.Timeout):
+        except TRANSPORT_ERRORS:
             return  # the login request reports the connection problem
         self.requests_sent += 1 + len(resp.history)
         if not resp.history:
@@ -266,6 +417,8 @@ class XnatSession:
         """Log in again unless another thread has since (then True at once). With ``confirm``, first ask XNAT
         whether the session is really gone (:meth:`_session_gone`); False when it is not and nothing was done."""
         with self._lock:
+            if self._refused is not None:
+                raise self._refusal()  # a re-login by another thread was refused: not again
             if self._generation != generation:
                 return True  # another thread already renewed the session
             if confirm and not self._session_gone():
@@ -281,10 +434,11 @@ class XnatSession:
         try:
             resp = self.http.get(self.url("/data/auth"), timeout=(self.config.connect_timeout, 30),
                                  allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout):
+            text = resp.text
+        except TRANSPORT_ERRORS:
             return True  # cannot tell; the login that follows reports an unreachable server
         self.requests_sent += 1
-        user = auth_user(resp.text) if resp.status_code == 200 else None
+        user = auth_user(text) if resp.status_code == 200 else None
         resp.close()
         if user is not None and user.lower() != GUEST_USER:
             return False
@@ -336,8 +490,9 @@ class XnatSession:
         if not retry:
             try:
                 return attempt()
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise self._unreachable(method, path, exc) from exc
+            except requests.RequestException as exc:
+                failure = self._transport_error(method, path, exc)
+            raise failure  # outside the except block: the library's exception is not even its context
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.config.retries),
             wait=_RetryAfter(self.config.backoff, self.config.backoff_max),
@@ -350,18 +505,34 @@ class XnatSession:
         )
         try:
             return retrying(attempt)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise self._unreachable(method, path, exc) from exc
+        except requests.RequestException as exc:
+            failure = self._transport_error(method, path, exc)
+        raise failure
 
-    def _unreachable(self, method: str, path: str, exc: BaseException) -> XnatServerError:
+    def _transport_error(self, method: str, path: str, exc: requests.RequestException) -> XnatError:
+        """The typed error for a failure of the HTTP library, chained to a redacted stand-in
+        (:func:`redacted_cause`) rather than to ``exc``, whose URL may hold a token secret: an ambiguous
+        :class:`XnatServerError` (no status) when the exchange broke (no answer, or an answer cut or damaged
+        mid-body: for a POST the effect is unknown), :class:`XnatBadInputError` when nothing could be sent."""
         where = self.redact(path)
-        return XnatServerError(f"{method} {where}: no answer from XNAT ({type(exc).__name__}: "
-                               f"{self.redact(str(exc))[:200]})", method=method, path=where)
+        cause = redacted_cause(exc, self.redact, reached_server(exc))
+        detail = f"{type(exc).__name__}: {self.redact(str(exc))[:200]}"
+        if isinstance(exc, UNSENDABLE_ERRORS):
+            error: XnatError = XnatBadInputError(f"{method} {where}: not sent, the request is invalid ({detail})",
+                                                 method=method, path=where)
+        elif isinstance(exc, CUT_ERRORS):
+            error = XnatServerError(f"{method} {where}: the answer from XNAT was cut short ({detail}); its effect "
+                                    "is unknown", method=method, path=where)
+        elif isinstance(exc, TRANSPORT_ERRORS):
+            error = XnatServerError(f"{method} {where}: no answer from XNAT ({detail})", method=method, path=where)
+        else:
+            error = XnatServerError(f"{method} {where}: the request failed ({detail})", method=method, path=where)
+        return chained(error, cause)
 
     def _attempt(self, method: str, path: str, params: Any, data: Body, headers: dict[str, str] | None,
                  stream: bool, allow_redirects: bool, expect_html: bool,
                  ok_statuses: tuple[int, ...]) -> requests.Response:
-        self.login()
+        self._ensure_login()
         generation = self._generation
         resp = self._send(method, path, params, data, headers, stream, allow_redirects)
         if resp.status_code == 401:

@@ -31,20 +31,43 @@ POLICIES = ("skip_identical", "overwrite", "fail")
 
 
 def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
-    """(local path, resource-relative path) pairs for a file or a directory tree."""
+    """(local path, resource-relative path) pairs for a file or a directory tree, each file checked readable.
+
+    :class:`XnatBadInputError`, before anything is sent, for a source that is missing, neither a regular file
+    nor a folder (a pipe, a socket, a device: reading one could block or never end), or holds a file that cannot
+    be read. Special files and broken links inside a folder are left out, with a warning."""
     if not source.exists():
         raise XnatBadInputError(f"Nothing to upload: {source} does not exist.")
     prefix = remote_dir.strip("/")
     if source.is_file():
         rel = f"{prefix}/{source.name}" if prefix else source.name
-        return [(source, rel)]
-    pairs = []
-    for p in sorted(source.rglob("*")):
-        if p.is_file() and not p.name.endswith(".part"):
-            rel = p.relative_to(source).as_posix()
-            pairs.append((p, f"{prefix}/{rel}" if prefix else rel))
-    if not pairs:
-        raise XnatBadInputError(f"Nothing to upload: {source} is an empty directory.")
+        pairs = [(source, rel)]
+    elif not source.is_dir():
+        raise XnatBadInputError(f"Cannot upload {source}: it is neither a regular file nor a folder (a pipe, a "
+                                "socket or a device). Nothing was uploaded.")
+    else:
+        pairs, left_out = [], []
+        for p in sorted(source.rglob("*")):
+            if p.is_file() and not p.name.endswith(".part"):
+                rel = p.relative_to(source).as_posix()
+                pairs.append((p, f"{prefix}/{rel}" if prefix else rel))
+            elif not p.is_dir():
+                left_out.append(p.relative_to(source).as_posix())
+        if left_out:
+            log.warning("Upload of %s leaves out %d special file(s) or broken link(s): %s", source, len(left_out),
+                        ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
+        if not pairs:
+            raise XnatBadInputError(f"Nothing to upload: {source} is an empty directory.")
+    unreadable = []
+    for p, _ in pairs:
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            unreadable.append(f"{p} ({exc.strerror or type(exc).__name__})")
+    if unreadable:
+        raise XnatBadInputError(f"Cannot read {len(unreadable)} file(s) to upload: {', '.join(unreadable[:5])}"
+                                f"{' ...' if len(unreadable) > 5 else ''}. Nothing was uploaded.")
     return pairs
 
 
