@@ -296,16 +296,18 @@ def test_the_connection_is_json_for_the_emulator_service() -> None:
         assert json.loads(service_env(services[name])["AIRFLOW_CONN_XNAT_DEFAULT"]) == data, name
 
 
-def test_the_documented_settings_point_the_connection_at_a_real_xnat() -> None:
+def test_the_documented_settings_point_the_connection_at_a_real_xnat(tmp_path: Path) -> None:
     from xnat_provider.hooks.xnat import client_config_from_connection
 
+    ca = tmp_path / "site-ca.pem"  # inside the container: /opt/airflow/certs/site-ca.pem; the hook checks it exists
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     data, conn = xnat_connection(XNAT_URL="https://xnat.example.org/xnat", XNAT_LOGIN="0f3c-alias",
-                                 XNAT_PASSWORD="token-secret", XNAT_CA_BUNDLE="/opt/airflow/certs/site-ca.pem")
+                                 XNAT_PASSWORD="token-secret", XNAT_CA_BUNDLE=str(ca))
     assert data["conn_type"] == "xnat"
     config = client_config_from_connection(conn)
     assert (config.url, config.user, config.password) == ("https://xnat.example.org/xnat", "0f3c-alias",
                                                           "token-secret")
-    assert config.verify == "/opt/airflow/certs/site-ca.pem"
+    assert config.verify == str(ca)
     _, conn = xnat_connection(XNAT_URL="https://xnat.test:8443", XNAT_VERIFY_SSL="false")
     assert client_config_from_connection(conn).verify is False
     assert client_config_from_connection(conn).url == "https://xnat.test:8443"

@@ -9,7 +9,13 @@ not changed for ``quiet_period`` seconds (a session still being extended or spli
 ERROR fail unless told to skip them; a session whose status and ``lastmod`` have not moved for
 ``stall_timeout`` seconds is stalled: rebuilt once if asked, then a failure with a clear message. A stalled
 session in an ``_X`` status is never rebuilt: the row is locked by an operation XNAT is running (or one that
-died holding the lock), and XNAT ignores a rebuild of a locked row; it fails saying so.
+died holding the lock), and XNAT ignores a rebuild of a locked row; it fails saying so. A rebuild XNAT did not
+answer (a 503) is asked again after ``rebuild_after`` (a time kept in the watch state), never more often.
+
+XNAT outages: :class:`Outage` is the one rule every sensor mode follows. Transient failures (XNAT restarting, a
+gateway's 5xx) are ridden out for up to ``outage_tolerance`` seconds in a row, measured in wall-clock time so that
+the clock survives a reschedule (a new process) and a deferral (the trigger is handed the time the outage began);
+a longer outage is an :class:`~xnat_provider.client.errors.XnatServerError`, which a retry policy can retry.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .client.errors import XnatNotFoundError
+from .client.errors import XnatError, XnatNotFoundError, XnatServerError
 from .client.models import PrearchiveSession, status_is_busy, status_is_failed, status_is_locked
 from .client.protocol import base_path, latest_experiment
 
@@ -110,10 +116,16 @@ class PrearchiveWatch:
             if locked:  # a rebuild would be a no-op (XNAT skips a locked row): not worth the one rebuild
                 s = locked[0]
                 return Verdict(FAIL, locked_message(s, c.project, since[s.uri], c.stall_timeout), [s.to_dict()])
-            for s in stalled:
-                if c.rebuild_stalled and s.uri not in self.state.setdefault("rebuilt", []):
-                    return Verdict(REBUILD, f"{s.name} stalled in {s.status}; asking XNAT to rebuild it once",
-                                   [s.to_dict()])
+            rebuilt = self.state.setdefault("rebuilt", [])
+            pending = [s for s in stalled if c.rebuild_stalled and s.uri not in rebuilt]
+            if pending:
+                s = pending[0]
+                after = float(self.state.get("rebuild_after") or 0)
+                if now < after:  # the last rebuild request got no answer: not again before rebuild_after
+                    return Verdict(WAIT, f"{s.name} stalled in {s.status}; XNAT did not answer the rebuild "
+                                         f"request, asking again in {after - now:.0f} s", [s.to_dict()])
+                return Verdict(REBUILD, f"{s.name} stalled in {s.status}; asking XNAT to rebuild it once",
+                               [s.to_dict()])
             if stalled:
                 s = stalled[0]
                 again = " even after a rebuild" if s.uri in self.state.get("rebuilt", []) else ""
@@ -127,6 +139,39 @@ class PrearchiveWatch:
     def rebuilt(self, uri: str) -> None:
         self.state.setdefault("rebuilt", []).append(uri)
         self.state.get("seen", {}).pop(uri, None)
+
+    def rebuild_unanswered(self, delay: float, now: float | None = None) -> None:
+        """XNAT did not answer a rebuild request (a transient failure): the rebuild is not spent, and is asked
+        again after ``delay`` seconds, by whichever mode looks next."""
+        self.state["rebuild_after"] = (time.time() if now is None else now) + delay
+
+
+@dataclass
+class Outage:
+    """How long XNAT has been failing transiently, in a row, and whether that is still tolerable.
+
+    ``since`` is a wall-clock time (``time.time()``), so it can be stored (a rescheduled sensor) or handed to a
+    trigger (a deferred one) and the clock goes on. ``tolerance`` None means no limit (the sensor's ``timeout``
+    ends the wait).
+    """
+
+    tolerance: float | None
+    since: float | None = None
+
+    def failed(self, exc: XnatError, doing: str, now: float | None = None) -> None:
+        """Record a transient failure; raise :class:`XnatServerError` once the outage lasts longer than
+        ``tolerance``."""
+        now = time.time() if now is None else now
+        if self.since is None:
+            self.since = now
+        if self.tolerance is not None and now - self.since > self.tolerance:
+            raise XnatServerError(
+                f"XNAT has kept failing for {now - self.since:.0f} s while {doing} (outage_tolerance="
+                f"{self.tolerance:g} s); the last error: {exc}", method=exc.method, path=exc.path,
+                status=exc.status, xnat_message=exc.xnat_message) from exc
+
+    def answered(self) -> None:
+        self.since = None
 
 
 def locked_message(s: PrearchiveSession, project: str, stalled_for: float, stall_timeout: float) -> str:

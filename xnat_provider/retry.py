@@ -4,7 +4,13 @@
 
 Server errors (5xx, gateways, XNAT restarting) and transfer errors (a short or corrupted download) are worth
 another try; authentication, permission, not-found, conflict and bad-input errors fail at once, so a wrong
-password does not lock the account and a bad label does not burn an hour of retries.
+password does not lock the account and a bad label does not burn an hour of retries. A mistake in the
+connection (no host, a bad extra, a connection id that does not exist) is an ``XnatBadInputError`` too.
+
+Sensors raise these same classes in every mode (poke, reschedule, deferred: the trigger's event names the class
+and ``execute_complete`` raises it again), so one policy serves operators and sensors alike; a sensor's
+fail-fast errors are subclasses that are also ``AirflowFailException`` (never retried even without this policy),
+and an outage longer than the sensor's ``outage_tolerance`` is an ``XnatServerError``, retried here.
 """
 
 from __future__ import annotations

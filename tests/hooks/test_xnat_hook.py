@@ -9,6 +9,8 @@ import airflow
 import jsonschema
 import pytest
 
+from tests.airflow_helpers import context
+from xnat_provider.client import XnatBadInputError
 from xnat_provider.get_provider_info import get_provider_info
 from xnat_provider.hooks import xnat as hook_module
 from xnat_provider.hooks.xnat import XnatHook, connection_url
@@ -100,7 +102,7 @@ def test_extras_map_onto_the_client(monkeypatch, tmp_path) -> None:
     assert XnatHook("xnat_y").client_config.verify is False
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_Z", json.dumps({
         "conn_type": "xnat", "host": "https://xnat.example.org", "extra": {"retries": "many"}}))
-    with pytest.raises(Exception, match="'retries' must be a number"):
+    with pytest.raises(XnatBadInputError, match="'retries' must be a whole number"):
         _ = XnatHook("xnat_z").client_config
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_EMPTY", json.dumps({"conn_type": "xnat"}))
     ok, message = XnatHook("xnat_empty").test_connection()
@@ -147,3 +149,149 @@ def test_every_module_the_provider_lists_imports() -> None:
     for link in info["extra-links"]:
         module, _, name = link.rpartition(".")
         assert hasattr(importlib.import_module(module), name)
+
+
+# ---- TLS fails closed; connection mistakes are XnatBadInputError before any request ----------------------
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no CA signed (what a lab's test server often has), and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_xnat(emulator: XnatEmulator, tmp_path: Path, monkeypatch):
+    """The emulator also served over HTTPS with a self-signed certificate: ``(https_url, cert_path)``.
+
+    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` point at the system's bundle, as in many images: requests would let
+    them override a session's ``verify`` (False or a CA path); the connection's setting must win."""
+    import ssl
+
+    import certifi
+
+    from xnat_provider.testing.server import make_server, serve_in_thread
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server = make_server(emulator, "127.0.0.1", 0)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = serve_in_thread(server)
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _conn(monkeypatch, conn_id: str, host: str, **extra) -> XnatHook:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
+        "conn_type": "xnat", "host": host, "login": "admin", "password": "admin",
+        "extra": {"retries": 1, "connect_timeout": 5, **extra}}))
+    return XnatHook(conn_id)
+
+
+@pytest.mark.parametrize("value", [None, "", " "])
+def test_an_unset_verify_ssl_keeps_certificate_checks_on(monkeypatch, tls_xnat, emulator, value) -> None:
+    """null and "" used to turn verification off: the self-signed server was trusted and sent the password."""
+    url, _cert = tls_xnat
+    hook = _conn(monkeypatch, "xnat_tls", url, verify_ssl=value)
+    assert hook.client_config.verify is True
+    ok, message = hook.test_connection()
+    assert not ok and "XnatServerError" in message
+    assert emulator.request_count("POST", r"/data/services/auth") == 0  # no credentials went anywhere
+
+
+@pytest.mark.parametrize("value", [False, 0, "false", "FALSE", " False ", "0", "no", "NO", "off"])
+def test_only_an_explicit_false_turns_certificate_checks_off(monkeypatch, tls_xnat, value) -> None:
+    url, _cert = tls_xnat
+    hook = _conn(monkeypatch, "xnat_tls", url, verify_ssl=value)
+    assert hook.client_config.verify is False
+    assert hook.test_connection() == (True, "XNAT 1.8.10 as admin")
+
+
+@pytest.mark.parametrize("value", [True, 1, "true", "Yes", "on", "1"])
+def test_verify_with_the_lab_ca(monkeypatch, tls_xnat, value) -> None:
+    url, cert = tls_xnat
+    hook = _conn(monkeypatch, "xnat_tls", url, verify_ssl=value, ca_bundle=str(cert))
+    assert hook.client_config.verify == str(cert)
+    assert hook.test_connection() == (True, "XNAT 1.8.10 as admin")
+
+
+@pytest.mark.parametrize(("extra", "host", "match"), [
+    ({"verify_ssl": "maybe"}, None, "extra 'verify_ssl' must be true or false"),
+    ({"verify_ssl": "/etc/ssl/lab-ca.pem"}, None, "extra 'verify_ssl'.*ca_bundle"),  # was: verification off
+    ({"verify_ssl": 2}, None, "extra 'verify_ssl'"),
+    ({"verify_ssl": ["no"]}, None, "extra 'verify_ssl'"),
+    ({"ca_bundle": "/no/such/ca.pem"}, None, "extra 'ca_bundle'.*does not exist"),
+    ({"retries": "many"}, None, "extra 'retries' must be a whole number"),
+    ({"retries": 2.5}, None, "extra 'retries' must be a whole number"),
+    ({"retries": 0}, None, "extra 'retries' must be at least 1"),
+    ({"retries": True}, None, "extra 'retries' must be a whole number"),
+    ({"connect_timeout": "10s"}, None, "extra 'connect_timeout' must be a number"),
+    ({"read_timeout": 0}, None, "extra 'read_timeout' must be more than 0"),
+    ({"read_timeout": "nan"}, None, "extra 'read_timeout' must be a number"),
+    ({"backoff": -1}, None, "extra 'backoff' must be at least 0"),
+    ({"workers": "four"}, None, "extra 'workers' must be a whole number"),
+    ({"settle_seconds": "inf"}, None, "extra 'settle_seconds' must be a number"),
+    ({"protocol": "ftp"}, "xnat.example.org", "extra 'protocol' must be http or https"),
+    ({}, "", "has no host"),
+    ({}, "ftp://xnat.example.org", "must start with http:// or https://"),
+    ({}, "https:///xnat", "has no server name"),
+])
+def test_connection_mistakes_are_bad_input_before_any_request(monkeypatch, emulator, extra, host, match) -> None:
+    """Each used to be a plain XnatError (which a retry policy retries), or worse, silently accepted."""
+    from airflow.sdk import RetryAction
+
+    from xnat_provider.operators.fields import XnatSetFieldsOperator
+    from xnat_provider.retry import xnat_retry_policy
+
+    hook = _conn(monkeypatch, "xnat_bad", emulator.url if host is None else host, **extra)
+    with pytest.raises(XnatBadInputError, match=match) as info:
+        hook.get_conn().list_projects()
+    assert xnat_retry_policy().evaluate(info.value, 1, 3).action == RetryAction.FAIL
+    op = XnatSetFieldsOperator(task_id="f", project="P1", session="S", fields={"a": "b"}, xnat_conn_id="xnat_bad")
+    with pytest.raises(XnatBadInputError, match=match):
+        op.execute(context())
+    ok, message = XnatHook("xnat_bad").test_connection()
+    assert not ok and message.startswith("XnatBadInputError")
+    assert emulator.request_count() == 0  # nothing was sent
+
+
+def test_extras_that_are_not_a_json_object(monkeypatch, emulator) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_XNAT_J", json.dumps({
+        "conn_type": "xnat", "host": emulator.url, "login": "admin", "password": "admin",
+        "extra": '{"verify_ssl": false,'}))  # a JSON connection whose extra is broken text
+    with pytest.raises(XnatBadInputError, match="extras are not valid JSON"):
+        _ = XnatHook("xnat_j").client_config
+    monkeypatch.setenv("AIRFLOW_CONN_XNAT_K", json.dumps({
+        "conn_type": "xnat", "host": emulator.url, "extra": "[1, 2]"}))
+    with pytest.raises(XnatBadInputError, match="must be a JSON object"):
+        _ = XnatHook("xnat_k").client_config
+    assert emulator.request_count() == 0
+
+
+def test_a_missing_connection_is_bad_input(emulator) -> None:
+    with pytest.raises(XnatBadInputError, match="no Airflow connection 'xnat_nowhere'"):
+        XnatHook("xnat_nowhere").get_conn()

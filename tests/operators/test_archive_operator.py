@@ -169,7 +169,9 @@ def test_on_conflict_skip(xnat_conn, server: Server, conflict) -> None:
     assert "reason" in result[0] and result[0]["uri"] == conflict[0]["uri"]
     assert [r["status"] for r in server.prearchive()] == ["CONFLICT"]
     assert len(server.scan_files("S01_MR1", "1")) == 3
-    assert events(context) == [] and XCOM_KEY not in context["ti"].pushed
+    assert events(context) == []
+    # The button opens the session left in the prearchive (in CONFLICT), the one to look at.
+    assert context["ti"].pushed[XCOM_KEY] == f"{xnat_conn.url}{conflict[0]['uri']}?format=html"
 
 
 def test_on_conflict_append(xnat_conn, server: Server, conflict) -> None:

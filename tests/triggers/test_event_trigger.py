@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.sensors.support import FakeAssetStore, archive, hold, put_session, uri
 from xnat_provider.triggers.events import SEEN_KEY, XnatPrearchiveEventTrigger
@@ -18,11 +21,23 @@ from xnat_provider.triggers.events import SEEN_KEY, XnatPrearchiveEventTrigger
 pytestmark = pytest.mark.timeout(60)
 
 
+def put_session_as(emu, tmp_path: Path, label: str, auth: tuple[str, str]) -> dict:
+    """``put_session`` for when admin's password is not ``admin`` any more."""
+    from tests.sensors import support
+
+    old, support.AUTH = support.AUTH, auth
+    try:
+        return put_session(emu, tmp_path, label)
+    finally:
+        support.AUTH = old
+
+
 class Watcher:
     """Runs a trigger in the background, collecting its events, as the triggerer would."""
 
     def __init__(self, store: FakeAssetStore | None, **kwargs) -> None:
-        self.trigger = XnatPrearchiveEventTrigger(project="P1", poll_interval=0.05, **kwargs)
+        kwargs.setdefault("project", "P1")
+        self.trigger = XnatPrearchiveEventTrigger(poll_interval=0.05, **kwargs)
         self.trigger.asset_state_store = store
         self.events: list[dict] = []
         self.task: asyncio.Task | None = None
@@ -135,3 +150,100 @@ def test_asset_watcher_dag_parses_and_serialises(airflow_db) -> None:
     assert "xnat_provider.triggers.events.XnatPrearchiveEventTrigger" in text
     assert "xnat_test_P1_ready" in text
     assert DagSerialization.from_dict(data).dag_id == "xnat_test_sensors_asset"
+
+
+# ---- a service account is never locked by the watcher ----------------------------------------------------
+LOGIN = r"^/data/services/auth$"
+
+
+def connect(monkeypatch, emu, password: str = "admin", conn_id: str = "XNAT_DEFAULT") -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", json.dumps({
+        "conn_type": "xnat", "host": emu.url, "login": "admin", "password": password,
+        "extra": {"backoff": 0.05, "retries": 3}}))
+
+
+def loud(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "xnat_provider.triggers" and r.levelno >= logging.ERROR]
+
+
+async def test_refused_credentials_are_sent_once_until_the_connection_changes(xnat_conn, tmp_path, monkeypatch,
+                                                                             caplog) -> None:
+    """A wrong password used to be sent on every poll: XNAT locks the account after 20 failed logins (3 here)."""
+    caplog.set_level(logging.DEBUG, logger="xnat_provider.triggers")
+    emu = xnat_conn
+    emu.auth.max_failed_logins = 3
+    await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1")
+    listed = emu.request_count("GET", r"/data/prearchive")
+    connect(monkeypatch, emu, "Wrong-Password-1")
+    async with Watcher(FakeAssetStore(), permanent_error_interval=0.2) as w:
+        await asyncio.sleep(2.5)  # some 50 poll intervals, a dozen long ones
+        assert w.events == []
+        assert emu.request_count("POST", LOGIN) == 1
+        assert emu.request_count("GET", r"/data/prearchive") == listed
+        messages = loud(caplog)
+        assert len(messages) == 1  # loudly, once
+        assert "stopped logging in" in messages[0] and "'admin'" in messages[0]
+        assert "Wrong-Password-1" not in caplog.text
+        connect(monkeypatch, emu, "admin")  # the connection is fixed: the watcher resumes on its next look
+        events = await w.until(1)
+        assert events[0]["session"]["name"] == "S01_MR1"
+        assert emu.request_count("POST", LOGIN) == 2
+    assert requests.get(f"{emu.url}/data/auth", auth=("admin", "admin"), timeout=10).ok  # never locked
+
+
+async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_path, monkeypatch, caplog) -> None:
+    """XNAT's password changed under a running watcher: its session ends, the one re-login fails, and nothing
+    more is sent until the Airflow connection has the new password."""
+    caplog.set_level(logging.DEBUG, logger="xnat_provider.triggers")
+    emu = xnat_conn
+    emu.auth.max_failed_logins = 3
+    async with Watcher(FakeAssetStore(), permanent_error_interval=0.2) as w:
+        await w.polls(4)
+        assert emu.request_count("POST", LOGIN) == 1
+        emu.add_user("admin", "Rotated-Password-2", admin=True)
+        emu.expire_sessions()
+        await asyncio.sleep(2.0)
+        assert emu.request_count("POST", LOGIN) == 2  # one failed re-login, then silence
+        assert len(loud(caplog)) == 1
+        await asyncio.to_thread(put_session_as, emu, tmp_path, "S01_MR1", ("admin", "Rotated-Password-2"))
+        await w.polls(4)
+        assert w.events == []
+        connect(monkeypatch, emu, "Rotated-Password-2")
+        events = await w.until(1)
+        assert events[0]["session"]["name"] == "S01_MR1"
+        assert emu.request_count("POST", LOGIN) == 3
+        assert any("works again" in r.getMessage() for r in caplog.records)
+
+
+async def test_other_permanent_errors_back_off_to_the_long_interval(xnat_conn, tmp_path, monkeypatch) -> None:
+    """No such project (or no permission): polled again only every permanent_error_interval, then it works."""
+    emu = xnat_conn
+    async with Watcher(FakeAssetStore(), permanent_error_interval=0.5, project="P9") as w:
+        await asyncio.sleep(1.3)
+        assert 2 <= emu.request_count("GET", r"^/data/prearchive/projects/P9$") <= 3  # not every 0.05 s
+        emu.add_project("P9")
+        await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1", "S01", "P9")
+        events = await w.until(1)
+        assert events[0]["session"]["project"] == "P9"
+
+
+async def test_a_missing_or_bad_connection_is_read_again_each_long_interval(xnat_conn, tmp_path,
+                                                                            monkeypatch) -> None:
+    emu = xnat_conn
+    await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1")
+    monkeypatch.setenv("AIRFLOW_CONN_XNAT_LATER", json.dumps({
+        "conn_type": "xnat", "host": emu.url, "login": "admin", "password": "admin",
+        "extra": {"verify_ssl": "perhaps"}}))
+    sent = emu.request_count()
+    async with Watcher(FakeAssetStore(), permanent_error_interval=0.2, xnat_conn_id="xnat_later") as w:
+        await asyncio.sleep(1.0)
+        assert w.events == [] and emu.request_count() == sent
+        connect(monkeypatch, emu, "admin", "XNAT_LATER")
+        await w.until(1)
+    monkeypatch.delenv("AIRFLOW_CONN_XNAT_LATER")
+    async with Watcher(FakeAssetStore(), permanent_error_interval=0.2, xnat_conn_id="xnat_later") as w:
+        await asyncio.sleep(0.6)
+        assert w.events == []
+        connect(monkeypatch, emu, "admin", "XNAT_LATER")
+        await w.until(1)

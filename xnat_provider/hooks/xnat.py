@@ -11,26 +11,90 @@ alias token's alias; password the password or the token's secret. Extras (all op
 (default true), ``ca_bundle`` (a CA file path), ``connect_timeout`` (10 s), ``read_timeout`` (300 s),
 ``retries`` (5 attempts), ``backoff`` (1 s, doubled up to 60 s), ``workers`` (4 parallel downloads),
 ``settle_seconds`` (30 s to look for the effect of a lost import or archive answer before resending).
+
+The connection is checked when it is read, before any request: no host, an extra that is not a number where a
+number is expected (or out of range), an unknown ``protocol``, a ``ca_bundle`` that does not exist, or extras
+that are not a JSON object raise :class:`XnatBadInputError` (a retry cannot fix them). TLS verification fails
+closed: only an explicit false (JSON ``false``, ``0``, or the text ``false``, ``0``, ``no`` or ``off`` in any
+case) turns it off; an unset, null or empty ``verify_ssl`` keeps it on, and any other value is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
+import os
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.sdk.log import mask_secret
 
-from ..client import AliasToken, ClientConfig, XnatClient, XnatError
+from ..client import AliasToken, ClientConfig, XnatBadInputError, XnatClient
 
-EXTRA_NUMBERS = {"connect_timeout": float, "read_timeout": float, "retries": int, "backoff": float, "workers": int,
-                 "settle_seconds": float}
+# extra -> (type, smallest allowed value, whether the smallest value itself is allowed)
+EXTRA_NUMBERS: dict[str, tuple[type, float, bool]] = {
+    "connect_timeout": (float, 0, False), "read_timeout": (float, 0, False), "retries": (int, 1, True),
+    "backoff": (float, 0, True), "workers": (int, 1, True), "settle_seconds": (float, 0, True)}
+VERIFY_OFF = ("false", "0", "no", "off")
+VERIFY_ON = ("true", "1", "yes", "on")
+PROTOCOLS = ("http", "https")
 
 
-def _truthy(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+def verify_ssl_extra(value: Any, conn_id: str | None = None) -> bool:
+    """The ``verify_ssl`` extra as a bool, failing closed: unset, null or empty means verify; only an explicit
+    false (``False``, ``0``, or ``"false"``, ``"0"``, ``"no"``, ``"off"`` in any case) turns verification off;
+    anything else is refused rather than guessed."""
+    if value is None or isinstance(value, bool):
+        return value is not False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text == "" or text in VERIFY_ON:
+        return True
+    if text in VERIFY_OFF:
+        return False
+    raise XnatBadInputError(
+        f"Connection {conn_id!r}: extra 'verify_ssl' must be true or false (false, 0, no or off turn certificate "
+        f"checks off), not {value!r}. To trust a private CA, keep verify_ssl true and set ca_bundle to its file.")
+
+
+def _number_extra(conn_id: str | None, key: str, value: Any) -> float | int:
+    cast, least, inclusive = EXTRA_NUMBERS[key]
+    try:
+        if isinstance(value, bool):  # JSON true is not a count of seconds
+            raise ValueError(value)
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (cast is int and not number.is_integer()):
+        kind = "a whole number" if cast is int else "a number"
+        raise XnatBadInputError(f"Connection {conn_id!r}: extra {key!r} must be {kind}, not {value!r}")
+    if number < least or (number == least and not inclusive):
+        bound = f"at least {least:g}" if inclusive else f"more than {least:g}"
+        raise XnatBadInputError(f"Connection {conn_id!r}: extra {key!r} must be {bound}, not {value!r}")
+    return cast(number)
+
+
+def connection_extras(conn: Connection) -> dict[str, Any]:
+    """The connection's extras as a mapping; extras that are not a JSON object are a configuration mistake
+    (Airflow would log the error and carry on with none, TLS and timeout settings silently dropped)."""
+    raw = conn.extra
+    if raw in (None, ""):
+        return {}
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            raise XnatBadInputError(f"Connection {conn.conn_id!r}: its extras are not valid JSON "
+                                    f"({exc.msg} at character {exc.pos})") from None
+        if not isinstance(parsed, dict):
+            raise XnatBadInputError(f"Connection {conn.conn_id!r}: its extras must be a JSON object, "
+                                    f"not {type(parsed).__name__}")
+    return dict(conn.extra_dejson or {})
 
 
 def connection_url(host: str | None, port: int | None = None, schema: str | None = None,
@@ -38,10 +102,18 @@ def connection_url(host: str | None, port: int | None = None, schema: str | None
     """The XNAT base URL from a Connection's host, port and schema (URI forms put a path in ``schema``)."""
     host = (host or "").strip()
     if not host:
-        raise XnatError("The XNAT connection has no host: set it to the server's URL, e.g. https://xnat.example.org")
+        raise XnatBadInputError("The XNAT connection has no host: set it to the server's URL, "
+                                "e.g. https://xnat.example.org")
+    if protocol not in (None, "") and str(protocol).strip().lower() not in PROTOCOLS:
+        raise XnatBadInputError(f"The XNAT connection's extra 'protocol' must be http or https, not {protocol!r}")
+    protocol = str(protocol).strip().lower() if protocol not in (None, "") else None
     if "://" in host:
         scheme, rest = host.split("://", 1)
+        if scheme.lower() not in PROTOCOLS:
+            raise XnatBadInputError(f"The XNAT connection's host {host!r} must start with http:// or https://")
         netloc, _, path = rest.partition("/")
+        if not netloc:
+            raise XnatBadInputError(f"The XNAT connection's host {host!r} has no server name")
         if port and ":" not in netloc:
             netloc = f"{netloc}:{port}"
         return f"{scheme}://{netloc}" + (f"/{path.strip('/')}" if path.strip("/") else "")
@@ -68,24 +140,31 @@ def logs_out(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def client_config_from_connection(conn: Connection) -> ClientConfig:
-    """The client settings a Connection stands for; shared by the hook and the triggers."""
-    extra = conn.extra_dejson or {}
-    options: dict[str, Any] = {}
-    for key, cast in EXTRA_NUMBERS.items():
-        if extra.get(key) not in (None, ""):
-            try:
-                options[key] = cast(extra[key])
-            except (TypeError, ValueError) as exc:
-                raise XnatError(f"Connection {conn.conn_id!r}: extra {key!r} must be a number, "
-                                f"not {extra[key]!r}") from exc
-    verify: bool | str = _truthy(extra.get("verify_ssl", True))
-    if verify and extra.get("ca_bundle"):
-        verify = str(extra["ca_bundle"])
+    """The client settings a Connection stands for; shared by the hook and the triggers. Every configuration
+    mistake is an :class:`XnatBadInputError` raised here, before any request (see the module docstring)."""
     if conn.password:
         mask_secret(conn.password)
+    extra = connection_extras(conn)
+    options: dict[str, Any] = {}
+    for key in EXTRA_NUMBERS:
+        if extra.get(key) not in (None, ""):
+            options[key] = _number_extra(conn.conn_id, key, extra[key])
+    verify: bool | str = verify_ssl_extra(extra.get("verify_ssl"), conn.conn_id)
+    ca_bundle = extra.get("ca_bundle")
+    if verify and ca_bundle not in (None, ""):
+        if not isinstance(ca_bundle, str) or not os.path.exists(ca_bundle):
+            raise XnatBadInputError(f"Connection {conn.conn_id!r}: extra 'ca_bundle' must be the path of a CA "
+                                    f"file (or folder) on this machine; {ca_bundle!r} does not exist here")
+        verify = ca_bundle
     return ClientConfig(
         url=connection_url(conn.host, conn.port, conn.schema, extra.get("protocol")), user=conn.login,
         password=conn.password, verify=verify, on_secret=mask_secret, **options)
+
+
+def missing_connection(conn_id: str, exc: Exception) -> XnatBadInputError:
+    """A connection id Airflow does not know is a configuration mistake, not something a retry fixes."""
+    return XnatBadInputError(f"There is no Airflow connection {conn_id!r} ({exc}): create it, or set "
+                             "xnat_conn_id to the id of an existing connection of type xnat")
 
 
 class XnatHook(BaseHook):
@@ -105,7 +184,11 @@ class XnatHook(BaseHook):
 
     @cached_property
     def client_config(self) -> ClientConfig:
-        return client_config_from_connection(self.get_connection(self.xnat_conn_id))
+        try:
+            conn = self.get_connection(self.xnat_conn_id)
+        except AirflowNotFoundException as exc:
+            raise missing_connection(self.xnat_conn_id, exc) from None
+        return client_config_from_connection(conn)
 
     @cached_property
     def client(self) -> XnatClient:

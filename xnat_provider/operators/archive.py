@@ -98,6 +98,8 @@ class XnatArchiveOperator(XnatBaseOperator):
             raise XnatBadInputError(f"overwrite must be one of {OVERWRITE[1:]}, not {self.overwrite!r}")
         if self.on_conflict not in ON_CONFLICT:
             raise XnatBadInputError(f"on_conflict must be one of {ON_CONFLICT}, not {self.on_conflict!r}")
+        if self.sessions is None:
+            self.push_prearchive_link(context, str(self.project))  # the sessions are selected from it
         client = self.hook.get_conn()
         targets = self._targets(client)
         if self.sessions is None:
@@ -105,7 +107,10 @@ class XnatArchiveOperator(XnatBaseOperator):
         if (self.new_project or self.new_subject or self.new_label) and len(targets) > 1:
             raise XnatBadInputError(f"Relabelling needs exactly one session; {len(targets)} were selected.")
         host = urlsplit(client.session.base_url).netloc
-        results = [self._archive_one(client, t) for t in targets]
+        results = []
+        for t in targets:
+            self.push_session_link(context, t.get("project") or "", prearchive_uri=t["uri"])  # on failure too
+            results.append(self._archive_one(client, t))
         for r in results:
             if r["status"] in ("archived", "already_archived"):
                 context["outlet_events"][AssetAlias(self.asset_alias)].add(

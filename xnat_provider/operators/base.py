@@ -10,7 +10,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from ..hooks.xnat import XnatHook, logs_out
-from ..links import XCOM_KEY, XnatSessionLink
+from ..links import XnatSessionLink, prearchive_url, project_prearchive_url, push_link, session_url
 
 
 def structured(value: Any) -> Any:
@@ -48,17 +48,19 @@ class XnatBaseOperator(BaseOperator):
     def hook(self) -> XnatHook:
         return XnatHook(self.xnat_conn_id)
 
-
     def push_session_link(self, context: Any, project: str, label: str | None = None,
                           prearchive_uri: str | None = None) -> None:
-        """Remember the XNAT page of the session this task touched, for the task's "XNAT session" button."""
-        base = self.hook.get_conn().session.base_url
+        """Point the task's "XNAT session" button at a session's page: archived (``label``) or in the
+        prearchive (``prearchive_uri``). Called before the work whenever the arguments name the session, so a
+        task that fails has the button too; again with the final page when the work names it."""
+        base = self.hook.client_config.url  # no request: the link never costs a login
         if label:
-            url = f"{base}/data/projects/{project}/experiments/{label}?format=html"
+            push_link(context, session_url(base, project, label))
         elif prearchive_uri:
-            url = f"{base}{prearchive_uri}?format=html"
-        else:
-            return
-        context["ti"].xcom_push(key=XCOM_KEY, value=url)
+            push_link(context, prearchive_url(base, prearchive_uri))
+
+    def push_prearchive_link(self, context: Any, project: str) -> None:
+        """Point the task's "XNAT session" button at the project's prearchive (its sessions are not known yet)."""
+        push_link(context, project_prearchive_url(self.hook.client_config.url, project))
 
 

@@ -28,8 +28,7 @@ class XnatSetFieldsOperator(XnatBaseOperator):
         self.fields = structured(self.fields)
         if not isinstance(self.fields, dict) or not self.fields:
             raise XnatBadInputError(f"fields must be a non-empty mapping, got {self.fields!r}")
-        stored = self.hook.get_conn().set_fields(self.project, self.fields, subject=self.subject,
-                                                 experiment=self.session)
         if self.session:
             self.push_session_link(context, self.project, self.session)
-        return stored
+        return self.hook.get_conn().set_fields(self.project, self.fields, subject=self.subject,
+                                               experiment=self.session)

@@ -82,6 +82,10 @@ class XnatImportOperator(XnatBaseOperator):
         # Every source is read and checked before anything is sent: bad input fails with nothing half-imported.
         plans = [(src, plan_import(src, subject=self.subject, session=self.session,
                                    ignore_unparsable=self.ignore_unparsable)) for src in self.sources()]
+        if self.destination == "archive" and self.session:
+            self.push_session_link(context, self.project, self.session)
+        else:
+            self.push_prearchive_link(context, self.project)  # where the sessions will be
         client = self.hook.get_conn()
         if not client.project_exists(self.project):
             raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.session.base_url}.")

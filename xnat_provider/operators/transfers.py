@@ -30,8 +30,8 @@ class XnatListScansOperator(XnatBaseOperator):
         self.project, self.session, self.scans = project, session, scans
 
     def execute(self, context: Any) -> list[str]:
-        chosen = self.hook.get_conn().select_scans(self.project, self.session, structured(self.scans))
         self.push_session_link(context, self.project, self.session)
+        chosen = self.hook.get_conn().select_scans(self.project, self.session, structured(self.scans))
         return [s.id for s in chosen]
 
 
@@ -61,12 +61,12 @@ class XnatDownloadScanOperator(XnatBaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         selection: str | list[str] = [str(self.scan)] if self.scan is not None else (structured(self.scans) or "ALL")
         dest = Path(os.fspath(self.dest))
+        self.push_session_link(context, self.project, self.session)
         manifest = self.hook.get_conn().download_scans(self.project, self.session, dest, scans=selection,
                                                        resource=self.resource, workers=self.workers)
         dest.mkdir(parents=True, exist_ok=True)
         manifest_path = dest / (MANIFEST_NAME if self.scan is None else f".xnat-manifest-{self.scan}.json")
         manifest_path.write_text(json.dumps(manifest.to_dict(), indent=1))
-        self.push_session_link(context, self.project, self.session)
         self.log.info("%d files (%d bytes): %d transferred, %d already there", len(manifest.files), manifest.bytes,
                       manifest.transferred, manifest.skipped)
         return {"dest": str(dest), "project": self.project, "session": self.session, "scans": selection,
@@ -117,13 +117,13 @@ class XnatUploadResourceOperator(XnatBaseOperator):
         if self.overwrite not in POLICIES:
             raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {self.overwrite!r}")
         upload_pairs(os.fspath(self.source), self.remote_dir, self.extract)  # before any login or request
+        if self.session:
+            self.push_session_link(context, self.project, self.session)
         xnat = self.hook.get_conn()
         path = xnat.object_path(self.project, self.subject, self.session, self.scan, self.assessor)
         manifest = xnat.upload(
             os.fspath(self.source), path, self.resource, remote_dir=self.remote_dir, overwrite=self.overwrite,
             extract=self.extract, format=self.format, content=self.content, tags=self.tags)
-        if self.session:
-            self.push_session_link(context, self.project, self.session)
         return {"level": level, "resource": self.resource, "path": path, "files": len(manifest.files),
                 "bytes": manifest.bytes, "transferred": manifest.transferred, "skipped": manifest.skipped,
                 "paths": [f["path"] for f in manifest.files][:100]}

@@ -13,8 +13,9 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 from ..client.errors import XnatConflictError, XnatError, XnatServerError
 from ..client.protocol import prearchive_uri
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
+from ..links import project_prearchive_url
 from ..triggers.prearchive import XnatPrearchiveTrigger
-from .base import FATAL, XnatBaseSensor
+from .base import XnatBaseSensor
 
 STATE_KEY = "xnat_prearchive_watch"
 
@@ -30,8 +31,11 @@ class XnatPrearchiveSensor(XnatBaseSensor):
     runs, or one that died holding the lock: XNAT ignores a rebuild of it, so none is asked (the one rebuild is
     not spent on it); it fails at ``stall_timeout`` with a message saying so and what an administrator can do.
     A rebuild that XNAT ignored all the same (the row got locked just before it) is not counted: the sensor
-    keeps waiting.
+    keeps waiting; one XNAT did not answer (a 503) is not counted either, and is asked again a poke interval
+    later, as long as the outage lasts no longer than ``outage_tolerance``.
     Returns the matching sessions (project, timestamp, folder, name, subject, study_uid, status...).
+    Errors follow the contract of :class:`~xnat_provider.sensors.base.XnatBaseSensor`, the same in every mode.
+    The "XNAT session" button opens the project's prearchive.
 
     :param project: the XNAT project.
     :param subject: only sessions of this subject label.
@@ -71,27 +75,45 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         if store is not None:
             store.set(STATE_KEY, state)
 
+    def describe(self) -> str:
+        return f"Cannot watch the prearchive of {self.project}"
+
+    def link(self) -> str | None:
+        return project_prearchive_url(self.hook.client_config.url, self.project)
+
     def poke(self, context: Any) -> PokeReturnValue | bool:
         watch = PrearchiveWatch(self.criteria(), self._load(context))
-        client = self.hook.get_conn()
         try:
-            verdict = watch.observe(client.list_prearchive(self.project))
+            verdict = watch.observe(self.hook.get_conn().list_prearchive(self.project))
             if verdict.action == REBUILD:
-                for s in verdict.sessions:
-                    self.log.warning("%s", verdict.message)
-                    if self._rebuild(client, prearchive_uri(s)):
-                        watch.rebuilt(prearchive_uri(s))
-        except FATAL as exc:
-            self.fail(f"Cannot watch the prearchive of {self.project}: {exc}", exc)
+                self._rebuild_all(watch, verdict.message, verdict.sessions)
         except XnatServerError as exc:
-            self.log.warning("XNAT did not answer the prearchive poll (%s); trying again next poke", exc)
+            self.ride_out(context, exc, "polling the prearchive")
             return False
+        except XnatError as exc:
+            self.xnat_error(exc)
         finally:
             self._save(context, watch.state)
+        self.answered(context)
         if verdict.action == FAIL:
             self.fail(self._with_reasons(verdict.message, verdict.sessions))
         self.log.info("%s", verdict.message)
         return PokeReturnValue(is_done=True, xcom_value=verdict.sessions) if verdict.action == DONE else False
+
+    def _rebuild_all(self, watch: PrearchiveWatch, message: str, sessions: list[dict[str, Any]]) -> None:
+        """Ask XNAT to rebuild each stalled session once. One XNAT did not answer is not spent: it is asked again
+        a poke interval later (by whichever mode looks next), and the :class:`XnatServerError` goes on to the
+        outage clock."""
+        client = self.hook.get_conn()
+        for s in sessions:
+            uri = prearchive_uri(s)
+            self.log.warning("%s", message)
+            try:
+                if self._rebuild(client, uri):
+                    watch.rebuilt(uri)
+            except XnatServerError:
+                watch.rebuild_unanswered(self.poke_interval)
+                raise
 
     def _rebuild(self, client: Any, uri: str) -> bool:
         """Ask XNAT to rebuild ``uri``; False when XNAT ignored it because the row is now locked (it got an
@@ -108,8 +130,11 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         reasons = []
         for s in sessions:
             if s.get("status") in ("CONFLICT", "ERROR"):
-                uri = prearchive_uri(s)
-                reason = self.hook.get_conn().prearchive_reason(uri)
+                try:
+                    reason = self.hook.get_conn().prearchive_reason(prearchive_uri(s))
+                except XnatError as exc:  # the failure stands without XNAT's reason
+                    self.log.warning("Could not read XNAT's reason for %s: %s", s.get("name"), exc)
+                    reason = None
                 if reason:
                     reasons.append(f"{s['name']}: {reason}")
         return message + (" XNAT says: " + "; ".join(reasons) if reasons else "")
@@ -123,7 +148,9 @@ class XnatPrearchiveSensor(XnatBaseSensor):
         state = self._load(context)
         state.setdefault("deferred_at", time.time())  # a re-deferral (after a rebuild) keeps the sensor timeout
         return XnatPrearchiveTrigger(criteria=self.criteria().to_dict(), xnat_conn_id=self.xnat_conn_id,
-                                     poll_interval=self.poke_interval, state=state)
+                                     poll_interval=self.poke_interval, state=state,
+                                     transient_error_timeout=self.outage_tolerance,
+                                     failing_since=self.outage(context).since)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         event = event or {"status": "error", "message": "the trigger sent no event"}
@@ -136,16 +163,17 @@ class XnatPrearchiveSensor(XnatBaseSensor):
             if left <= 0:
                 raise AirflowSensorTimeout(f"Sensor has timed out (timeout={self.timeout} s) before a stalled "
                                            "prearchive session could be rebuilt.")
+            watch = PrearchiveWatch(self.criteria(), state)
             try:
-                for s in event["sessions"]:
-                    uri = prearchive_uri(s)
-                    self.log.warning("%s", event.get("message"))
-                    if self._rebuild(self.hook.get_conn(), uri):
-                        state.setdefault("rebuilt", []).append(uri)
-                        state.get("seen", {}).pop(uri, None)
+                self._rebuild_all(watch, str(event.get("message")), event["sessions"])
+            except XnatServerError as exc:  # not answered: ridden out as a poke would, asked again later
+                self.ride_out(context, exc, "asking XNAT to rebuild a stalled session")
             except XnatError as exc:
-                self.fail(f"Could not rebuild a stalled prearchive session: {exc}", exc)
-            self._save(context, state)
+                self.xnat_error(exc)
+            else:
+                self.answered(context)
+            finally:
+                self._save(context, state)
             self.defer(trigger=self.make_trigger(context), method_name="execute_complete",
                        timeout=datetime.timedelta(seconds=left))
         if event.get("sessions") and not event.get("error_type"):

@@ -2,37 +2,79 @@
 
 Triggers only wait and report: they poll with the async client (never blocking the triggerer's event loop),
 and turn every outcome, including errors, into a JSON-safe event that the deferring task acts on.
+
+Errors are of two kinds. Transient ones (:class:`XnatServerError`: XNAT restarting, a gateway's 5xx) are ridden
+out with the same login. Permanent ones (:data:`PERMANENT`: refused credentials, no permission, no such project,
+a bad connection) end the wait at once: polling again would fail the same way, and a login XNAT refused, sent
+again and again, locks the account (XNAT locks it after 20 failed logins, by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
+from ..client import ClientConfig
 from ..client.async_client import AsyncXnatClient
-from ..client.errors import XnatError, XnatServerError
-from ..hooks.xnat import client_config_from_connection
+from ..client.errors import (
+    XnatAuthError,
+    XnatBadInputError,
+    XnatConflictError,
+    XnatError,
+    XnatNotFoundError,
+    XnatPermissionError,
+    XnatServerError,
+    XnatTransferError,
+)
+from ..conditions import Outage
+from ..hooks.xnat import client_config_from_connection, missing_connection
 
 log = logging.getLogger("xnat_provider.triggers")
 T = TypeVar("T")
 
+PERMANENT = (XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatBadInputError)
+# The client's error classes by name: what an event's ``error_type`` can be.
+ERROR_TYPES: dict[str, type[XnatError]] = {cls.__name__: cls for cls in (
+    XnatError, XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatConflictError, XnatBadInputError,
+    XnatServerError, XnatTransferError)}
+
+
+async def connection_config(xnat_conn_id: str) -> ClientConfig:
+    """The client settings of ``xnat_conn_id``, read now (a changed connection counts from the next read).
+    A missing or unusable connection is an :class:`XnatBadInputError`."""
+    try:
+        conn = await BaseHook.aget_connection(xnat_conn_id)
+    except AirflowNotFoundException as exc:
+        raise missing_connection(xnat_conn_id, exc) from None
+    return client_config_from_connection(conn)
+
 
 @asynccontextmanager
 async def async_client(xnat_conn_id: str) -> AsyncIterator[AsyncXnatClient]:
-    conn = await BaseHook.aget_connection(xnat_conn_id)
-    async with AsyncXnatClient(client_config_from_connection(conn)) as client:
+    async with AsyncXnatClient(await connection_config(xnat_conn_id)) as client:
         yield client
 
 
+def error_kind(exc: BaseException) -> str:
+    """The name of the client error class ``exc`` is (or derives from): ``XnatAuthError``, ``XnatServerError``...;
+    ``XnatError`` for anything else."""
+    for cls in type(exc).__mro__:
+        if ERROR_TYPES.get(cls.__name__) is cls:
+            return cls.__name__
+    return "XnatError"
+
+
 def error_event(exc: BaseException) -> dict:
-    kind = type(exc).__name__ if isinstance(exc, XnatError) else "XnatError"
-    return {"status": "error", "error_type": kind, "message": str(exc)}
+    """An error as a JSON-safe event: the error's client class name and its message (secrets already redacted
+    by the client). The deferred task raises the same class from it (see ``XnatBaseSensor``)."""
+    message = str(exc) if isinstance(exc, XnatError) else f"{type(exc).__name__}: {exc}"
+    return {"status": "error", "error_type": error_kind(exc), "message": message}
 
 
 def transient(exc: BaseException) -> bool:
@@ -40,22 +82,20 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, XnatServerError)
 
 
-async def poll(observe: Callable[[], Awaitable[T]], poll_interval: float, transient_error_timeout: float,
-               what: str) -> AsyncIterator[T]:
+async def poll(observe: Callable[[], Awaitable[T]], poll_interval: float, transient_error_timeout: float | None,
+               what: str, failing_since: float | None = None) -> AsyncIterator[T]:
     """Yield ``observe()`` every ``poll_interval`` seconds, riding out transient server errors for up to
-    ``transient_error_timeout`` seconds in a row; any other error, or a longer outage, is raised."""
-    failing_since: float | None = None
+    ``transient_error_timeout`` seconds in a row (None: no limit), counted from ``failing_since`` (a wall-clock
+    time: an outage the task saw before it deferred) or from the first failure; a longer outage is raised as
+    :class:`XnatServerError`, any other error at once."""
+    outage = Outage(transient_error_timeout, failing_since)
     while True:
         try:
             value = await observe()
-        except Exception as exc:
-            if not transient(exc):
-                raise
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() - failing_since > transient_error_timeout:
-                raise
+        except XnatServerError as exc:
+            outage.failed(exc, f"polling the {what}")
             log.warning("XNAT %s poll failed (%s); polling again", what, exc)
         else:
-            failing_since = None
+            outage.answered()
             yield value
         await asyncio.sleep(poll_interval)

@@ -19,31 +19,41 @@ class XnatPrearchiveTrigger(BaseTrigger):
     only waits and reports; acting on XNAT is the task's job). A session stalled in a locked ``_X`` status is
     never sent back for a rebuild (XNAT would ignore it): it ends in an error event that says the row is locked.
 
+    Errors end the wait with an error event naming the client error class (``error_type``), which the task
+    raises again: permanent ones (refused login, no permission, no such project, a bad connection) at once, with
+    no second login; transient ones (:class:`~xnat_provider.client.errors.XnatServerError`) only once XNAT has
+    kept failing for ``transient_error_timeout`` seconds in a row.
+
     :param criteria: :class:`~xnat_provider.conditions.PrearchiveCriteria` as a dict.
     :param state: observations carried over from earlier polls (first-seen times, sessions rebuilt).
-    :param transient_error_timeout: how long XNAT may keep failing (restart, gateway) before giving up.
+    :param transient_error_timeout: how long XNAT may keep failing (restart, gateway) before giving up (the
+        sensor's ``outage_tolerance``; None: no limit).
+    :param failing_since: when the outage the task saw before deferring began (``time.time()``), if any.
     """
 
     def __init__(self, criteria: dict[str, Any], xnat_conn_id: str = "xnat_default", poll_interval: float = 30.0,
-                 state: dict[str, Any] | None = None, transient_error_timeout: float = 600.0):
+                 state: dict[str, Any] | None = None, transient_error_timeout: float | None = 600.0,
+                 failing_since: float | None = None):
         super().__init__()
         self.criteria = criteria
         self.xnat_conn_id = xnat_conn_id
         self.poll_interval = poll_interval
         self.state = state or {"seen": {}, "rebuilt": []}
         self.transient_error_timeout = transient_error_timeout
+        self.failing_since = failing_since
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("xnat_provider.triggers.prearchive.XnatPrearchiveTrigger", {
             "criteria": self.criteria, "xnat_conn_id": self.xnat_conn_id, "poll_interval": self.poll_interval,
-            "state": self.state, "transient_error_timeout": self.transient_error_timeout})
+            "state": self.state, "transient_error_timeout": self.transient_error_timeout,
+            "failing_since": self.failing_since})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             watch = PrearchiveWatch(PrearchiveCriteria(**self.criteria), self.state)
             async with async_client(self.xnat_conn_id) as xnat:
                 async for sessions in poll(lambda: xnat.list_prearchive(watch.criteria.project), self.poll_interval,
-                                           self.transient_error_timeout, "prearchive"):
+                                           self.transient_error_timeout, "prearchive", self.failing_since):
                     verdict = watch.observe(sessions)
                     if verdict.action == DONE:
                         yield TriggerEvent({"status": "success", "message": verdict.message,
