@@ -1,9 +1,12 @@
-"""Event-driven auto-archive: each new READY prearchive session is checked, then archived or held back.
+"""Event-driven auto-archive: READY prearchive sessions are checked, then archived or held back.
 
 Started by :class:`XnatPrearchiveEventTrigger` through an ``AssetWatcher``: a new READY session in the
-project's prearchive becomes an asset event, and the event starts this DAG with the session in its extra.
-Where no triggerer runs, trigger the DAG by hand (or on a schedule): it then waits with the prearchive sensor
-and checks every READY session it finds.
+project's prearchive becomes an asset event, and the event starts this DAG. The event is only a wake-up call:
+each run handles every READY session of the project that is still in the prearchive, not only the ones its
+events name. Airflow does not promise one run per event (events that arrive together are merged into one run,
+and an event can wait, stranded, until the next one arrives), so a run that handled only its own events would
+leave sessions behind. Where no triggerer runs, trigger the DAG by hand (or on a schedule): it then waits with
+the prearchive sensor and checks every READY session it finds.
 
 For each session it reads one DICOM header per scan with pydicom (a partial download: only the header bytes)
 and checks what a lab cares about before data enters the archive:
@@ -12,22 +15,32 @@ and checks what a lab cares about before data enters the archive:
   (defaults accept study codes such as ``SUBJ001`` and refuse names like ``DOE^JOHN``);
 - the modality is one of ``modalities``.
 Sessions that pass are archived; the others stay in the prearchive, and the reason for each is recorded in
-the task log and in this run's XCom (``held_back``), where a person can act on it.
+the task log and in this run's XCom (``held_back``), where a person can act on it. A held-back session is
+checked again by the next run (so a session a person fixed is archived then).
 
-Safe to run twice for one session (event delivery is at least once): an archived session is reported as
-already archived, not archived again.
+Idempotent, and safe to run twice for one session (event delivery is at least once):
+- a session that is gone from the prearchive (archived by an earlier run or by a person) is reported as
+  ``already_gone``; one XNAT is working on (not READY: being archived, rebuilt, moved) is left alone
+  (``not_ready``) for a later run;
+- a READY session that no event named yet (it may still be changing) is taken only if it did not change over
+  ``XNAT_EXAMPLE_QUIET_SECONDS``; otherwise its own event starts a later run;
+- runs never overlap (``max_active_runs=1``: Airflow queues the next asset-triggered run until this one ends),
+  so two runs cannot archive one session; a session archived meanwhile by someone else is reported by the
+  archive task as ``already_archived``, never archived again.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import timedelta
 from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, get_current_context, task
 
+from xnat_provider.client.protocol import prearchive_uri
 from xnat_provider.hooks.xnat import XnatHook
 from xnat_provider.operators.archive import XnatArchiveOperator
 from xnat_provider.retry import xnat_retry_policy
@@ -74,6 +87,7 @@ with DAG(
     schedule=[new_ready_sessions],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
+    max_active_runs=1,  # runs never overlap: two runs must not check and archive the same session
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": 2.0,
                   "retry_policy": xnat_retry_policy()},
     params={
@@ -89,20 +103,39 @@ with DAG(
 
     @task.branch
     def how_started() -> str:
-        """Asset events carry the sessions; a manual run has none and waits with the sensor instead."""
+        """Asset events wake the run up and it looks at the prearchive now; a run without events (by hand)
+        waits with the sensor until there is something to check."""
         events = get_current_context()["triggering_asset_events"]
-        return "sessions_from_events" if any(events.values()) else "wait_for_ready"
+        return "ready_sessions" if any(events.values()) else "wait_for_ready"
 
     @task
-    def sessions_from_events() -> list[dict]:
-        events = get_current_context()["triggering_asset_events"]
-        out = []
-        for stream in events.values():
+    def ready_sessions(params: dict | None = None) -> list[dict]:
+        """Every READY session of the project, whatever this run's events name (they may be merged or stranded),
+        plus the sessions the events name (reported as gone if another run archived them)."""
+        announced: dict[str, dict] = {}
+        for stream in get_current_context()["triggering_asset_events"].values():
             for event in stream:
                 payload = (event.extra or {}).get("payload", event.extra or {})
                 if payload.get("session"):
-                    out.append(payload["session"])
-        return out
+                    announced[prearchive_uri(payload["session"])] = payload["session"]
+        with XnatHook() as hook:
+            client = hook.get_conn()
+            first = {s.uri: s for s in client.list_prearchive(params["project"]) if s.status == "READY"}
+            ready = dict(first)
+            if any(uri not in announced for uri in first):
+                # Not named by an event (the watcher announces a session only once it has been quiet): take it only
+                # if it stays unchanged for the sensor's quiet period; one still changing gets its own event later.
+                time.sleep(QUIET)
+                again = {s.uri: s for s in client.list_prearchive(params["project"])}
+                ready = {uri: s for uri, s in first.items() if uri in announced or (
+                    uri in again and (again[uri].status, again[uri].lastmod) == (s.status, s.lastmod))}
+                for uri in sorted(set(first) - set(ready)):
+                    print(f"NOT QUIET {uri}: changed in the last {QUIET:g} s; left for a later run")
+        sessions = {uri: s.to_dict() for uri, s in ready.items()}
+        sessions.update({uri: s for uri, s in announced.items() if uri not in sessions})
+        print(f"{len(sessions)} session(s) to check: {len(announced)} named by this run's events, "
+              f"{len(ready)} READY in {params['project']}")
+        return [sessions[uri] for uri in sorted(sessions)]
 
     waited = XnatPrearchiveSensor(task_id="wait_for_ready", project="{{ params.project }}", deferrable=True,
                                   poke_interval=POLL, timeout=3600, quiet_period=QUIET)
@@ -110,15 +143,19 @@ with DAG(
     @task(trigger_rule="none_failed_min_one_success", multiple_outputs=True)
     def check_headers(from_events: list[dict] | None, from_sensor: list[dict] | None,
                       params: dict | None = None) -> dict:
-        """Read one header per scan and sort the sessions into archive and held back, with reasons."""
-        sessions = from_events or from_sensor or []
-        passed, held, gone = [], [], []
+        """Read one header per scan of each session still READY and sort the sessions into archive and held
+        back, with reasons; sessions gone or busy are reported, not touched."""
+        sessions = {prearchive_uri(s): s for s in (from_events or from_sensor or [])}
+        passed, held, gone, busy = [], [], [], []
         with XnatHook() as hook:
             client = hook.get_conn()
-            for s in sessions:
-                uri = f"/data/prearchive/projects/{s['project']}/{s['timestamp']}/{s['folder']}"
-                if client.find_prearchive(uri) is None:
-                    gone.append(uri)  # archived by an earlier delivery of the same event, or removed by a person
+            for uri, s in sorted(sessions.items()):
+                row = client.find_prearchive(uri)
+                if row is None:
+                    gone.append(uri)  # archived by an earlier run or delivery, or removed by a person
+                    continue
+                if row.status != "READY":
+                    busy.append({"uri": uri, "status": row.status})  # XNAT is working on it: a later run
                     continue
                 problems = header_problems(client, uri, params)
                 if problems:
@@ -129,10 +166,12 @@ with DAG(
             print(f"HELD BACK {h['uri']}: {h['reason']}")
         for uri in gone:
             print(f"ALREADY GONE {uri}: no longer in the prearchive, nothing to do")
-        return {"archive": passed, "held_back": held, "already_gone": gone}
+        for b in busy:
+            print(f"NOT READY {b['uri']}: {b['status']}; left for a later run")
+        return {"archive": passed, "held_back": held, "already_gone": gone, "not_ready": busy}
 
     branch = how_started()
-    from_events = sessions_from_events()
+    from_events = ready_sessions()
     branch >> [from_events, waited]
     checked = check_headers(from_events, waited.output)
 

@@ -21,6 +21,7 @@ import struct
 import zlib
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, AssetAlias, Param, get_current_context, task
@@ -33,6 +34,16 @@ from xnat_provider.sensors.session import XnatSessionSensor
 
 PIPELINE_VERSION = "1.0"
 POLL = float(os.environ.get("XNAT_EXAMPLE_POLL_SECONDS", "15"))  # seconds between polls (small in demos/tests)
+
+
+def run_time(ctx: Any) -> str:
+    """When this run is for, as an ISO timestamp: its logical date (what ``ts`` gives) where it has one. In
+    Airflow 3 asset-triggered runs (how this DAG usually starts) and runs triggered with ``logical_date: null``
+    have none, and no ``ts``, ``ds`` or data interval either: then the time the run became due (``run_after``:
+    when the triggering event or request came)."""
+    run = ctx["dag_run"]
+    when = ctx.get("logical_date") or run.run_after or run.start_date
+    return when.isoformat() if when is not None else ctx["run_id"]
 
 
 def write_png(path: Path, image: list[list[int]]) -> None:
@@ -150,7 +161,7 @@ with DAG(
         ctx = get_current_context()
         return [{"project": p, "session": sess, "fields": {
             "scans_summarised": str(len(items)), "summary_pipeline": f"xnat_scan_pipeline {PIPELINE_VERSION}",
-            "summarised_at": ctx["ts"]}} for (p, sess), items in sorted(by_session.items())]
+            "summarised_at": run_time(ctx)}} for (p, sess), items in sorted(by_session.items())]
 
     fields = session_fields(summaries)
     uploaded >> fields

@@ -24,6 +24,7 @@ import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
@@ -45,6 +46,16 @@ DEFAULT_ARGS = {
     "max_retry_delay": timedelta(minutes=10),
     "retry_policy": xnat_retry_policy(),
 }
+
+
+def run_time(ctx: Any) -> str:
+    """When this run is for, as an ISO timestamp: its logical date (what ``ts`` gives) where it has one. In
+    Airflow 3 a run triggered through the REST API or ``airflow dags trigger`` with ``logical_date: null`` has
+    none, and no ``ts``, ``ds`` or data interval either: then the time the run became due (``run_after``)."""
+    run = ctx["dag_run"]
+    when = ctx.get("logical_date") or run.run_after or run.start_date
+    return when.isoformat() if when is not None else ctx["run_id"]
+
 
 with DAG(
     "xnat_scheduled_ingest",
@@ -109,7 +120,7 @@ with DAG(
             origin = source.get(result["label"], {})
             out.append({"project": result["project"], "session": result["label"], "fields": {
                 "source_file": Path(origin.get("source", "unknown")).name,
-                "ingested_at": ctx["ts"],
+                "ingested_at": run_time(ctx),
                 "ingest_run": ctx["run_id"],
                 "study_uid": origin.get("study_uid", ""),
             }})

@@ -34,10 +34,13 @@ def log(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def start_emulator() -> tuple[subprocess.Popen, str]:
+def start_emulator(own_group: bool = False) -> tuple[subprocess.Popen, str]:
+    """The emulator, and its URL; ``own_group`` puts it in a process group of its own (a terminal's Ctrl-C does
+    not reach it: whoever started it stops it)."""
     proc = subprocess.Popen(
         [str(BIN / "xnat-emulator"), "--port", "0", "--data-dir", str(DATA / "xnat"), "--user", "admin:admin",
-         "--project", PROJECT, "--receiving-idle", "2"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+         "--project", PROJECT, "--receiving-idle", "2"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        process_group=0 if own_group else None)
     line = proc.stdout.readline().strip()  # type: ignore[union-attr]
     if not line.startswith("XNAT emulator listening on "):
         proc.kill()
@@ -77,6 +80,9 @@ def airflow_env(url: str) -> dict[str, str]:
         AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         AIRFLOW__CORE__FERNET_KEY=key_file.read_text(),
+        # The example DAGs run by themselves in this home (make standalone: the event-driven ones start on their
+        # events), so they are created unpaused, also when `make demo` creates them first.
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW_CONN_XNAT_DEFAULT=json.dumps({"conn_type": "xnat", "host": url, "login": "admin",
                                               "password": "admin"}),
         XNAT_PROJECT=PROJECT, XNAT_LANDING=str(DATA / "landing"), XNAT_WORK=str(DATA / "work"),

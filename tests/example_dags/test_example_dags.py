@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import pytest
 import xnat
 
 from tests.airflow_helpers import run_dag
 from xnat_provider.client import XnatClient
 from xnat_provider.testing.samples import make_study, zip_files
-
-
-@pytest.fixture
-def landing(tmp_path: Path) -> Path:
-    """A landing folder with a zip (two series) and a folder (one series) of real DICOM."""
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    a = make_study(tmp_path / "a", patient_name="SUBJ001", patient_id="SUBJ001_MR1", uid_seed="a")
-    zip_files(a.files, landing / "subj001.zip")
-    make_study(landing / "subj002", patient_name="SUBJ002", patient_id="SUBJ002_MR1", series=((5, "FLAIR"),),
-               uid_seed="b")
-    return landing
 
 
 def client(emu) -> XnatClient:
