@@ -26,6 +26,7 @@ from xnat_provider.client import (
     XnatClient,
     XnatError,
     XnatServerError,
+    XnatTransferError,
 )
 from xnat_provider.client.async_client import AsyncXnatClient
 from xnat_provider.client.protocol import is_ambiguous
@@ -425,3 +426,24 @@ def test_good_client_configuration_is_kept(tmp_path: Path) -> None:
                      connect_timeout=1, read_timeout=2.5, workers=1, settle_seconds=0)
     assert c.url == "https://xnat.example.org:8443/xnat" and c.verify == str(bundle)
     assert ClientConfig("http://[::1]:8080", verify=False).url == "http://[::1]:8080"
+
+
+def test_a_header_read_cut_mid_body_is_a_typed_transfer_error(client: XnatClient, emulator: XnatEmulator,
+                                                              study) -> None:
+    client.upload(study.files[0], "/data/projects/P1", "HEADERS")
+    remote = client.list_files("/data/projects/P1/resources/HEADERS")[0]
+    emulator.drop_after("GET", r"/files/.+\.dcm$", after_bytes=100)
+    with pytest.raises(XnatTransferError, match=r"transfer broke after \d+ bytes \(ChunkedEncodingError\)") as info:
+        client.read_header(remote)
+    chain = chain_text(info.value)
+    assert "requests.exceptions" not in chain and "urllib3" not in chain  # nothing of the library is chained
+    assert client.read_header(remote).SOPInstanceUID  # the next read works
+
+
+@pytest.mark.parametrize("body", [b"<html><body>Please log in</body></html>", b"", b"not json"])
+def test_an_answer_that_is_not_json_is_a_server_error(body: bytes) -> None:
+    from xnat_provider.client.protocol import json_answer
+
+    with pytest.raises(XnatServerError, match="expected JSON") as info:
+        json_answer(body, "GET", "/data/services/tokens/validate/a/***")
+    assert info.value.__cause__ is None and info.value.__context__ is None  # the body is not chained either

@@ -15,6 +15,7 @@ from .protocol import (
     experiments_from_rows,
     fields_from_item,
     first_item,
+    json_answer,
     q,
     result_rows,
     scans_from_rows,
@@ -198,7 +199,7 @@ class ArchiveMixin:
         except XnatPermissionError as exc:
             raise _token_refused(exc, f"{user!r} is another user and this login is not a site administrator's",
                                  f"issue the token with {user!r}'s own login or a site administrator's") from exc
-        token = AliasToken.from_json(resp.json())
+        token = AliasToken.from_json(json_answer(resp.content, "GET", path))
         self.session.add_secret(token.secret)
         return token
 
@@ -216,7 +217,8 @@ class ArchiveMixin:
             raise XnatBadInputError("validate_token needs the token's secret.")
         self.session.add_secret(secret)
         try:
-            data = self.session.request("GET", f"/data/services/tokens/validate/{q(alias)}/{q(secret)}").json()
+            path = f"/data/services/tokens/validate/{q(alias)}/{q(secret)}"
+            data = json_answer(self.session.request("GET", path).content, "GET", self.session.redact(path))
         except XnatNotFoundError:
             return None
         except XnatPermissionError as exc:

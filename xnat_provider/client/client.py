@@ -20,11 +20,12 @@ from typing import Any
 import pydicom
 
 from .archive import ArchiveMixin
-from .downloads import DownloadMixin
+from .downloads import BROKEN, DownloadMixin
 from .errors import XnatTransferError
 from .imports import ImportMixin
 from .models import RemoteFile
 from .prearchive import PrearchiveMixin
+from .protocol import json_answer
 from .session import ClientConfig, XnatSession
 from .uploads import UploadMixin
 
@@ -55,8 +56,9 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
 
     def version(self) -> str:
         """XNAT's version, from ``/xapi/siteConfig/buildInfo`` (``/data/version`` is gone in 1.8)."""
-        return str(self.session.request("GET", "/xapi/siteConfig/buildInfo", params={"format": "json"})
-                   .json().get("version", ""))
+        path = "/xapi/siteConfig/buildInfo"
+        info = json_answer(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
+        return str(info.get("version", "")) if isinstance(info, dict) else ""
 
     def close(self) -> None:
         """Log out (``DELETE /data/JSESSION``) and release connections."""
@@ -73,12 +75,19 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
         uri = remote.uri if isinstance(remote, RemoteFile) else remote
         resp = self.session.request("GET", uri, stream=True, headers={"Range": f"bytes=0-{max_bytes - 1}"},
                                     ok_statuses=(206,))
+        buf = io.BytesIO()
+        broken: BaseException | None = None
         with resp:
-            buf = io.BytesIO()
-            for chunk in resp.iter_content(64 * 1024):
-                buf.write(chunk)
-                if buf.tell() >= max_bytes:
-                    break  # the server ignored Range: stop reading, the header is in what we have
+            try:
+                for chunk in resp.iter_content(64 * 1024):
+                    buf.write(chunk)
+                    if buf.tell() >= max_bytes:
+                        break  # the server ignored Range: stop reading, the header is in what we have
+            except BROKEN as exc:
+                broken = exc
+        if broken is not None:  # raised outside the handler: the library's exception (and its URL) is not chained
+            raise XnatTransferError(f"GET {self.session.redact(uri)}: transfer broke after {buf.tell()} bytes "
+                                    f"({type(broken).__name__})", method="GET", path=self.session.redact(uri))
         buf.seek(0)
         try:
             return pydicom.dcmread(buf, stop_before_pixels=True, defer_size=1024)

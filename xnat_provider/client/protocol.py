@@ -147,6 +147,18 @@ def result_rows(body: str | bytes, method: str = "GET", path: str = "") -> list[
     return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
 
 
+def json_answer(body: str | bytes, method: str, path: str) -> Any:
+    """A JSON answer (token and build-info calls); an answer that is not JSON (a login page a proxy sent, an
+    error page with 200) is an :class:`XnatServerError`, never the JSON library's own exception. ``path`` must
+    already be redacted: a token URL carries its secret."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        pass  # raised below, outside the handler: nothing of the JSON error (which holds the body) is chained
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    raise XnatServerError(f"{method} {path}: expected JSON, got {text[:120]!r}", method=method, path=path)
+
+
 def uri_list(body: str) -> list[str]:
     return [line.strip() for line in body.splitlines() if line.strip() and not line.startswith("#")]
 
