@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from .errors import XnatAuthError, XnatBadInputError, XnatError, XnatNotFoundError, XnatServerError
+from .errors import XnatAuthError, XnatError, XnatNotFoundError, XnatServerError
 from .models import Experiment, PrearchiveSession, Scan
 from .protocol import (
     EXPERIMENT_COLUMNS,
@@ -47,6 +47,7 @@ from .session import (
     chained,
     redacted_cause,
     session_replaced,
+    transport_error,
 )
 
 log = logging.getLogger("xnat_provider.client")
@@ -207,17 +208,9 @@ class AsyncXnatClient:
         where = self.redact(path)
         cause = redacted_cause(exc, self.redact, _reached_server(exc))
         detail = f"{type(exc).__name__}: {self.redact(str(exc))[:200]}"
-        if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
-            error: XnatError = XnatBadInputError(f"{method} {where}: not sent, the request is invalid ({detail})",
-                                                 method=method, path=where)
-        elif isinstance(exc, CUT):
-            error = XnatServerError(f"{method} {where}: the answer from XNAT was cut short ({detail}); its effect "
-                                    "is unknown", method=method, path=where)
-        elif isinstance(exc, BROKEN):
-            error = XnatServerError(f"{method} {where}: no answer from XNAT ({detail})", method=method, path=where)
-        else:
-            error = XnatServerError(f"{method} {where}: the request failed ({detail})", method=method, path=where)
-        return chained(error, cause)
+        kind = ("unsendable" if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)) else
+                "cut" if isinstance(exc, CUT) else "broken" if isinstance(exc, BROKEN) else "other")
+        return transport_error(method, where, kind, detail, cause)
 
     async def _attempt(self, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
         await self._ensure_login()

@@ -136,6 +136,19 @@ def chained(error: XnatError, cause: BaseException | None) -> XnatError:
     return error
 
 
+def transport_error(method: str, where: str, kind: str, detail: str, cause: BaseException) -> XnatError:
+    """The typed error for a failure of either client's HTTP library, ``kind`` being what the library's exception
+    means: ``unsendable`` (nothing could be sent: :class:`XnatBadInputError`), ``cut`` (an answer cut or damaged
+    mid-body), ``broken`` (no answer) or anything else: :class:`XnatServerError` with no status, ambiguous, since a
+    POST may have taken effect. Chained to ``cause``, the redacted stand-in (:func:`redacted_cause`)."""
+    if kind == "unsendable":
+        return chained(XnatBadInputError(f"{method} {where}: not sent, the request is invalid ({detail})",
+                                         method=method, path=where), cause)
+    what = {"cut": f"the answer from XNAT was cut short ({detail}); its effect is unknown",
+            "broken": f"no answer from XNAT ({detail})"}.get(kind, f"the request failed ({detail})")
+    return chained(XnatServerError(f"{method} {where}: {what}", method=method, path=where), cause)
+
+
 def reached_server(exc: BaseException) -> bool:
     """False when a requests failure surely happened before the request reached the server."""
     return not isinstance(exc, requests.exceptions.ConnectTimeout) and "NewConnectionError" not in repr(exc)
@@ -517,17 +530,9 @@ class XnatSession:
         where = self.redact(path)
         cause = redacted_cause(exc, self.redact, reached_server(exc))
         detail = f"{type(exc).__name__}: {self.redact(str(exc))[:200]}"
-        if isinstance(exc, UNSENDABLE_ERRORS):
-            error: XnatError = XnatBadInputError(f"{method} {where}: not sent, the request is invalid ({detail})",
-                                                 method=method, path=where)
-        elif isinstance(exc, CUT_ERRORS):
-            error = XnatServerError(f"{method} {where}: the answer from XNAT was cut short ({detail}); its effect "
-                                    "is unknown", method=method, path=where)
-        elif isinstance(exc, TRANSPORT_ERRORS):
-            error = XnatServerError(f"{method} {where}: no answer from XNAT ({detail})", method=method, path=where)
-        else:
-            error = XnatServerError(f"{method} {where}: the request failed ({detail})", method=method, path=where)
-        return chained(error, cause)
+        kind = ("unsendable" if isinstance(exc, UNSENDABLE_ERRORS) else "cut" if isinstance(exc, CUT_ERRORS)
+                else "broken" if isinstance(exc, TRANSPORT_ERRORS) else "other")
+        return transport_error(method, where, kind, detail, cause)
 
     def _attempt(self, method: str, path: str, params: Any, data: Body, headers: dict[str, str] | None,
                  stream: bool, allow_redirects: bool, expect_html: bool,
