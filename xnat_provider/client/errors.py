@@ -90,3 +90,19 @@ def error_for_status(status: int) -> type[XnatError]:
     if status in (400, 406, 411, 413, 415, 417, 422):
         return XnatBadInputError
     return XnatServerError
+
+
+# The client's error classes by name: how an error crosses a boundary that carries only JSON (a trigger's event)
+# and is raised again as the same class on the other side.
+ERROR_TYPES: dict[str, type[XnatError]] = {cls.__name__: cls for cls in (
+    XnatError, XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatConflictError, XnatBadInputError,
+    XnatServerError, XnatTransferError)}
+
+
+def error_kind(exc: BaseException) -> str:
+    """The name of the client error class ``exc`` is (or derives from): ``XnatAuthError``, ``XnatServerError``...;
+    ``XnatError`` for anything else."""
+    for cls in type(exc).__mro__:
+        if ERROR_TYPES.get(cls.__name__) is cls:
+            return cls.__name__
+    return "XnatError"

@@ -29,6 +29,7 @@ from airflow.sdk import BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, AirflowSkipException
 
 from ..client.errors import (
+    ERROR_TYPES,
     XnatAuthError,
     XnatBadInputError,
     XnatConflictError,
@@ -36,11 +37,11 @@ from ..client.errors import (
     XnatNotFoundError,
     XnatPermissionError,
     XnatServerError,
+    error_kind,
 )
 from ..conditions import Outage
 from ..hooks.xnat import XnatHook, logs_out
 from ..links import XnatSessionLink, push_link
-from ..triggers.base import ERROR_TYPES, error_kind
 
 OUTAGE_KEY = "xnat_outage"
 DEFAULT_OUTAGE_TOLERANCE = 3600.0

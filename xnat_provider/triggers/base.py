@@ -25,12 +25,11 @@ from ..client.async_client import AsyncXnatClient
 from ..client.errors import (
     XnatAuthError,
     XnatBadInputError,
-    XnatConflictError,
     XnatError,
     XnatNotFoundError,
     XnatPermissionError,
     XnatServerError,
-    XnatTransferError,
+    error_kind,
 )
 from ..conditions import Outage
 from ..hooks.xnat import client_config_from_connection, missing_connection
@@ -39,10 +38,7 @@ log = logging.getLogger("xnat_provider.triggers")
 T = TypeVar("T")
 
 PERMANENT = (XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatBadInputError)
-# The client's error classes by name: what an event's ``error_type`` can be.
-ERROR_TYPES: dict[str, type[XnatError]] = {cls.__name__: cls for cls in (
-    XnatError, XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatConflictError, XnatBadInputError,
-    XnatServerError, XnatTransferError)}
+
 
 
 async def connection_config(xnat_conn_id: str) -> ClientConfig:
@@ -59,15 +55,6 @@ async def connection_config(xnat_conn_id: str) -> ClientConfig:
 async def async_client(xnat_conn_id: str) -> AsyncIterator[AsyncXnatClient]:
     async with AsyncXnatClient(await connection_config(xnat_conn_id)) as client:
         yield client
-
-
-def error_kind(exc: BaseException) -> str:
-    """The name of the client error class ``exc`` is (or derives from): ``XnatAuthError``, ``XnatServerError``...;
-    ``XnatError`` for anything else."""
-    for cls in type(exc).__mro__:
-        if ERROR_TYPES.get(cls.__name__) is cls:
-            return cls.__name__
-    return "XnatError"
 
 
 def error_event(exc: BaseException) -> dict:
