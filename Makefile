@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: demo standalone test lint lock bench bench-client clean venv
+.PHONY: demo standalone test test-distributed lint lock bench bench-client clean venv
 
 venv: $(STAMP)
 
@@ -34,12 +34,20 @@ test: $(STAMP)
 	env -u XNAT_URL $(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-contract-external
 
+# The example DAGs under CeleryExecutor as docker/docker-compose.yaml deploys them: private PostgreSQL and Redis
+# (installed from Debian's packages when missing and run as root), the emulator, and Airflow's API server,
+# scheduler, DAG processor, triggerer and two Celery workers as separate processes, checked through Airflow's
+# REST API (tests/distributed/run.py says what). About 3 minutes; everything it starts is stopped by PID.
+test-distributed: $(STAMP)
+	$(BIN)/python tests/distributed/run.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # Re-resolve the lock file after changing dependencies in pyproject.toml.
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --universal -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra testing --extra examples --extra celery \
+		--python-version 3.11 --universal -o requirements-dev.lock
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_emulator.py

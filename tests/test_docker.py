@@ -13,91 +13,39 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from tests.compose_file import (
+    COMPOSE_FILE,
+    REQUIRED_SECRETS,
+    SECRETS,
+    VARIABLE,
+    MissingVariable,
+    compose,
+    interpolate,
+    raw_compose,
+    service_env,
+    substitute,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
-COMPOSE_FILE = DOCKER / "docker-compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
-REQUIRED_SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
-# Stand-ins for the secrets a user puts in docker/.env (not real keys; only their presence matters here).
-SECRETS = {name: f"test-{name.lower()}" for name in REQUIRED_SECRETS}
 
 AIRFLOW_SERVICES = {
     "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
     "airflow-worker",
 }
 LONG_RUNNING = {"postgres", "redis", "xnat-emulator", "flower"} | AIRFLOW_SERVICES - {"airflow-init"}
-
-
-# --- docker compose's variable substitution: $$, $NAME, ${NAME}, ${NAME:-default}, ${NAME-default},
-# --- ${NAME:?error}, ${NAME?error}, ${NAME:+alternative}, ${NAME+alternative} (no nesting, which we don't use).
-
-class MissingVariable(Exception):
-    pass
-
-
-_VAR = re.compile(
-    r"\$(?:(?P<escaped>\$)|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|"
-    r"\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"
-)
-
-
-def substitute(text: str, env: Mapping[str, str]) -> str:
-    def one(m: re.Match[str]) -> str:
-        if m["escaped"]:
-            return "$"
-        name = m["named"] or m["braced"]
-        op, arg, value = m["op"], m["arg"] or "", env.get(name)
-        unset_or_empty = value is None or (op is not None and op.startswith(":") and value == "")
-        if op in (":-", "-"):
-            return arg if unset_or_empty else value
-        if op in (":?", "?"):
-            if unset_or_empty:
-                raise MissingVariable(f"{name}: {arg}")
-            return value
-        if op in (":+", "+"):
-            return "" if unset_or_empty else arg
-        return value or ""
-
-    return _VAR.sub(one, text)
-
-
-def interpolate(node: Any, env: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return substitute(node, env)
-    if isinstance(node, list):
-        return [interpolate(v, env) for v in node]
-    if isinstance(node, dict):
-        return {k: interpolate(v, env) for k, v in node.items()}
-    return node
-
-
-def raw_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())  # PyYAML resolves the anchors and << merge keys
-
-
-def compose(**env: str) -> dict[str, Any]:
-    """The compose file as docker compose would see it with docker/.env holding ``SECRETS`` and ``env``."""
-    return interpolate(raw_compose(), {**SECRETS, **env})
-
-
-def service_env(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
 
 
 def conditions(service: dict[str, Any]) -> dict[str, str]:
@@ -337,7 +285,7 @@ def env_example() -> dict[str, str]:
 
 
 def test_env_example_documents_every_variable_and_commits_no_secret() -> None:
-    used = {m["named"] or m["braced"] for m in _VAR.finditer(COMPOSE_FILE.read_text()) if not m["escaped"]}
+    used = {m["named"] or m["braced"] for m in VARIABLE.finditer(COMPOSE_FILE.read_text()) if not m["escaped"]}
     used.add("COMPOSE_PROFILES")  # read by docker compose itself
     example = env_example()
     assert used == set(example), f"undocumented: {used - set(example)}; unused: {set(example) - used}"

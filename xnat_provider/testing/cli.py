@@ -1,4 +1,8 @@
-"""``xnat-emulator``: run the XNAT emulator in the foreground until SIGINT or SIGTERM."""
+"""``xnat-emulator``: run the XNAT emulator in the foreground until SIGINT or SIGTERM.
+
+The emulator is imported by :func:`main`, so that without the ``testing`` extra the command ends with one line
+saying what to install rather than a traceback (and ``--help`` works either way).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import signal
 import sys
 import threading
 
-from .emulator import XnatEmulator
+from . import MissingTestingExtraError
 
 
 def _user(value: str) -> tuple[str, str]:
@@ -41,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        from .emulator import XnatEmulator
+    except MissingTestingExtraError as exc:
+        print(f"xnat-emulator: {exc}", file=sys.stderr)
+        return 1
     users = dict(args.user) if args.user else {"admin": "admin"}
     emulator = XnatEmulator(
         data_dir=args.data_dir, users=users, projects=args.project or ["P1"], host=args.host, port=args.port,

@@ -13,7 +13,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+try:
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ModuleNotFoundError as exc:  # python-multipart is in the `testing` extra: say so, not a bare import error
+    from . import missing_testing_extra
+
+    if (error := missing_testing_extra(exc)) is None:
+        raise
+    raise error from exc
 
 from .http import CHUNK, Request, XnatHttpError
 
