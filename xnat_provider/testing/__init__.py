@@ -5,9 +5,10 @@ clients (xnatpy, pyxnat) work against it unchanged; see the README for the Pytho
 ``xnat-emulator`` command, the ``xnat_emulator`` pytest fixture and fault injection.
 
 The emulator needs the provider's ``testing`` extra (``pip install 'airflow-provider-xnat[testing]'``). This
-package imports nothing until :class:`XnatEmulator` or :class:`FaultRule` is first used: the pytest plugin
-(:mod:`xnat_provider.testing.pytest_plugin`) lives here and is loaded by every pytest run wherever the provider
-is installed, with or without that extra, so importing the package itself must stay cheap and must not fail.
+package imports nothing until :class:`XnatEmulator`, :class:`FaultRule` or :class:`MissingTestingExtraError` is
+first used: the pytest plugin (:mod:`xnat_provider.testing.pytest_plugin`) lives here and is loaded by every
+pytest run wherever the provider is installed, with or without that extra, so importing the package itself must
+stay cheap and must not fail.
 """
 
 from __future__ import annotations
@@ -17,37 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .emulator import XnatEmulator
+    from .extra import MissingTestingExtraError
     from .faults import FaultRule
 
 __all__ = ["FaultRule", "MissingTestingExtraError", "XnatEmulator"]
 
-TESTING_EXTRA_INSTALL = "pip install 'airflow-provider-xnat[testing]'"
-
-# Modules the emulator imports that the provider's runtime dependencies do not bring: import name -> distribution.
-TESTING_EXTRA_MODULES = {"python_multipart": "python-multipart"}
-
-_LAZY = {"XnatEmulator": ".emulator", "FaultRule": ".faults"}
-
-
-class MissingTestingExtraError(ModuleNotFoundError):
-    """The emulator was used without the ``testing`` extra (a :class:`ModuleNotFoundError`, so also an ImportError)."""
-
-
-def missing_testing_extra(exc: ModuleNotFoundError) -> MissingTestingExtraError | None:
-    """The error to raise in place of ``exc`` when the module missing is one of the ``testing`` extra's.
-
-    None when the missing module is something else (then ``exc`` is a real bug, not a missing extra)."""
-    top = (exc.name or "").partition(".")[0]
-    if top not in TESTING_EXTRA_MODULES:
-        return None
-    return MissingTestingExtraError(
-        f"The XNAT emulator (xnat_provider.testing) needs {TESTING_EXTRA_MODULES[top]}, which is not installed "
-        f"(import of {top!r} failed). It comes with the provider's `testing` extra: {TESTING_EXTRA_INSTALL}",
-        name=exc.name, path=exc.path)
+# Imported on first use (PEP 562): name -> the module that defines it. The ``testing`` extra's helpers live in
+# ``extra.py`` (which ``uploads.py`` imports, so that no module imports the package back); they stay reachable here.
+_LAZY = {
+    "XnatEmulator": ".emulator", "FaultRule": ".faults", "MissingTestingExtraError": ".extra",
+    "missing_testing_extra": ".extra", "TESTING_EXTRA_INSTALL": ".extra", "TESTING_EXTRA_MODULES": ".extra",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``XnatEmulator`` and ``FaultRule``, imported on first use (PEP 562)."""
+    """``XnatEmulator``, ``FaultRule`` and the ``testing`` extra's error (``extra.py``), imported on first use."""
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

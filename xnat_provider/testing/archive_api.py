@@ -20,7 +20,7 @@ from .http import Request, Response, Router, XnatHttpError
 from .model import Model
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .registry import Services
 
 SEG = r"[^/]+"
 OWNER = (
@@ -112,9 +112,9 @@ def resolve(model: Model, p: dict[str, str]) -> Target:
 
 
 class ArchiveApi:
-    def __init__(self, emulator: XnatEmulator):
-        self.emu = emulator
-        self.model: Model = emulator.model
+    def __init__(self, services: Services):
+        self.model: Model = services.model
+        self.auth = services.auth
 
     # ---- listings ----------------------------------------------------------------------------------
     def _columns(self, req: Request, default: list[str]) -> list[str]:
@@ -434,7 +434,7 @@ class ArchiveApi:
         if proj is None:
             raise XnatHttpError(404, f"Could not find the project with ID '{req.route_params['project']}'")
         if req.method == "PUT":
-            if proj["insert_user"] != req.user and not self.emu.auth.is_admin(req.user):
+            if proj["insert_user"] != req.user and not self.auth.is_admin(req.user):
                 raise XnatHttpError(403, "Forbidden")
             self.model.set_accessibility(proj["id"], level)  # type: ignore[arg-type]
         return Response.text(self.model.store.one("SELECT accessibility FROM projects WHERE id=?",
@@ -466,8 +466,8 @@ class ArchiveApi:
         return Response(body=b"", content_type="text/plain")
 
 
-def register(router: Router, emu: XnatEmulator) -> None:
-    api = ArchiveApi(emu)
+def register(router: Router, services: Services) -> None:
+    api = ArchiveApi(services)
     exp_list = rf"/data(?:/projects/(?P<project>{SEG})(?:/subjects/(?P<subject>{SEG}))?)?/experiments"
     router.add("GET", r"/data/projects", api.list_projects, xnat="ProjectListResource")
     router.add(("GET", "PUT"), rf"/data/projects/(?P<project>{SEG})/accessibility(?:/(?P<level>{SEG}))?",

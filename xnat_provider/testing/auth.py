@@ -10,12 +10,14 @@
 - On a site that does not require a login (``require_login=False``) a request without valid credentials, an
   expired session included, is the ``guest`` user in a new session (new ``JSESSIONID``), never a 401; what the
   guest may see and do is in ``access.py``.
+
+This module is the accounts' state, which the server asks to authenticate every request; the REST resources
+that log in, out and issue tokens are ``auth_api.py``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import string
@@ -24,9 +26,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from . import xnat_routes
 from .access import GUEST
-from .http import Request, Response, Router, XnatHttpError
+from .http import Request, Response, XnatHttpError
 from .store import Store
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -207,119 +208,3 @@ class Auth:
             "id": t["id"], "enabled": bool(t["enabled"]), "created": int(t["created"] * 1000),
             "timestamp": int(t["created"] * 1000), "disabled": 0,
         }
-
-
-def register(router: Router, auth: Auth, version: str) -> None:
-    def site_root(req: Request) -> Response:
-        page = "<html><head><title>XNAT</title></head><body><h1>XNAT emulator</h1></body></html>"
-        return Response(body=page.encode(), content_type="text/html")
-
-    def jsession(req: Request) -> Response:
-        if req.method == "DELETE":
-            auth.end_session(req.session_id)
-            resp = Response(body=b"", content_type="text/plain")
-            resp.cookies.append("JSESSIONID=; Path=/; Max-Age=0; HttpOnly")
-            req.session_id = None
-            return resp
-        text = req.session_id or ""
-        if req.flag("CSRF"):
-            text += "; XNAT_CSRF=" + secrets.token_hex(8)
-        return Response.text(text)
-
-    def services_auth(req: Request) -> Response:
-        user = req.first("username", "j_username")
-        password = req.first("password", "j_password", default="")
-        provider = req.first("provider", "login_method")
-        if provider and provider not in ("localdb", "token"):
-            raise XnatHttpError(400, f"Unknown authentication provider: {provider}")
-        if not user:
-            raise XnatHttpError(401, "Login attempt failed. Please try again.")
-        login = auth.check_credentials(user, password or "")
-        sid = auth.new_session(login)
-        req.user, req.session_id = login, sid
-        req.new_session = True
-        return Response.text(sid)
-
-    def user_auth(req: Request) -> Response:
-        return Response.text(f"User '{req.user}' is logged in")
-
-    def build_info(req: Request) -> Response:
-        info = {
-            "version": version, "buildNumber": "emulator", "buildDate": "", "sha": "emulator",
-            "isDirty": "false", "branch": "emulator", "commit": "emulator", "tag": version,
-            "shaFull": "emulator", "timestamp": "0",
-        }
-        return Response(body=json.dumps(info).encode(), content_type="application/json")
-
-    def tokens(req: Request) -> Response:
-        """``AliasTokenRestlet`` step by step (web/.../restlet/services/AliasTokenRestlet.java).
-
-        The constructor first finds the token named in the path (404 when there is none), then refuses the guest
-        and, for a caller who is not a site administrator, any operation on another user's account or token
-        (403, l.95-97), before the operation is even looked at: so a non-admin's ``validate`` of another user's
-        token is a 403, never ``{"valid": ...}``. Then ``issue``, ``show``, ``validate`` (``{"valid": user}`` or
-        ``{}``: Jackson drops the null, ``SerializerConfig`` NON_NULL) and ``invalidate`` (``{"result": "OK"}``).
-
-        XNAT does not look at a token's expiry here (``HibernateAliasTokenService.validateToken``); an hourly job
-        deletes expired tokens (``ClearExpiredAliasTokens``, ``aliasTokenTimeoutSchedule``). The emulator deletes
-        them the moment they expire, so an expired token is an unknown one (404), as on XNAT after the sweep.
-        """
-        found = xnat_routes.match(req.path[len("/data"):])
-        variables = found.variables if found else {}
-        op, username = variables.get("OPERATION", ""), variables.get("USERNAME")
-        token_id, secret = variables.get("TOKEN"), variables.get("SECRET")
-        auth.store.run("DELETE FROM tokens WHERE expires<=?", time.time())
-        token = None
-        if token_id:
-            if UUID_RE.match(token_id):
-                token = auth.store.one("SELECT * FROM tokens WHERE alias=? AND enabled=1", token_id)
-                if token is None:
-                    raise XnatHttpError(404, f"Can't find an alias token with the alias {token_id}")
-            else:
-                token = (auth.store.one("SELECT * FROM tokens WHERE id=?", int(token_id))
-                         if token_id.isdigit() else None)
-                if token is None:
-                    raise XnatHttpError(404, f"Can't find an alias token with the ID {token_id}")
-        caller = req.user or ""
-        username = username or caller
-        if not username or username.lower() == GUEST:
-            raise XnatHttpError(403, "The guest user can't request alias tokens")
-        admin = auth.is_admin(caller)
-        if (username.lower() != caller.lower() or (token is not None and token["login"].lower() != caller.lower())) \
-                and not admin:
-            raise XnatHttpError(403, "Non-admin users can only request operations on alias tokens for their own "
-                                     "account")
-        if username != caller and not admin:  # represent(): the same check, case-sensitive this time
-            raise XnatHttpError(403, "Only admins can work with alias tokens for other users.")
-        if op == "issue":
-            if not auth.store.one("SELECT login FROM users WHERE login=?", username):
-                raise XnatHttpError(400, f"An error occurred retrieving the user: {username}")
-            return _json(auth.issue_token(username))
-        if op == "show":
-            rows = auth.store.all("SELECT * FROM tokens WHERE login=? AND enabled=1", username)
-            return _json([auth.token_json(t) for t in rows])
-        if op == "validate":
-            if token is None or not secret:
-                raise XnatHttpError(401, "You must specify both token and secret to validate a token.")
-            ok = secrets.compare_digest(token["secret"], secret)
-            if token["single_use"]:  # validateToken deletes a single-use token in a finally, right or wrong
-                auth.store.run("DELETE FROM tokens WHERE id=?", token["id"])
-            return _json({"valid": token["login"]} if ok else {})
-        if op == "invalidate":
-            if token is not None:
-                auth.store.run("DELETE FROM tokens WHERE id=?", token["id"])
-            return _json({"result": "OK"})
-        raise XnatHttpError(400, f"Unknown operation: {op}")
-
-    router.add("GET", r"/", site_root, public=True)
-    router.add(("GET", "POST", "DELETE"), r"/data/JSESSION", jsession, xnat="UserSession")
-    router.add(("PUT", "POST"), r"/data/services/auth", services_auth, public=True, xnat="AuthenticationRestlet")
-    router.add("GET", r"/data/auth", user_auth, xnat="UserAuth")
-    router.add("GET", r"/xapi/siteConfig/buildInfo", build_info)
-    router.add("GET", r"/xapi/siteConfig/buildInfo/version", lambda r: Response.text(version))
-    # /data/version is gone in XNAT 1.8: no template in the route table, so the router answers 404.
-    router.add("GET", r"/data/services/tokens/(?P<op>[^/]+)(?:/(?P<rest>.*))?", tokens, xnat="AliasTokenRestlet")
-
-
-def _json(value: object) -> Response:
-    return Response(body=json.dumps(value).encode(), content_type="application/json")

@@ -12,12 +12,28 @@ another process. Unauthenticated on purpose: it is a test harness on loopback, n
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .http import Request, Response, XnatHttpError
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .faults import Faults
+
+
+class Controlled(Protocol):
+    """What the control API drives: the emulator's faults and its test controls (methods of ``XnatEmulator``).
+
+    A protocol, not the emulator class, so that this module does not import ``emulator.py``, which imports it."""
+
+    faults: Faults
+
+    def expire_sessions(self) -> int: ...
+
+    def hold_prearchive(self, project: str, timestamp: str, folder: str, status: str = ...) -> None: ...
+
+    def release_prearchive(self, project: str, timestamp: str, folder: str, status: str | None = ...) -> None: ...
+
+    def corrupt_file(self, uri: str) -> None: ...
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -25,7 +41,9 @@ def _json(value: object, status: int = 200) -> Response:
 
 
 class Control:
-    def __init__(self, emu: XnatEmulator):
+    """The ``/__emulator__/`` endpoints, answered before routing, fault injection and authentication."""
+
+    def __init__(self, emu: Controlled):
         self.emu = emu
 
     def _body(self, req: Request) -> dict:

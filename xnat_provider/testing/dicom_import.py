@@ -32,7 +32,7 @@ from .uploads import cleanup, is_multipart, receive_multipart, spool
 from .zip_input import ZipEntryStream, ZipInputError, read_zip
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .registry import Services
 
 COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 KV_RE = re.compile(r"(project|subject|session|aa)\s*:\s*([\w\-]*)", re.IGNORECASE)
@@ -62,14 +62,14 @@ def comment_values(ds: Any) -> dict[str, str]:
 
 
 class Importer:
-    def __init__(self, emu: XnatEmulator):
-        self.emu = emu
-        self.pre = emu.prearchive
+    def __init__(self, services: Services):
+        self.store, self.model = services.store, services.model
+        self.pre = services.prearchive
 
     # ---- routing -----------------------------------------------------------------------------------
     def route(self, ds: Any, params: dict[str, str | None]) -> tuple[str, str, str]:
         comments = comment_values(ds)
-        model = self.emu.model
+        model = self.model
         project = None
         for candidate in (params.get("project"), comments.get("project"), str(ds.get("StudyDescription", "") or ""),
                           str(ds.get("AccessionNumber", "") or "")):
@@ -99,7 +99,7 @@ class Importer:
                     p["subject"] = p["subject"] or parts[4]
                 if len(parts) >= 7 and parts[5] == "experiments":
                     p["session"] = p["session"] or parts[6]
-        if p["project"] and self.emu.model.project(p["project"]) is None:
+        if p["project"] and self.model.project(p["project"]) is None:
             p["project"] = None  # XNAT silently ignores an unknown project and routes by the headers
         return p
 
@@ -138,7 +138,7 @@ class Importer:
             if handler in ("XAR", "inbox"):
                 raise XnatHttpError(400, f"The {handler} import handler is not supported by the emulator.")
             raise XnatHttpError(404, f"Unknown import handler: {handler}")
-        staging = self.emu.store.path("tmp/imports")
+        staging = self.store.path("tmp/imports")
         staging.mkdir(parents=True, exist_ok=True)
         if is_multipart(req):
             if req.flag("inbody"):
@@ -171,7 +171,7 @@ class Importer:
     def _import(self, req: Request, upload: Path, name: str) -> Response:
         params = self._params(req)
         ignore = req.flag("Ignore-Unparsable")
-        tmp_dir = self.emu.store.path("tmp/imports")
+        tmp_dir = self.store.path("tmp/imports")
         touched: dict[tuple[str, str, str], dict] = {}
         overrides = {k: req.param(k) for k in ("SOURCE", "VISIT", "PROTOCOL", "TIMEZONE", "prevent_anon",
                                                 "prevent_auto_commit")}
@@ -274,5 +274,5 @@ class Importer:
         return uid or "NA"
 
 
-def register(router: Router, emu: XnatEmulator) -> None:
-    router.add("POST", r"/data/services/import", Importer(emu).handle, xnat="Importer")
+def register(router: Router, services: Services) -> None:
+    router.add("POST", r"/data/services/import", Importer(services).handle, xnat="Importer")

@@ -8,11 +8,16 @@
 
 ``data_dir=None`` keeps everything in a temporary folder that is removed on exit; give a folder to keep the
 archive between runs (stop and start on the same folder and everything is still there).
+
+This module only wires the parts together: the state (store, model, accounts, prearchive), the API modules that
+declare their routes on the emulator's router (:data:`API_MODULES`), the control API and the HTTP server. How the
+modules are laid out, which serves which part of XNAT's API and how to add an endpoint: ``registry.py``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -20,18 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import archive_api, auth, dicom_import, files_api, prearchive_api, site_api
+from . import archive_api, auth_api, dicom_import, files_api, prearchive_api, site_api
+from .archive_api import OWNER, SEG, resolve
 from .auth import Auth
 from .control import Control
 from .faults import FaultRule, Faults
-from .http import Router
 from .model import Model
 from .prearchive import Prearchive
+from .registry import ApiModule, Services, Settings, build_router
 from .server import EmulatorHTTPServer, make_server, serve_in_thread
 from .store import Store
 
 XNAT_VERSION = "1.8.10"
 PREARCHIVE_CODES = {"manual": 0, "auto-archive": 4, "auto-archive-overwrite": 5}
+# The modules serving XNAT's API, each declaring its routes (``register(router, services)``). Their routes are
+# matched in this order where the order matters (see :func:`~xnat_provider.testing.registry.build_router`).
+API_MODULES: tuple[ApiModule, ...] = (auth_api, site_api, dicom_import, prearchive_api, files_api, archive_api)
 
 
 class XnatEmulator:
@@ -80,9 +89,7 @@ class XnatEmulator:
         self._temp = data_dir is None
         self.data_dir = Path(tempfile.mkdtemp(prefix="xnat-emulator-") if data_dir is None else data_dir)
         self.host, self._port = host, port
-        self.version = version
-        self.range_requests = range_requests
-        self.archive_conflict_status = archive_conflict_status
+        self.settings = Settings(version, range_requests, archive_conflict_status)
         self.store = Store(self.data_dir)
         shutil.rmtree(self.data_dir / "tmp", ignore_errors=True)  # uploads a crash left half-received
         self.model = Model(self.store, site_id)
@@ -90,15 +97,10 @@ class XnatEmulator:
         self.auth = Auth(self.store, site_id=site_id, session_timeout=session_timeout, token_lifetime=token_lifetime,
                          max_failed_logins=max_failed_logins, lockout_seconds=lockout_seconds,
                          require_login=require_login)
-        self.prearchive = Prearchive(self, receiving_idle, build_seconds, queue_seconds)
+        self.prearchive = Prearchive(self.store, self.model, receiving_idle, build_seconds, queue_seconds)
+        self.services = Services(self.store, self.model, self.auth, self.prearchive, self.settings)
+        self.router = build_router(API_MODULES, self.services)
         self.control = Control(self)
-        self.router = Router()
-        auth.register(self.router, self.auth, version)
-        site_api.register(self.router, self)
-        dicom_import.register(self.router, self)
-        prearchive_api.register(self.router, self)
-        files_api.register(self.router, self)
-        archive_api.register(self.router, self)
         self.recovered = self.model.recover()
         for login, password in (users if users is not None else {"admin": "admin"}).items():
             self.auth.add_user(login, password, admin=login in admins)
@@ -156,6 +158,31 @@ class XnatEmulator:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    # The site's switches live in ``settings``, shared with the handlers: setting one here takes effect at once.
+    @property
+    def version(self) -> str:
+        return self.settings.version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self.settings.version = value
+
+    @property
+    def range_requests(self) -> bool:
+        return self.settings.range_requests
+
+    @range_requests.setter
+    def range_requests(self, value: bool) -> None:
+        self.settings.range_requests = value
+
+    @property
+    def archive_conflict_status(self) -> int:
+        return self.settings.archive_conflict_status
+
+    @archive_conflict_status.setter
+    def archive_conflict_status(self, value: int) -> None:
+        self.settings.archive_conflict_status = value
+
     # ---- setup -------------------------------------------------------------------------------------
     def add_user(self, login: str, password: str, admin: bool = False) -> None:
         self.auth.add_user(login, password, admin)
@@ -168,8 +195,8 @@ class XnatEmulator:
         self.store.run("UPDATE projects SET prearchive_code=? WHERE id=?", PREARCHIVE_CODES[prearchive], project_id)
 
     def auto_archive(self, row: dict) -> bool:
-        project = self.model.project(row["project"])
-        return bool(project and project["prearchive_code"] in (4, 5))
+        """True when the prearchive row's project archives sessions as soon as they are built."""
+        return self.prearchive.auto_archive(row)
 
     # ---- fault injection ---------------------------------------------------------------------------
     def fail_next(self, method: str, path: str, status: int = 503, count: int = 1,
@@ -231,10 +258,6 @@ class XnatEmulator:
 
     def file_path(self, uri: str) -> Path:
         """The file on disk behind an archive file URI such as ``/data/experiments/E/.../files/a.dcm``."""
-        import re
-
-        from .archive_api import OWNER, SEG, resolve
-
         path = re.sub(r"^/data/archive/", "/data/", uri.split("?", 1)[0])
         m = re.fullmatch(OWNER + rf"/resources/(?P<resource>{SEG})/files/(?P<path>.+)", path)
         if not m:

@@ -36,7 +36,7 @@ from .uploads import is_multipart, receive_multipart, spool
 from .zip_input import ZipInputError, read_zip
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .registry import Services
 
 FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content", "cat_ID", "digest"]
 RES_COLUMNS = ["xnat_abstractresource_id", "label", "element_name", "category", "cat_id", "cat_desc",
@@ -91,9 +91,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
 
 
 class FilesApi:
-    def __init__(self, emulator: XnatEmulator):
-        self.emu = emulator
-        self.model: Model = emulator.model
+    def __init__(self, services: Services):
+        self.model: Model = services.model
+        self.settings = services.settings
 
     # ---- resolution --------------------------------------------------------------------------------
     def _targets(self, params: dict[str, str]) -> list[Target]:
@@ -207,7 +207,7 @@ class FilesApi:
                                                   else "application/octet-stream")
         resp = Response(file=str(path), content_type=ctype, headers={"Cache-Control": "must-revalidate"})
         size = path.stat().st_size
-        if self.emu.range_requests:
+        if self.settings.range_requests:
             resp.headers["Accept-Ranges"] = "bytes"
             if "," in (req.headers.get("Range") or ""):  # Restlet's RangeFilter: "Multiple ranges are not supported"
                 return Response.error(501, "Not Implemented")
@@ -443,8 +443,8 @@ class FilesApi:
         return Response(body=b"")
 
 
-def register(router: Router, emu: XnatEmulator) -> None:
-    api = FilesApi(emu)
+def register(router: Router, services: Services) -> None:
+    api = FilesApi(services)
     res = rf"{OWNER}/resources/(?P<resource>{SEG})"
     router.add("GET", OWNER + r"/resources", api.list_resources, xnat="CatalogResourceList")
     router.add(("GET", "PUT", "DELETE"), res, lambda r: {"PUT": api.put_resource, "DELETE": api.delete_resource}

@@ -43,7 +43,8 @@ from .model import DEFAULT_TYPES, MODALITY_TYPES, md5_file
 from .store import now_text
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .model import Model
+    from .store import Store
 
 QUEUED_OPS = {"move": "MOVING", "delete": "DELETING", "rebuild": "BUILDING"}
 ARCHIVABLE = ("READY", "CONFLICT", "ERROR")
@@ -127,9 +128,10 @@ PREARCHIVE_COLUMNS = list(row_json({k: "" for k in (
 
 
 class Prearchive:
-    def __init__(self, emu: XnatEmulator, receiving_idle: float, build_seconds: float, queue_seconds: float):
-        self.emu = emu
-        self.store = emu.store
+    def __init__(self, store: Store, model: Model, receiving_idle: float, build_seconds: float,
+                 queue_seconds: float):
+        self.store = store
+        self.model = model
         self.receiving_idle = receiving_idle
         self.build_seconds = build_seconds
         self.queue_seconds = queue_seconds
@@ -145,6 +147,11 @@ class Prearchive:
         if r is None:
             raise XnatHttpError(404, "Unknown prearchive session.")
         return r
+
+    def auto_archive(self, row: dict) -> bool:
+        """True when the row's project archives its sessions as soon as they are built (prearchive code 4 or 5)."""
+        project = self.model.project(row["project"])
+        return bool(project and project["prearchive_code"] in (4, 5))
 
     def from_src(self, src: str) -> dict:
         parts = [p for p in src.split("/") if p]
@@ -162,7 +169,7 @@ class Prearchive:
 
         Its ``autoarchive`` is the project's prearchive code, as ``PrearcDatabase.eitherGetOrCreateSession``
         records it (``GradualDicomImporter.shouldAutoArchive``), whatever the request asked."""
-        proj = self.emu.model.project(project)
+        proj = self.model.project(project)
         code = AUTOARCHIVE_CODES.get(proj["prearchive_code"]) if proj else None
         params = {**params, "autoarchive": params.get("autoarchive") or code}
         now = time.time()
@@ -271,7 +278,7 @@ class Prearchive:
             self.set_status(row, "BUILDING", due=now + self.build_seconds, next_op="build")
         elif op in ("build", "rebuilt"):
             built = self.build(row)
-            if op == "build" and built["status"] == "READY" and self.emu.auto_archive(built):
+            if op == "build" and built["status"] == "READY" and self.auto_archive(built):
                 self.archive_quietly(built)
         elif status.startswith("QUEUED_"):
             self.set_status(row, "_" + status[len("QUEUED_"):], due=now + self.queue_seconds, next_op=op,
@@ -306,7 +313,7 @@ class Prearchive:
         _prune(self.session_dir(row).parent)
 
     def move(self, row: dict, new_project: str | None) -> None:
-        if not new_project or self.emu.model.project(new_project) is None:
+        if not new_project or self.model.project(new_project) is None:
             self.set_status(row, "ERROR", f"Unknown destination project: {new_project}")
             return
         dest = {**row, "project": new_project}
@@ -349,7 +356,7 @@ class Prearchive:
         doc = json.loads(row["built_doc"] or "null") or json.loads(self.build(row)["built_doc"] or "null")
         if not doc:
             raise ArchiveConflict("The session document could not be built.", "ERROR")
-        m = self.emu.model
+        m = self.model
         project = project or row["project"]
         subject = subject or row["subject"]
         label = label or row["name"]
@@ -415,7 +422,7 @@ class Prearchive:
         """
         if existing is None:
             return {}
-        m = self.emu.model
+        m = self.model
         if not rules.allow_merge:
             raise ArchiveConflict(PRE_EXISTS)
         if existing["xsi_type"] != doc["xsiType"]:

@@ -22,27 +22,28 @@ from .http import Request, Response, Router, XnatHttpError
 from .prearchive import PREARCHIVE_COLUMNS, ArchiveConflict, is_locked, row_json
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .registry import Services
 
 SEG = r"[^/]+"
 SESSION = rf"/data/prearchive/projects/(?P<project>{SEG})/(?P<timestamp>{SEG})/(?P<folder>{SEG})"
 
 
 class PrearchiveApi:
-    def __init__(self, emu: XnatEmulator):
-        self.emu = emu
-        self.pre = emu.prearchive
+    def __init__(self, services: Services):
+        self.store, self.model, self.auth = services.store, services.model, services.auth
+        self.pre = services.prearchive
+        self.settings = services.settings
 
     def _visible(self, req: Request, project: str) -> bool:
-        return project != "Unassigned" or self.emu.auth.is_admin(req.user)
+        return project != "Unassigned" or self.auth.is_admin(req.user)
 
     def list_rows(self, req: Request) -> Response:
         projects = req.route_params.get("projects")
-        rows = self.emu.store.all("SELECT * FROM prearchive ORDER BY timestamp, folder")
+        rows = self.store.all("SELECT * FROM prearchive ORDER BY timestamp, folder")
         if projects:
             wanted = projects.split(",")
             for p in wanted:
-                if p != "Unassigned" and self.emu.model.project(p) is None:
+                if p != "Unassigned" and self.model.project(p) is None:
                     raise XnatHttpError(404, f"Unable to find the specified project: {p}")
             rows = [r for r in rows if r["project"] in wanted]
         tag = req.param("tag")
@@ -112,13 +113,13 @@ class PrearchiveApi:
             if is_locked(row["status"]):  # PrearcSessionResource.postActionBuild: setStatus(BUILDING) refused
                 raise XnatHttpError(409, "session document locked")
             if row["held"]:
-                self.emu.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
+                self.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
                                    row["project"], row["timestamp"], row["folder"])
             self.pre.build(row)
             return rep.uri_list([f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folder']}"])
         if action == "commit":
             built = self.pre.build(row)
-            if self.emu.auto_archive(built):
+            if self.pre.auto_archive(built):
                 uri = self._archive_one(req, built)
                 return Response(status=301, body=uri.encode(), headers={"Location": uri})
             return rep.uri_list([f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folder']}"])
@@ -133,7 +134,7 @@ class PrearchiveApi:
             return Response(body=b"")
         if action == "reset-status":  # rewrites the row from its document, locked or not (resetStatus)
             if row["held"]:
-                self.emu.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
+                self.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
                                    row["project"], row["timestamp"], row["folder"])
             self.pre.build(row)
             return Response(body=b"")
@@ -209,7 +210,7 @@ class PrearchiveApi:
             return self.pre.archive(row, req.param("overwrite"), req.user or "admin", project, subject, label,
                                     service="archive", quarantine=(req.param("quarantine") or "").lower() == "true")
         except ArchiveConflict as exc:
-            status = self.emu.archive_conflict_status if exc.status == "CONFLICT" else 500
+            status = self.settings.archive_conflict_status if exc.status == "CONFLICT" else 500
             raise XnatHttpError(status, f"FAILED: {exc.reason}" if status == 500 else exc.reason) from exc
 
     def archive_service(self, req: Request) -> Response:
@@ -220,7 +221,7 @@ class PrearchiveApi:
         uris = [self._archive_one(req, r) for r in rows]
         redirect = req.flag("redirect") or (
             (req.param("auto-archive") or req.param("AA") or "").lower() != "false"
-            and any(self.emu.auto_archive(r) for r in rows))
+            and any(self.pre.auto_archive(r) for r in rows))
         if redirect and len(uris) == 1:
             return Response(status=303, body=uris[0].encode(), content_type="text/uri-list",
                             headers={"Location": uris[0]})
@@ -234,7 +235,7 @@ class PrearchiveApi:
         rows = [self.pre.from_src(s) for s in srcs]
         if op == "move":
             new_project = req.param("newProject")
-            if not new_project or self.emu.model.project(new_project) is None:
+            if not new_project or self.model.project(new_project) is None:
                 raise XnatHttpError(404, f"Unable to find the destination project: {new_project}")
             for r in rows:
                 if self.pre.row(new_project, r["timestamp"], r["folder"]):
@@ -245,8 +246,8 @@ class PrearchiveApi:
         return rep.table(req.format("xml"), PREARCHIVE_COLUMNS, updated)
 
 
-def register(router: Router, emu: XnatEmulator) -> None:
-    api = PrearchiveApi(emu)
+def register(router: Router, services: Services) -> None:
+    api = PrearchiveApi(services)
     router.add("GET", r"/data/prearchive(?:/projects(?:/(?P<projects>[^/]+))?)?", api.list_rows,
                xnat="PrearcSessionListResource")
     router.add(("GET", "POST", "DELETE"), SESSION, lambda r: {"POST": api.post_session,

@@ -17,15 +17,34 @@ import threading
 import time
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .access import GUEST, guest_gate
 from .http import CHUNK, REASONS, BodyReader, Request, Response, XnatHttpError, normalise_path, status_page
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .auth import Auth
+    from .control import Control
+    from .faults import Faults
+    from .http import Router
+    from .model import Model
 
 log = logging.getLogger("xnat_provider.testing")
+
+
+class Site(Protocol):
+    """What the server needs of the emulator to answer a request (``XnatEmulator`` is one).
+
+    A protocol, not the emulator class, so that this module does not import ``emulator.py``, which imports it."""
+
+    faults: Faults  # counts requests and injects faults
+    control: Control  # ``/__emulator__/``
+    router: Router  # the XNAT routes, with every API module's handlers
+    auth: Auth  # authenticates, and sets the session cookies' lifetime
+    model: Model  # for the guest's gate on an open site
+
+    def tick(self) -> None:
+        """Move the prearchive's clock on before a handler runs, so that a request sees the statuses due."""
 
 
 class ConnectionDropped(Exception):
@@ -93,7 +112,7 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "XNAT-emulator"
     sys_version = ""
-    emulator: XnatEmulator  # set on the subclass the server builds
+    emulator: Site  # set on the subclass the server builds
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
@@ -277,7 +296,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         log.debug("connection error from %s", client_address, exc_info=True)
 
 
-def make_server(emulator: XnatEmulator, host: str, port: int) -> EmulatorHTTPServer:
+def make_server(emulator: Site, host: str, port: int) -> EmulatorHTTPServer:
     handler = type("BoundXnatRequestHandler", (XnatRequestHandler,), {"emulator": emulator})
     return EmulatorHTTPServer((host, port), handler)
 

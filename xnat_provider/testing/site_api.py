@@ -22,7 +22,7 @@ from .archive_api import resolve
 from .http import Request, Response, Router, XnatHttpError
 
 if TYPE_CHECKING:
-    from .emulator import XnatEmulator
+    from .registry import Services
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -60,7 +60,7 @@ def dump_rows(path: Path, wanted: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-def register(router: Router, emu: XnatEmulator) -> None:
+def register(router: Router, services: Services) -> None:
     def schema_list(req: Request) -> Response:
         return Response(body=json.dumps(_schema_names()).encode(), content_type="application/json")
 
@@ -81,7 +81,7 @@ def register(router: Router, emu: XnatEmulator) -> None:
         src = req.param("src")
         if not src:
             raise XnatHttpError(400, "Please set the src parameter")
-        path = _dump_source(emu, src)
+        path = _dump_source(services, src)
         rows = dump_rows(path, req.all("field"))
         if not rows:
             raise XnatHttpError(404, "No matching DICOM attributes.")
@@ -95,14 +95,14 @@ def register(router: Router, emu: XnatEmulator) -> None:
     router.add("GET", r"/data/services/dicomdump", dicomdump, xnat="DicomDump")
 
 
-def _dump_source(emu: XnatEmulator, src: str) -> Path:
+def _dump_source(services: Services, src: str) -> Path:
     """The first DICOM file under an /archive/... or /prearchive/... path (no /data prefix, as XNAT wants)."""
     parts = [p for p in src.split("/") if p]
     if parts[:1] == ["prearchive"] and len(parts) >= 5 and parts[1] == "projects":
-        row = emu.prearchive.row(parts[2], parts[3], parts[4])
+        row = services.prearchive.row(parts[2], parts[3], parts[4])
         if row is None:
             raise XnatHttpError(404, "Unknown prearchive session.")
-        base = emu.prearchive.session_dir(row) / "SCANS"
+        base = services.prearchive.session_dir(row) / "SCANS"
         if len(parts) >= 7 and parts[5] == "scans":
             base = base / parts[6]
         files = sorted(p for p in base.rglob("*.dcm")) if base.exists() else []
@@ -117,14 +117,14 @@ def _dump_source(emu: XnatEmulator, src: str) -> Path:
     while i + 1 < len(parts) and parts[i] in keys:
         params[keys[parts[i]]] = parts[i + 1]
         i += 2
-    target = resolve(emu.model, params)
+    target = resolve(services.model, params)
     file_name = parts[i + 3] if len(parts) >= i + 4 and parts[i] == "resources" and parts[i + 2] == "files" else None
     owners = [target.owner] if target.kind == "scan" else [
         ("scan", f"{target.experiment['id']}/{s['scan_id']}")  # type: ignore[index]
-        for s in emu.model.scans(target.experiment["id"])]  # type: ignore[index]
+        for s in services.model.scans(target.experiment["id"])]  # type: ignore[index]
     for owner in owners:
-        for res in emu.model.resources(*owner):
-            for f in emu.model.files(res["id"]):
+        for res in services.model.resources(*owner):
+            for f in services.model.files(res["id"]):
                 if file_name is None or f["path"] == file_name:
-                    return emu.model.file_path(res, f["path"])
+                    return services.model.file_path(res, f["path"])
     raise XnatHttpError(404, "No DICOM files found.")

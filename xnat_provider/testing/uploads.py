@@ -16,7 +16,7 @@ from pathlib import Path
 try:
     from python_multipart.multipart import MultipartParser, parse_options_header
 except ModuleNotFoundError as exc:  # python-multipart is in the `testing` extra: say so, not a bare import error
-    from . import missing_testing_extra
+    from .extra import missing_testing_extra
 
     if (error := missing_testing_extra(exc)) is None:
         raise
