@@ -18,8 +18,8 @@ import requests
 
 from xnat_provider.client import ClientConfig, XnatAuthError, XnatClient, XnatServerError
 from xnat_provider.client.async_client import AsyncXnatClient
+from xnat_provider.client.core import auth_user, session_replaced
 from xnat_provider.client.protocol import is_ambiguous
-from xnat_provider.client.session import auth_user, session_replaced
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import make_study, zip_files
 

@@ -16,6 +16,7 @@ import requests
 
 from xnat_provider.client import ClientConfig, XnatClient
 from xnat_provider.client.async_client import AsyncXnatClient
+from xnat_provider.client.config import _KNOWN_SECRETS, redact_text
 from xnat_provider.client.errors import XnatConflictError, XnatNotFoundError, XnatServerError
 from xnat_provider.client.models import AliasToken, Experiment, PrearchiveSession
 from xnat_provider.client.protocol import (
@@ -25,7 +26,6 @@ from xnat_provider.client.protocol import (
     latest_experiment,
     prearchive_uri,
 )
-from xnat_provider.client.session import _KNOWN_SECRETS, redact_text
 from xnat_provider.conditions import PrearchiveCriteria, PrearchiveWatch, SessionCriteria, observe_session
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study

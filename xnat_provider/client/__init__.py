@@ -4,6 +4,7 @@ No Airflow imports here, so the client is testable alone and usable from other w
 """
 
 from .client import XnatClient
+from .config import ClientConfig
 from .errors import (
     XnatAuthError,
     XnatBadInputError,
@@ -16,7 +17,6 @@ from .errors import (
 )
 from .models import AliasToken, Experiment, Manifest, PrearchiveSession, RemoteFile, Scan, SessionRef
 from .protocol import base_path
-from .session import ClientConfig
 
 __all__ = [
     "AliasToken",

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatPermissionError, XnatServerError
+from .errors import XnatBadInputError, XnatNotFoundError, XnatPermissionError, XnatServerError
 from .models import AliasToken, Experiment, Scan
 from .protocol import (
-    EXPERIMENT_COLUMNS,
     base_path,
     check_label,
     custom_field_param,
-    experiment_from_item,
-    experiments_from_rows,
+    experiment_lookup,
+    experiment_path_lookup,
+    experiments_lookup,
     fields_from_item,
+    fields_lookup,
     first_item,
     json_answer,
+    or_none,
     q,
     result_rows,
     scans_from_rows,
+    scans_lookup,
 )
 from .session import XnatSession
 
@@ -53,28 +56,16 @@ class ArchiveMixin:
     def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
         """A project's (or a subject's) experiments, in the server's order; each with its ``insert_date``
         (see :func:`~xnat_provider.client.protocol.latest_experiment`)."""
-        rows = self._rows(f"{base_path(project, subject)}/experiments", columns=EXPERIMENT_COLUMNS)
-        return experiments_from_rows(rows, project, subject)
+        return self.session.read(experiments_lookup(project, subject))
 
     def get_experiment(self, project: str, experiment: str) -> Experiment:
         """An experiment by label or ID within its project, subject label included (a second GET: the object
         document only has the subject's ID); :class:`XnatNotFoundError` if absent."""
-        item = self._item(base_path(project, experiment=experiment))
-        subject_id = item["data_fields"].get("subject_ID")
-        subject_label = ""
-        if subject_id:
-            try:
-                subject_label = self._item(base_path(project, subject_id))["data_fields"].get("label", "")
-            except XnatError:
-                subject_label = ""
-        return experiment_from_item(item, project, subject_label)
+        return self.session.read(experiment_lookup(project, experiment))
 
     def find_experiment(self, project: str, label: str) -> Experiment | None:
         """As :meth:`get_experiment`, or None when the experiment (or the project) is absent."""
-        try:
-            return self.get_experiment(project, label)
-        except XnatNotFoundError:
-            return None
+        return self.session.read(or_none(experiment_lookup(project, label)))
 
     def experiment_path(self, project: str, experiment: str | Experiment, subject: str | None = None) -> str:
         """The path under which XNAT routes an experiment's scans, assessors and files.
@@ -84,12 +75,7 @@ class ArchiveMixin:
         form is used as given, with no request; an :class:`Experiment` gives its ID; a label (or ID) within the
         project costs one GET of the experiment to learn its ID. :class:`XnatNotFoundError` if absent.
         """
-        if isinstance(experiment, Experiment):
-            return base_path(experiment=experiment.id)
-        if subject:
-            return base_path(project, subject, experiment)
-        item = self._item(base_path(project, experiment=experiment))
-        return base_path(experiment=str(item["data_fields"]["ID"]))
+        return self.session.read(experiment_path_lookup(project, experiment, subject))
 
     def object_path(self, project: str, subject: str | None = None, experiment: str | Experiment | None = None,
                     scan: str | None = None, assessor: str | None = None) -> str:
@@ -107,7 +93,7 @@ class ArchiveMixin:
 
     def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
         """An experiment's scans (``experiment``: a label or ID within ``project``, or an :class:`Experiment`)."""
-        return self.scans_at(self.experiment_path(project, experiment))
+        return self.session.read(scans_lookup(project, experiment))
 
     def scans_at(self, experiment_path: str) -> list[Scan]:
         """The scans of the experiment at ``experiment_path`` (from :meth:`experiment_path`)."""
@@ -143,8 +129,7 @@ class ArchiveMixin:
         return base_path(project), "xnat:projectData"
 
     def get_fields(self, project: str, subject: str | None = None, experiment: str | None = None) -> dict[str, str]:
-        path, _ = self._field_target(project, subject, experiment)
-        return fields_from_item(self._item(path))
+        return self.session.read(fields_lookup(project, subject, experiment))
 
     def set_fields(self, project: str, fields: dict[str, Any], subject: str | None = None,
                    experiment: str | None = None) -> dict[str, str]:

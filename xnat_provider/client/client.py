@@ -7,26 +7,29 @@
         archived = xnat.archive(refs[0])
         xnat.download_scans("P1", archived.label, "out/", scans=["T1w"])
 
-Each capability lives in its own module (auth and retries in ``session``, then ``archive``, ``prearchive``,
-``imports``, ``downloads``, ``uploads``); this class only puts them together over one login.
+Each capability lives in its own module (auth and retries decided in ``core`` and carried out over requests in
+``session``, then ``archive``, ``prearchive``, ``imports``, ``downloads``, ``uploads``); this class only puts them
+together over one login. Code outside the client (the Airflow layer) uses this class's public members only
+(``base_url``, ``redact``, ``config`` and the calls), never ``session``, the transport.
 """
 
 from __future__ import annotations
 
 import io
-import os
+from collections.abc import Callable
 from typing import Any
 
 import pydicom
 
 from .archive import ArchiveMixin
+from .config import ClientConfig
 from .downloads import BROKEN, DownloadMixin
 from .errors import XnatTransferError
 from .imports import ImportMixin
 from .models import RemoteFile
 from .prearchive import PrearchiveMixin
 from .protocol import json_answer
-from .session import ClientConfig, XnatSession
+from .session import XnatSession
 from .uploads import UploadMixin
 
 
@@ -42,6 +45,19 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
     @property
     def config(self) -> ClientConfig:
         return self.session.config
+
+    @property
+    def base_url(self) -> str:
+        """The server's URL as the client uses it: the configured one, or where it redirected at the first login
+        (http to https, a moved path). Links and messages should name this one."""
+        return self.session.base_url
+
+    @property
+    def redact(self) -> Callable[[str], str]:
+        """``client.redact(text)``: ``text`` with every secret this client has learnt (password, token secrets,
+        session ids) replaced by ``***``, for messages built outside the client (its own errors are redacted).
+        A property, not a method: it sends nothing, so the route checks of public calls need not cover it."""
+        return self.session.redact
 
     def _settle(self, seconds: float | None) -> float:
         return self.session.config.settle_seconds if seconds is None else seconds
@@ -86,8 +102,8 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
             except BROKEN as exc:
                 broken = exc
         if broken is not None:  # raised outside the handler: the library's exception (and its URL) is not chained
-            raise XnatTransferError(f"GET {self.session.redact(uri)}: transfer broke after {buf.tell()} bytes "
-                                    f"({type(broken).__name__})", method="GET", path=self.session.redact(uri))
+            raise XnatTransferError(f"GET {self.redact(uri)}: transfer broke after {buf.tell()} bytes "
+                                    f"({type(broken).__name__})", method="GET", path=self.redact(uri))
         buf.seek(0)
         try:
             return pydicom.dcmread(buf, stop_before_pixels=True, defer_size=1024)
@@ -95,7 +111,3 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
             raise XnatTransferError(f"GET {uri}: no readable DICOM header in the first {max_bytes} bytes "
                                     f"({type(exc).__name__}: {exc})", method="GET", path=uri) from exc
 
-
-def from_env(prefix: str = "XNAT_") -> XnatClient:
-    """A client from ``XNAT_URL``, ``XNAT_USER`` and ``XNAT_PASSWORD`` (handy outside Airflow)."""
-    return XnatClient(os.environ[f"{prefix}URL"], os.environ.get(f"{prefix}USER"), os.environ.get(f"{prefix}PASSWORD"))

@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-# XNAT's prearchive statuses (PrearcUtils.PrearcStatus). QUEUED_X means queued, _X means running (locked).
-PREARCHIVE_STATUSES = ("READY", "RECEIVING", "RECEIVING_INTERRUPT", "BUILDING", "ARCHIVING", "CONFLICT", "ERROR",
-                       "DELETING", "MOVING", "SEPARATING")
+# XNAT's prearchive statuses (PrearcUtils.PrearcStatus): READY, RECEIVING, RECEIVING_INTERRUPT, BUILDING, ARCHIVING,
+# CONFLICT, ERROR, DELETING, MOVING, SEPARATING; QUEUED_X means queued, _X means running (locked).
 
 
 def status_is_busy(status: str) -> bool:

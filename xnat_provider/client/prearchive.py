@@ -26,8 +26,9 @@ from .protocol import (
     archived_uri,
     check_label,
     is_ambiguous,
-    prearchive_path,
-    prearchive_sessions,
+    or_none,
+    prearchive_lookup,
+    prearchive_row_lookup,
     prearchive_src,
     q,
     result_rows,
@@ -62,22 +63,14 @@ class PrearchiveMixin:
         self, project: str | None = None, status: str | Iterable[str] | None = None, study_uid: str | None = None
     ) -> list[PrearchiveSession]:
         """Prearchive sessions, optionally of one project, in some statuses, or of one study."""
-        path = prearchive_path(project)
-        rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
-        return prearchive_sessions(rows, status, study_uid)
+        return self.session.read(prearchive_lookup(project, status, study_uid))
 
     def get_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession:
-        src = prearchive_src(session)
-        rows = result_rows(self.session.request("GET", src, params={"format": "json"}).content, "GET", src)
-        if not rows:
-            raise XnatNotFoundError(f"GET {src}: no such prearchive session", method="GET", path=src, status=404)
-        return PrearchiveSession.from_row(rows[0])
+        """A prearchive session's row; :class:`XnatNotFoundError` when XNAT has none."""
+        return self.session.read(prearchive_row_lookup(session))
 
     def find_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
-        try:
-            return self.get_prearchive(session)
-        except XnatNotFoundError:
-            return None
+        return self.session.read(or_none(prearchive_row_lookup(session)))
 
     def list_prearchive_files(self, session: PrearchiveSession | SessionRef | str,
                               first_per_scan: bool = False) -> dict[str, list[RemoteFile]]:

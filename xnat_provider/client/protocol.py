@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from lxml import etree
 
-from .errors import XnatBadInputError, XnatConflictError, XnatServerError, error_for_status
+from .errors import (
+    XnatBadInputError,
+    XnatConflictError,
+    XnatError,
+    XnatNotFoundError,
+    XnatServerError,
+    error_for_status,
+)
 from .models import Experiment, PrearchiveSession, Scan, SessionRef
 
 # A label XNAT accepts for projects, subjects and experiments.
 LABEL_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+T = TypeVar("T")
 
 
 def q(segment: str) -> str:
@@ -251,6 +260,104 @@ def scans_from_rows(rows: Iterable[dict[str, str]]) -> list[Scan]:
     return [Scan(id=r["ID"], type=r.get("type", ""), series_description=r.get("series_description", ""),
                  xsi_type=r.get("xsiType", ""), quality=r.get("quality", ""), uri=r.get("URI", ""))
             for r in rows]
+
+
+# ---- lookups: the reads a call needs, for either client to send ----------------------------------------------
+# A lookup is a generator: it yields each read it needs (:class:`Rows` or :class:`Item`), receives the parsed
+# answer (or, thrown in, the typed error) and returns the call's result. The sync client runs it over requests,
+# the async one over httpx (see :class:`~xnat_provider.client.core.Runner`): the same requests, in the same order,
+# read the same way, and a missing object means the same in both.
+@dataclass(frozen=True)
+class Rows:
+    """Read the ``ResultSet`` listing at ``path`` (``params`` besides ``format=json``); the reply is its rows."""
+
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def query(self) -> dict[str, str]:
+        return {"format": "json", **dict(self.params)}
+
+    def parse(self, body: str | bytes) -> Any:
+        return result_rows(body, "GET", self.path)
+
+
+@dataclass(frozen=True)
+class Item(Rows):
+    """Read the object document at ``path``; the reply is its current item (:func:`first_item`)."""
+
+    def parse(self, body: str | bytes) -> Any:
+        return first_item(body, "GET", self.path)
+
+
+Lookup = Generator[Rows, Any, T]
+
+
+def listing(path: str, params: tuple[tuple[str, str], ...] = ()) -> Lookup[list[dict[str, str]]]:
+    """The rows of one listing (resources, subjects...)."""
+    return (yield Rows(path, params))
+
+
+def or_none(lookup: Lookup[T]) -> Lookup[T | None]:
+    """``lookup``, with an absent object (or project: XNAT answers 404 for both) as None."""
+    try:
+        return (yield from lookup)
+    except XnatNotFoundError:
+        return None
+
+
+def experiment_lookup(project: str, experiment: str) -> Lookup[Experiment]:
+    """An experiment by label or ID within its project, subject label included: the object document has only the
+    subject's ID, so a second read names it (left empty when that read fails: the experiment was found)."""
+    item = yield Item(base_path(project, experiment=experiment))
+    subject_id = item["data_fields"].get("subject_ID")
+    subject_label = ""
+    if subject_id:
+        try:
+            subject_label = (yield Item(base_path(project, subject_id)))["data_fields"].get("label", "")
+        except XnatError:
+            subject_label = ""
+    return experiment_from_item(item, project, subject_label)
+
+
+def experiment_path_lookup(project: str, experiment: str | Experiment, subject: str | None = None) -> Lookup[str]:
+    """Where XNAT routes an experiment's scans, assessors and files (see :func:`base_path`): an
+    :class:`Experiment` or a given ``subject`` cost no read; a label (or ID) alone costs one, to learn the ID."""
+    if isinstance(experiment, Experiment):
+        return base_path(experiment=experiment.id)
+    if subject:
+        return base_path(project, subject, experiment)
+    item = yield Item(base_path(project, experiment=experiment))
+    return base_path(experiment=str(item["data_fields"]["ID"]))
+
+
+def scans_lookup(project: str, experiment: str | Experiment) -> Lookup[list[Scan]]:
+    path = yield from experiment_path_lookup(project, experiment)
+    return scans_from_rows((yield Rows(f"{path}/scans")))
+
+
+def experiments_lookup(project: str, subject: str | None = None) -> Lookup[list[Experiment]]:
+    """A project's (or a subject's) experiments in the server's order, asked with :data:`EXPERIMENT_COLUMNS`."""
+    rows = yield Rows(f"{base_path(project, subject)}/experiments", (("columns", EXPERIMENT_COLUMNS),))
+    return experiments_from_rows(rows, project, subject)
+
+
+def fields_lookup(project: str, subject: str | None = None, experiment: str | None = None) -> Lookup[dict[str, str]]:
+    """The custom fields of a project, subject or experiment (one read of its document)."""
+    return fields_from_item((yield Item(base_path(project, subject, experiment))))
+
+
+def prearchive_lookup(project: str | None = None, status: str | Iterable[str] | None = None,
+                      study_uid: str | None = None) -> Lookup[list[PrearchiveSession]]:
+    return prearchive_sessions((yield Rows(prearchive_path(project))), status, study_uid)
+
+
+def prearchive_row_lookup(session: PrearchiveSession | SessionRef | str) -> Lookup[PrearchiveSession]:
+    """One prearchive session's row; :class:`XnatNotFoundError` when XNAT has none (404, or an empty listing)."""
+    src = prearchive_src(session)
+    rows = yield Rows(src)
+    if not rows:
+        raise XnatNotFoundError(f"GET {src}: no such prearchive session", method="GET", path=src, status=404)
+    return PrearchiveSession.from_row(rows[0])
 
 
 # ---- failures -----------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ class XnatHook(BaseHook):
         except Exception as exc:
             message = str(exc)
             try:
-                message = self.client.session.redact(message)
+                message = self.client.redact(message)
             except Exception:
                 pass
             return False, f"{type(exc).__name__}: {message}"

@@ -106,7 +106,7 @@ class XnatArchiveOperator(XnatBaseOperator):
             targets = self._remember_selection(context, targets)
         if (self.new_project or self.new_subject or self.new_label) and len(targets) > 1:
             raise XnatBadInputError(f"Relabelling needs exactly one session; {len(targets)} were selected.")
-        host = urlsplit(client.session.base_url).netloc
+        host = urlsplit(client.base_url).netloc
         results = []
         for t in targets:
             self.push_session_link(context, t.get("project") or "", prearchive_uri=t["uri"])  # on failure too
@@ -117,7 +117,7 @@ class XnatArchiveOperator(XnatBaseOperator):
                     session_asset(host, r["project"], r["subject"], r["label"]),
                     extra={"project": r["project"], "subject": r["subject"], "label": r["label"],
                            "experiment_id": r["id"], "subject_id": r["subject_id"], "uri": r["uri"],
-                           "xnat_url": client.session.base_url})
+                           "xnat_url": client.base_url})
         archived = [r for r in results if r["status"] != "skipped"]
         if archived:
             self.push_session_link(context, archived[0]["project"], archived[0]["label"])
