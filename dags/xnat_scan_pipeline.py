@@ -11,6 +11,14 @@ upload the summary as a ``SUMMARY`` resource on the scan, and set fields on the 
 
 Re-running is harmless: downloads skip files already verified on disk, the summary resource is replaced
 (``overwrite="overwrite"``), and the fields are set to the same values.
+
+Where the working data lives (the ``work`` param, default ``$XNAT_WORK``): a local folder when every task runs
+on one machine (or the workers share a disk), else object storage that every worker reaches, because a
+Celery worker that summarises a scan is not the one that downloaded it: ``s3://bucket/prefix`` with the
+``work_conn_id`` param (default ``$XNAT_WORK_CONN_ID``, e.g. ``aws_default``; needs the Amazon provider),
+``gs://...``, or ``file:///shared/...``. Downloads stream there verified, ``summarise`` reads the DICOM from
+there and writes ``summary.json`` and ``preview.png`` there, and the upload streams them from there. The XComs
+carry only strings (the URLs), never files.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, AssetAlias, Param, get_current_context, task
+from airflow.sdk import DAG, AssetAlias, ObjectStoragePath, Param, get_current_context, task
 
 from xnat_provider.hooks.xnat import XnatHook
 from xnat_provider.operators.fields import XnatSetFieldsOperator
@@ -46,7 +54,23 @@ def run_time(ctx: Any) -> str:
     return when.isoformat() if when is not None else ctx["run_id"]
 
 
-def write_png(path: Path, image: list[list[int]]) -> None:
+def work_path(location: str, conn_id: str | None = None) -> Path | ObjectStoragePath:
+    """A place of the working data: a local path, or object storage for a URL (``s3://bucket/prefix``; ``conn_id``
+    is the Airflow connection its file system uses, None for the default credentials). Both offer ``/`` and
+    ``open``, which is all the tasks below use on them (``ObjectStoragePath.open`` goes through the store Airflow
+    attached for the connection)."""
+    return ObjectStoragePath(location, conn_id=conn_id or None) if "://" in location else Path(location)
+
+
+def write(path: Path | ObjectStoragePath, data: bytes) -> None:
+    """Write a file, locally or on object storage (where folders need not be made: a key is a path)."""
+    if isinstance(path, Path) or path.protocol in ("file", "local"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.write(data)
+
+
+def png(image: list[list[int]]) -> bytes:
     """A grayscale 8-bit PNG from rows of 0-255 values (no imaging library needed)."""
     height, width = len(image), len(image[0])
     raw = b"".join(b"\x00" + bytes(row) for row in image)
@@ -54,8 +78,8 @@ def write_png(path: Path, image: list[list[int]]) -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
 with DAG(
@@ -69,7 +93,12 @@ with DAG(
     params={
         "project": Param("", type="string", description="with session: process this session by hand"),
         "session": Param("", type="string", description="a session label, or several separated by commas"),
-        "work": Param(os.environ.get("XNAT_WORK", "/tmp/xnat-scan-pipeline"), type="string"),
+        "work": Param(os.environ.get("XNAT_WORK", "/tmp/xnat-scan-pipeline"), type="string",
+                      description="a local folder, or object storage every worker reaches: s3://bucket/prefix, "
+                                  "gs://..., file:///shared/..."),
+        "work_conn_id": Param(os.environ.get("XNAT_WORK_CONN_ID", ""), type="string",
+                              description="the Airflow connection of work's object storage (aws_default for "
+                                          "s3://); empty: the default credentials"),
     },
     tags=["xnat", "example"],
 ) as dag:
@@ -110,6 +139,7 @@ with DAG(
 
     downloads = XnatDownloadScanOperator.partial(
         task_id="download_scan", map_index_template="scan {{ task.scan }}",
+        storage_conn_id="{{ params.work_conn_id }}",
     ).expand_kwargs(jobs)
 
     @task(map_index_template="scan {{ download['scans'][0] }}")
@@ -118,9 +148,14 @@ with DAG(
         import numpy as np
         import pydicom
 
-        scan = download["scans"][0]
-        files = sorted(Path(download["dest"], scan, download["resource"]).rglob("*"))
-        datasets = [pydicom.dcmread(f) for f in files if f.is_file()]
+        scan, conn_id = download["scans"][0], params["work_conn_id"]
+        # The files the download verified, from its manifest (the same on local disk and object storage).
+        with work_path(download["manifest"], conn_id).open("rb") as f:
+            files = [entry["path"] for entry in json.load(f)["files"]]
+        datasets = []
+        for name in sorted(files):
+            with work_path(name, conn_id).open("rb") as f:  # pydicom reads from a binary file object
+                datasets.append(pydicom.dcmread(f))
         datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
         if not datasets:
             raise ValueError(f"No DICOM files downloaded for scan {scan}")
@@ -139,10 +174,9 @@ with DAG(
         lo, hi = float(middle.min()), float(middle.max())
         scaled = np.zeros_like(middle) if hi <= lo else (middle - lo) / (hi - lo) * 255
         step = max(1, max(middle.shape) // 128)
-        out = Path(params["work"]) / download["project"] / download["session"] / "summary" / scan
-        out.mkdir(parents=True, exist_ok=True)
-        write_png(out / "preview.png", scaled[::step, ::step].round().astype(np.uint8).tolist())
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        out = work_path(params["work"], conn_id) / download["project"] / download["session"] / "summary" / scan
+        write(out / "preview.png", png(scaled[::step, ::step].round().astype(np.uint8).tolist()))
+        write(out / "summary.json", json.dumps(summary, indent=1).encode())
         return {"source": str(out), "project": download["project"], "session": download["session"], "scan": scan,
                 "slices": summary["slices"], "mean": summary["intensity"]["mean"]}
 
@@ -150,6 +184,7 @@ with DAG(
 
     uploaded = XnatUploadResourceOperator.partial(
         task_id="upload_summary", resource="SUMMARY", format="JSON", content="scan summary", overwrite="overwrite",
+        storage_conn_id="{{ params.work_conn_id }}",
     ).expand_kwargs(summaries.map(lambda s: {"source": s["source"], "project": s["project"],
                                              "session": s["session"], "scan": s["scan"]}))
 

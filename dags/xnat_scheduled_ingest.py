@@ -13,8 +13,15 @@ Safe to fail anywhere and run again:
 - auth and bad-input errors fail at once (no retries that could lock the account or repeat a mistake);
   server and transfer errors are retried with exponential backoff.
 
-Params: ``landing`` (default ``$XNAT_LANDING`` or ``/data/landing``), ``project`` (default ``$XNAT_PROJECT``
-or ``P1``), ``quiet_seconds`` (inputs younger than this are left for the next run).
+Params: ``landing`` (default ``$XNAT_LANDING`` or ``/data/landing``), ``landing_conn_id`` (default
+``$XNAT_LANDING_CONN_ID``), ``project`` (default ``$XNAT_PROJECT`` or ``P1``), ``quiet_seconds`` (inputs younger
+than this are left for the next run).
+
+The landing folder may be object storage that every worker reaches (on a Celery deployment the task that lists
+the inputs, the imports and the final move may each run on another machine): ``s3://bucket/landing`` with
+``landing_conn_id`` the Airflow connection of its file system (``aws_default``; needs the Amazon provider),
+``gs://...``, or ``file:///shared/landing``. The inputs are then named by URL in the XComs, imported straight
+from the store (headers read there, files streamed into the import body), and moved to ``done/`` there.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, ObjectStoragePath, Param, get_current_context, task
 
 from xnat_provider.operators.archive import XnatArchiveOperator
 from xnat_provider.operators.fields import XnatSetFieldsOperator
@@ -57,6 +64,45 @@ def run_time(ctx: Any) -> str:
     return when.isoformat() if when is not None else ctx["run_id"]
 
 
+def landing_path(location: str, conn_id: str | None = None) -> Path | ObjectStoragePath:
+    """The landing folder or an input in it: a local path, or object storage for a URL (``conn_id``: the Airflow
+    connection of its file system; None for the default credentials). On object storage the tasks below work
+    through the path's ``fs`` and ``path``: the store Airflow attached for the connection."""
+    return ObjectStoragePath(location, conn_id=conn_id or None) if "://" in location else Path(location)
+
+
+def written_at(fs: Any, info: dict[str, Any]) -> float:
+    """When an object was last written, from its listing where the store gives it (S3 ``LastModified``, GCS
+    ``updated``, local ``mtime``...), else asked of the store."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+        if isinstance(value, str) and value:
+            return pendulum.parse(value).timestamp()
+    return fs.modified(info["name"]).timestamp()
+
+
+def storage_inputs(landing: ObjectStoragePath, quiet_seconds: float) -> list[str]:
+    """The inputs on object storage that nobody has written to for ``quiet_seconds``, as URLs: one listing of the
+    landing folder, and one of each input folder (an object store's folder is the objects under its prefix)."""
+    fs, root = landing.fs, landing.path
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"The landing folder {landing} does not exist.")
+    now, found = time.time(), []
+    for info in sorted(fs.ls(root, detail=True), key=lambda i: i["name"]):
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(".") or name in ("done", "failed"):
+            continue
+        inside = fs.find(info["name"], detail=True).values() if info.get("type") == "directory" else [info]
+        newest = max((written_at(fs, i) for i in inside), default=0.0)
+        if now - newest >= quiet_seconds:
+            found.append(str(landing / name))
+    return found
+
+
 with DAG(
     "xnat_scheduled_ingest",
     description="Landing folder -> XNAT prearchive -> archive, with provenance fields",
@@ -66,7 +112,11 @@ with DAG(
     max_active_runs=1,  # two runs must not pick up the same input
     default_args=DEFAULT_ARGS,
     params={
-        "landing": Param(os.environ.get("XNAT_LANDING", "/data/landing"), type="string"),
+        "landing": Param(os.environ.get("XNAT_LANDING", "/data/landing"), type="string",
+                         description="a local folder, or object storage: s3://bucket/landing, gs://..., file:///..."),
+        "landing_conn_id": Param(os.environ.get("XNAT_LANDING_CONN_ID", ""), type="string",
+                                 description="the Airflow connection of the landing's object storage (aws_default "
+                                             "for s3://); empty: the default credentials"),
         "project": Param(os.environ.get("XNAT_PROJECT", "P1"), type="string"),
         "quiet_seconds": Param(60, type="integer", minimum=0),
     },
@@ -76,7 +126,11 @@ with DAG(
     @task(retries=0)
     def find_inputs(params: dict | None = None) -> list[str]:
         """Zips, tars and folders in the landing folder that nobody has written to for ``quiet_seconds``."""
-        landing = Path(params["landing"])
+        landing = landing_path(params["landing"], params["landing_conn_id"])
+        if not isinstance(landing, Path):
+            found = storage_inputs(landing, params["quiet_seconds"])
+            print(f"{len(found)} input(s) ready in {landing}")
+            return found
         if not landing.is_dir():
             raise FileNotFoundError(f"The landing folder {landing} does not exist.")
         now, found = time.time(), []
@@ -93,7 +147,7 @@ with DAG(
 
     imported = XnatImportOperator.partial(
         task_id="import_to_prearchive", project="{{ params.project }}", destination="prearchive",
-        map_index_template="{{ task.source.split('/')[-1] }}",
+        storage_conn_id="{{ params.landing_conn_id }}", map_index_template="{{ task.source.split('/')[-1] }}",
     ).expand(source=inputs)
 
     @task
@@ -132,7 +186,24 @@ with DAG(
     @task(retries=0)
     def move_to_done(inputs: list[str], params: dict | None = None) -> list[str]:
         """Only now, with every session archived and recorded, does the input leave the landing folder."""
-        done = Path(params["landing"]) / "done"
+        landing = landing_path(params["landing"], params["landing_conn_id"])
+        if not isinstance(landing, Path):  # object storage: each object copied under done/, then deleted
+            fs, moved = landing.fs, []
+            for url in inputs:
+                src = landing_path(url, params["landing_conn_id"])
+                target = landing / "done" / src.name
+                if fs.exists(target.path):
+                    target = landing / "done" / f"{Path(src.name).stem}-{int(time.time())}{Path(src.name).suffix}"
+                if fs.isdir(src.path):  # a folder on an object store: the objects under its prefix
+                    for key in fs.find(src.path):
+                        fs.mv(key, target.path + key[len(src.path):])
+                    if fs.exists(src.path):  # a store with real folders keeps the empty one
+                        fs.rm(src.path, recursive=True)
+                else:
+                    fs.mv(src.path, target.path)
+                moved.append(str(target))
+            return moved
+        done = landing / "done"
         done.mkdir(exist_ok=True)
         moved = []
         for src in map(Path, inputs):

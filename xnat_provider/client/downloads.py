@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote
 
 import requests
@@ -131,14 +132,32 @@ class _Destinations:
             self.folder(target.parent, f"Cannot download {target.name}: its folder")
 
 
+def on_storage(target: object) -> bool:
+    """Whether ``target`` is on an fsspec file system (an ``ObjectStoragePath``: ``.fs`` and ``.path``): such
+    targets go to :mod:`.storage`, which builds on this module, so it is imported on that branch only."""
+    return not isinstance(target, (str, os.PathLike)) and (hasattr(type(target), "fs") or
+                                                             "fs" in getattr(target, "__dict__", {}))
+
+
+def _storage() -> Any:
+    from . import storage
+
+    return storage
+
+
 def check_destination(dest: str | os.PathLike[str]) -> Path:
-    """``dest`` as a Path, once checked to be (or to be creatable as) a writable folder; see :class:`_Destinations`."""
+    """``dest`` as a Path, once checked to be (or to be creatable as) a writable folder; see :class:`_Destinations`.
+    On object storage, a :class:`~.storage.FsPath` checked by :func:`.storage.check_destination`."""
+    if on_storage(dest):
+        return _storage().check_destination(dest)  # type: ignore[return-value]
     _Destinations().folder(Path(dest))
     return Path(dest)
 
 
 def safe_join(root: Path, rel: str) -> Path:
     """``root / rel``, refusing absolute paths and anything that would land outside ``root``."""
+    if not isinstance(root, Path):  # a storage folder, from check_destination
+        return _storage().join_checked(root, rel)  # type: ignore[return-value]
     pure = check_relpath(rel, root)
     target = (root / Path(*pure.parts)).resolve()
     if target != root.resolve() and root.resolve() not in target.parents:
@@ -182,7 +201,9 @@ class DownloadMixin:
         """Download one listed file to ``target``, verified; returns its manifest entry.
 
         :raises XnatBadInputError: before any request, when ``target`` is a folder or its folder cannot be made
-            or written (a file in the way)."""
+            or written (a file in the way). ``target`` may be on object storage (see :mod:`.storage`)."""
+        if on_storage(target):
+            return _storage().download_file_to_storage(self, remote, target)
         target = Path(target)
         _Destinations().files([target])
         return self._download_one(remote, target)
@@ -267,7 +288,12 @@ class DownloadMixin:
 
     # ---- many files --------------------------------------------------------------------------------
     def download_files(self, files: Iterable[tuple[RemoteFile, Path]], workers: int | None = None) -> Manifest:
-        """Download (remote, local path) pairs with a bounded pool of workers; returns the manifest."""
+        """Download (remote, local path) pairs with a bounded pool of workers; returns the manifest.
+
+        A target may be on object storage (see :mod:`.storage`)."""
+        files = list(files)
+        if any(on_storage(t) for _, t in files):
+            return _storage().download_to_storage(self, files, workers)
         pairs = [(remote, Path(target)) for remote, target in files]
         _Destinations().files(t for _, t in pairs)  # every place, before the first byte moves
         manifest = Manifest()
@@ -370,8 +396,11 @@ class DownloadMixin:
         Each eligible group (:meth:`_zip_eligible`) is fetched as ``GET {path}/files?format=zip`` and extracted
         by :meth:`_zip_fast_path`, which keeps only entries whose size and MD5 match the listing. Every pair it
         did not deliver goes through :meth:`download_files` (skip, resume, retry, verify), so the manifest, in
-        the order of ``pairs``, is the one the per-file path gives.
+        the order of ``pairs``, is the one the per-file path gives. Pairs on object storage go file by file
+        (a zip is read from its end: it would need a whole local copy).
         """
+        if any(on_storage(t) for _, t in pairs):
+            return _storage().download_to_storage(self, pairs, workers, probe=False)  # check_destination probed
         _Destinations().files(t for _, t in pairs)  # before the first request for a file
         chosen = [(path, idx) for path, idx in zips if self._zip_eligible([pairs[i] for i in idx])]
         from_zip: dict[int, dict] = {}  # index into pairs -> manifest entry
@@ -515,8 +544,11 @@ class DownloadMixin:
 
     # ---- zips --------------------------------------------------------------------------------------
     def download_zip(self, path: str, dest: str | os.PathLike[str], extract: bool = True) -> Manifest:
-        """``GET {path}?format=zip`` to a temporary file, then (optionally) extract it safely into ``dest``."""
+        """``GET {path}?format=zip`` to a temporary file, then (optionally) extract it safely into a local ``dest``
+        (to object storage, use :meth:`download_resource` or :meth:`download_session`)."""
         dest = check_destination(dest)
+        if not isinstance(dest, Path):
+            raise XnatBadInputError(f"download_zip needs a local folder, not {dest}: nothing was downloaded.")
         dest.mkdir(parents=True, exist_ok=True)
         part = dest / ".download.zip.part"
         named = self._stream_zip(path, part)

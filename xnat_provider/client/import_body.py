@@ -8,6 +8,9 @@ file in memory. The zip is deflated at level 0 (stored blocks inside DEFLATED en
 XNAT's reader, ``java.util.zip.ZipInputStream``, accepts.
 
 A zip or tar is opened once per pass (once to plan, once per request body), its members read in order.
+
+The source may be on object storage (an ``ObjectStoragePath``, see :mod:`.storage`): its files are listed once
+and streamed from the file system, headers read in small blocks; a zip or tar there is read in place.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import pydicom
 
 from .errors import XnatBadInputError
 from .protocol import check_label
+from .storage import FsPath, Target, as_target
 
 CHUNK = 1 << 20
+HEADER_BLOCK = 256 * 1024  # storage reads while headers are parsed: a DICOM header, not a whole file per read
 COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
 KV_RE = re.compile(r"(subject|session)\s*:\s*([\w\-]*)", re.IGNORECASE)
 
@@ -113,17 +118,24 @@ def check_import_source(source: str | os.PathLike[str]) -> None:
 
 
 def plan_import(
-    source: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Any,
     *,
     subject: str | None = None,
     session: str | None = None,
     ignore_unparsable: bool = False,
 ) -> ImportPlan:
-    """Read every header of a zip, tar, DICOM file or directory and plan the import; raise on bad input."""
-    src = Path(source)
-    if not src.exists():
+    """Read every header of a zip, tar, DICOM file or directory and plan the import; raise on bad input.
+
+    ``source`` may be on object storage (an ``ObjectStoragePath``: see :mod:`.storage`)."""
+    src = as_target(source, "Import source")
+    found = src.info() if isinstance(src, FsPath) else {"type": "directory"} if src.is_dir() else {}
+    if found is None or (isinstance(src, Path) and not src.exists()):
         raise XnatBadInputError(f"Nothing to import: {src} does not exist.")
-    check_import_source(src)
+    if isinstance(src, Path):
+        check_import_source(src)
+    is_dir = found.get("type") == "directory"
+    kind = None if is_dir else "zip" if _is_archive(src, zipfile.is_zipfile) else "tar" if _is_archive(
+        src, tarfile.is_tarfile) else None
     plan = ImportPlan()
     bad: list[str] = []
 
@@ -138,23 +150,29 @@ def plan_import(
         plan.labels.setdefault(uid, _route(ds, subject, session))
         plan.entries.append(Entry(name, opener, size, uid, archive))
 
-    if src.is_dir():
-        for p in sorted(src.rglob("*")):
+    if is_dir and isinstance(src, FsPath):  # listed once, each file streamed from the store
+        for f in src.files():
+            if not f.name.startswith("."):
+                add(f.relative_to(src), f.open_read, f.size(), header=lambda f=f: f.open_read(HEADER_BLOCK))
+    elif is_dir:
+        for p in sorted(src.rglob("*")):  # type: ignore[union-attr]
             if p.is_file() and not p.name.startswith("."):
                 add(p.relative_to(src).as_posix(), lambda p=p: open(p, "rb"), p.stat().st_size)
-    elif zipfile.is_zipfile(src):
+    elif kind == "zip":
         archive = _Archive(src, "zip")
         with archive.opened() as zf:  # one open archive for every header
             for info in zf.infolist():
                 if not info.is_dir():
                     add(info.filename, lambda info=info: archive.member(info), info.file_size, archive)
-    elif tarfile.is_tarfile(src):
+    elif kind == "tar":
         archive = _Archive(src, "tar")
         with archive.opened() as tf:
             for m in tf:  # members in order: a compressed tar is decompressed once, never rewound
                 if m.isfile():
                     add(m.name, lambda m=m: archive.member(m), m.size, archive,
                         header=lambda m=m: _Rewindable(archive.member(m)))
+    elif isinstance(src, FsPath):
+        add(src.name, src.open_read, int(found.get("size") or 0), header=lambda: src.open_read(HEADER_BLOCK))
     else:
         add(src.name, lambda: open(src, "rb"), src.stat().st_size)
     if bad:
@@ -178,18 +196,51 @@ def plan_import(
     return plan
 
 
+def _is_archive(src: Target, test: Callable[[Any], bool]) -> bool:
+    """``zipfile.is_zipfile`` or ``tarfile.is_tarfile`` of a local file, or of a storage file read in place."""
+    if isinstance(src, Path):
+        return test(src)
+    try:
+        with src.open_read(HEADER_BLOCK) as fh:
+            return test(fh)
+    except (OSError, ValueError, EOFError):  # fsspec files refuse a seek before the start with ValueError
+        return False
+
+
+def _open_archive(path: Target, kind: str) -> Any:
+    """A ``ZipFile`` or ``TarFile``: of a local file, or of a storage file read in place (closed with it)."""
+    if isinstance(path, Path):
+        return zipfile.ZipFile(path) if kind == "zip" else tarfile.open(path)
+    raw = path.open_read()
+    try:
+        handle = zipfile.ZipFile(raw) if kind == "zip" else tarfile.open(fileobj=raw)
+    except BaseException:
+        raw.close()
+        raise
+    close = handle.close
+
+    def close_both() -> None:
+        try:
+            close()
+        finally:
+            raw.close()
+
+    handle.close = close_both
+    return handle
+
+
 class _Archive:
     """A zip or tar read in passes. Inside ``with archive.opened():`` every member is read from that one open
     archive (members must then be read one at a time, in archive order, for a compressed tar to be read
     once); outside a pass, :meth:`member` opens the archive for that member alone."""
 
-    def __init__(self, path: Path, kind: str):
+    def __init__(self, path: Target, kind: str):
         self.path, self.kind = path, kind
         self._open: Any = None
         self._users = 0
 
     def _new(self) -> Any:
-        return zipfile.ZipFile(self.path) if self.kind == "zip" else tarfile.open(self.path)
+        return _open_archive(self.path, self.kind)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[Any]:
@@ -221,8 +272,8 @@ class _Archive:
 class _ZipMember:
     """A zip entry opened outside a pass, closing its own archive with it."""
 
-    def __init__(self, path: Path, info: zipfile.ZipInfo):
-        self._zf = zipfile.ZipFile(path)
+    def __init__(self, path: Target, info: zipfile.ZipInfo):
+        self._zf = _open_archive(path, "zip")
         self._fh = self._zf.open(info)
 
     def read(self, n: int = -1) -> bytes:
@@ -243,8 +294,8 @@ class _ZipMember:
 
 
 class _TarMember(_ZipMember):
-    def __init__(self, path: Path, member: tarfile.TarInfo):
-        self._zf = tarfile.open(path)  # type: ignore[assignment]
+    def __init__(self, path: Target, member: tarfile.TarInfo):
+        self._zf = _open_archive(path, "tar")
         self._fh = self._zf.extractfile(member)  # type: ignore[assignment]
 
 

@@ -104,7 +104,7 @@ class ImportMixin:
 
     def import_dicom(
         self,
-        source: str | os.PathLike[str],
+        source: str | os.PathLike[str] | Any,
         project: str,
         *,
         subject: str | None = None,
@@ -121,6 +121,9 @@ class ImportMixin:
         check_project: bool = True,
     ) -> list[SessionRef]:
         """Import DICOM into ``project``'s prearchive or archive; one ref per session.
+
+        ``source`` is a zip, a tar, a DICOM file or a folder: local, or on object storage (an
+        ``ObjectStoragePath``, see :mod:`.storage`), whose files are streamed into the request body.
 
         ``destination="prearchive"``: XNAT builds each session at once and leaves it READY, even in a project
         set to auto-archive (``DicomZipImporter`` never archives on this path); archive it later with

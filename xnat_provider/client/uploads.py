@@ -9,6 +9,9 @@ Policies: ``skip_identical`` (default: upload what is missing, skip files alread
 refuse to replace a different file), ``overwrite`` (replace different files), ``fail`` (refuse if any file is
 already there). Files go one at a time: XNAT rewrites a resource's catalog on every file, and concurrent
 writers to one catalog lose entries.
+
+The source may be on object storage (an ``ObjectStoragePath``, see :mod:`.storage`): each file then streams from
+its file system as the request body, with the size from one listing, and every check above runs the same.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import IO, Any
 
 from .downloads import CHUNK, THREADED_MD5_MIN, BackgroundMD5, check_relpath, md5_of
 from .errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatTransferError
 from .models import Manifest, RemoteFile
 from .protocol import q, qpath
 from .session import XnatSession
+from .storage import FsPath, Target, as_target, md5_fs, open_read, storage_files
 
 log = logging.getLogger("xnat_provider.client")
 POLICIES = ("skip_identical", "overwrite", "fail")
@@ -71,8 +76,8 @@ def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
     return pairs
 
 
-def upload_pairs(source: str | os.PathLike[str], remote_dir: str = "", extract: bool = False
-                 ) -> list[tuple[Path, str]]:
+def upload_pairs(source: str | os.PathLike[str] | Any, remote_dir: str = "", extract: bool = False
+                 ) -> list[tuple[Target, str]]:
     """What an upload sends, as (local path, resource-relative path) pairs, checked locally before anything moves;
     ``XnatBadInputError`` for what XNAT could not store as asked:
 
@@ -82,20 +87,24 @@ def upload_pairs(source: str | os.PathLike[str], remote_dir: str = "", extract: 
     - a 0-byte file: XNAT refuses an empty file body with a 500 ("In-body File posts must include the file
       directly as the body of the message ..."). One empty file refuses the whole upload, so that a folder is
       never stored in part.
+
+    ``source`` may be on object storage (see :mod:`.storage`): its files are listed there, and a zip to extract
+    is read there (a zip's directory is at its end: the file system reads that part alone).
     """
-    src = Path(source)
+    src = as_target(source, "Upload source")
     if extract and remote_dir.strip("/"):
         raise XnatBadInputError(
             f"extract=True cannot put the entries under remote_dir={remote_dir!r}: XNAT unpacks an archive at the "
             "resource root and ignores the folder in the upload URL. Put the folder inside the zip, or upload "
             "without extract. Nothing was uploaded.")
-    pairs = local_files(src, remote_dir)
+    pairs: list[tuple[Target, str]] = (local_files(src, remote_dir) if isinstance(src, Path)  # type: ignore[assignment]
+                                       else storage_files(src, remote_dir))
     if extract:
-        if not (src.is_file() and zipfile.is_zipfile(src)):
+        if not (len(pairs) == 1 and pairs[0][0] == src and _is_zip(src)):
             raise XnatBadInputError(f"extract=True needs a zip file; {src} is not one.")
         check_zip(src)
         return pairs
-    empty = [rel for p, rel in pairs if p.stat().st_size == 0]
+    empty = [rel for p, rel in pairs if size_of(p) == 0]
     if empty:
         raise XnatBadInputError(
             f"Refusing to upload {len(empty)} empty (0-byte) file(s): {', '.join(empty[:5])}"
@@ -105,11 +114,49 @@ def upload_pairs(source: str | os.PathLike[str], remote_dir: str = "", extract: 
     return pairs
 
 
-def check_zip(archive: Path) -> None:
+def size_of(source: Target) -> int:
+    return source.size() if isinstance(source, FsPath) else source.stat().st_size
+
+
+def _is_zip(source: Target) -> bool:
+    if isinstance(source, Path):
+        return source.is_file() and zipfile.is_zipfile(source)
+    try:
+        with source.open_read() as fh:
+            return zipfile.is_zipfile(fh)
+    except (OSError, ValueError):  # fsspec files refuse a seek before the start with ValueError
+        return False
+
+
+def _zip(archive: Target) -> zipfile.ZipFile:
+    """A zip read in place: a local file, or a storage file read in blocks (the directory first, from its end)."""
+    return zipfile.ZipFile(archive) if isinstance(archive, Path) else _StorageZip(archive)
+
+
+class _StorageZip(zipfile.ZipFile):
+    """A ``ZipFile`` on a storage file that closes the file with it (a ``ZipFile`` given a file object leaves
+    it open)."""
+
+    def __init__(self, archive: FsPath):
+        self._raw = archive.open_read()
+        try:
+            super().__init__(self._raw)
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+def check_zip(archive: Target) -> None:
     """Refuse, before sending, a zip XNAT cannot unpack: it reads uploads forward with
     ``java.util.zip.ZipInputStream``, which throws on an encrypted entry, a compression method other than
     STORED or DEFLATED, and a STORED entry with a data descriptor (what a zip streamed to a pipe has)."""
-    with zipfile.ZipFile(archive) as zf:
+    with _zip(archive) as zf:
         for info in zf.infolist():
             problem = ("is encrypted" if info.flag_bits & 0x1 else
                        f"uses compression method {info.compress_type}"
@@ -122,7 +169,7 @@ def check_zip(archive: Path) -> None:
                                         "DEFLATED entries. Nothing was uploaded.")
 
 
-def extract_name(archive: Path) -> str:
+def extract_name(archive: Target) -> str:
     """The name a zip is sent under with ``extract=true``: XNAT picks the extractor by the name's suffix
     (``.zip`` or ``.zar``, case-sensitive) and would store a zip of any other name as one file."""
     return archive.name if archive.name.endswith((".zip", ".zar")) else f"{archive.name}.zip"
@@ -160,25 +207,26 @@ class UploadMixin:
         scan or assessor level. With ``extract=True`` a zip is sent whole and unpacked by XNAT at the resource
         root (so ``remote_dir`` must stay empty), and its entries are verified against the catalog afterwards.
         0-byte files are refused before anything is sent (XNAT cannot store them as a file upload), see
-        :func:`upload_pairs`.
+        :func:`upload_pairs`. ``source`` may be on object storage (an ``ObjectStoragePath``, see :mod:`.storage`).
         """
         if overwrite not in POLICIES:
             raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {overwrite!r}")
         if not resource or "/" in resource:
             raise XnatBadInputError(f"Invalid resource label {resource!r}.")
-        src = Path(source)
+        src = as_target(source, "Upload source")
         pairs = upload_pairs(src, remote_dir, extract)
         if extract:
             expected = self._zip_entries(src)
         else:
-            sizes = {rel: p.stat().st_size for p, rel in pairs}
+            sizes = {rel: size_of(p) for p, rel in pairs}
         self.ensure_resource(path, resource, format, content)
         res_path = f"{path}/resources/{q(resource)}"
         remote = {f.path: f for f in self.list_files(res_path)}  # type: ignore[attr-defined]
         if not extract:
             # A file the catalog already lists is hashed now, for the policy; any other file is hashed while
             # it is sent (one read of the file instead of two), and checked against the catalog afterwards.
-            expected = {rel: (sizes[rel], md5_of(p) if rel in remote else "") for p, rel in pairs}
+            expected = {rel: (sizes[rel], (md5_of(p) if isinstance(p, Path) else md5_fs(p)) if rel in remote else "")
+                        for p, rel in pairs}
         todo, skipped = self._apply_policy(res_path, expected, remote, overwrite)
         params = {k: v for k, v in (("format", format), ("content", content), ("tags", tags)) if v}
         if overwrite == "overwrite":
@@ -198,11 +246,11 @@ class UploadMixin:
         return self._check_upload(res_path, expected, skipped, kept)
 
     @staticmethod
-    def _zip_entries(archive: Path) -> dict[str, tuple[int, str]]:
+    def _zip_entries(archive: Target) -> dict[str, tuple[int, str]]:
         """Size and MD5 of every file entry, under the path XNAT stores it at: the entry's name, from the
         resource root."""
         entries: dict[str, tuple[int, str]] = {}
-        with zipfile.ZipFile(archive) as zf:
+        with _zip(archive) as zf:
             for info in zf.infolist():
                 if info.is_dir():
                     continue
@@ -235,18 +283,19 @@ class UploadMixin:
                                     f"(overwrite={policy!r}; nothing was uploaded)", path=res_path, status=409)
         return todo, skipped
 
-    def _put(self, res_path: str, local: Path, rel: str, params: dict[str, str]) -> tuple[set[str], str]:
+    def _put(self, res_path: str, local: Target, rel: str, params: dict[str, str]) -> tuple[set[str], str]:
         """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer) and
-        the MD5 of the bytes sent, computed while sending them."""
+        the MD5 of the bytes sent, computed while sending them. A storage file streams from its file system."""
         url = f"{res_path}/files/{qpath(rel)}"
         readers: list[_HashingReader] = []
-        with open(local, "rb") as fh:
+        with open_read(local) as fh:
 
             def body() -> object:  # a retry sends the file again from its start, hashing it afresh
                 for r in readers:
                     r.close()
                 fh.seek(0)
-                readers.append(_HashingReader(fh, os.fstat(fh.fileno()).st_size))
+                size = local.size() if isinstance(local, FsPath) else os.fstat(fh.fileno()).st_size
+                readers.append(_HashingReader(fh, size))
                 return readers[-1]
 
             try:
@@ -300,7 +349,7 @@ class _HashingReader:
     hashed on a helper thread, in parallel with sending.
     """
 
-    def __init__(self, fh: object, size: int):
+    def __init__(self, fh: IO[bytes], size: int):
         self._fh = fh
         self._size = size
         self._md5 = BackgroundMD5() if size >= THREADED_MD5_MIN else hashlib.md5()

@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import ObjectStoragePath
+
 from ..client.errors import XnatBadInputError
 from ..client.imports import ImportSnapshot, check_import_flags, plan_import
 from ..client.models import PrearchiveSession, SessionRef
 from ..client.protocol import check_label
+from ..client.storage import FsPath, as_target
 from .base import XnatBaseOperator
+from .transfers import URL, storage_path
 
 STATE_KEY = "xnat_import"
 
@@ -41,29 +45,44 @@ class XnatImportOperator(XnatBaseOperator):
     Inside one try, the client itself resolves an ambiguous answer (a gateway's 504 after XNAT did the work)
     the same way. Each source's headers are read once, and the project checked once, for the whole run.
 
-    :param source: a path or glob; every matching file or directory is imported.
+    ``source`` may be on object storage (a landing area every worker reaches): an ``ObjectStoragePath`` or a
+    URL, a glob allowed (``s3://bucket/landing/*.zip``). Headers are read from the store, and each request body
+    is zipped on the fly from the files streamed out of it, with the same checks before anything is sent.
+
+    :param source: a path or glob; every matching file or directory is imported. Or on object storage: an
+        ``ObjectStoragePath``, or a URL (a glob allowed) with ``storage_conn_id``.
+    :param storage_conn_id: the Airflow connection of a URL ``source``'s file system (``aws_default`` for
+        ``s3://``); None uses the file system's default credentials. Ignored for a local path.
     :param overwrite: None, ``append`` or ``delete`` (XNAT's merge modes, as above).
     :param quarantine: must stay False (refused: see above).
     :param trigger_pipelines: must stay None (refused: see above).
     """
 
     template_fields: Sequence[str] = ("source", "project", "subject", "session", "destination", "overwrite",
-                                      "xnat_conn_id")
+                                      "storage_conn_id", "xnat_conn_id")
 
-    def __init__(self, *, source: str | os.PathLike[str], project: str, subject: str | None = None,
-                 session: str | None = None, destination: str = "prearchive", overwrite: str | None = None,
-                 quarantine: bool = False, trigger_pipelines: bool | None = None, ignore_unparsable: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, source: str | os.PathLike[str] | ObjectStoragePath, project: str,
+                 subject: str | None = None, session: str | None = None, destination: str = "prearchive",
+                 overwrite: str | None = None, quarantine: bool = False, trigger_pipelines: bool | None = None,
+                 ignore_unparsable: bool = False, storage_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source  # may be an XComArg until rendered: converted in execute
+        self.storage_conn_id = storage_conn_id
         self.project, self.subject, self.session = project, subject, session
         self.destination, self.overwrite = destination, overwrite
         self.quarantine, self.trigger_pipelines = quarantine, trigger_pipelines
         self.ignore_unparsable = ignore_unparsable
         check_import_flags(str(destination), quarantine, trigger_pipelines)  # fails when the DAG is parsed
 
-    def sources(self) -> list[Path]:
-        source = os.fspath(self.source)
+    def sources(self) -> list[Path | FsPath]:
+        target = as_target(storage_path(self.source, self.storage_conn_id, "source"), "Import source")
+        if isinstance(target, FsPath):  # object storage: one listing for a glob, one look for a path
+            found = target.glob() if glob.has_magic(target.path) else [target] if target.info() else []
+            if not found:
+                raise XnatBadInputError(f"Nothing to import: no file or directory matches {str(target)!r}.")
+            return found  # type: ignore[return-value]
+        raw = self.source if isinstance(self.source, str) else os.fspath(target)
+        source = os.fspath(target) if URL.match(raw) else raw  # a file:// URL is read as its local path
         matches = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
         paths = [Path(m) for m in matches if Path(m).exists()]
         if not paths:
@@ -88,12 +107,12 @@ class XnatImportOperator(XnatBaseOperator):
             self.push_prearchive_link(context, self.project)  # where the sessions will be
         client = self.hook.get_conn()
         if not client.project_exists(self.project):
-            raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.session.base_url}.")
+            raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.base_url}.")
         store = context.get("task_state_store")
         state: dict[str, Any] = (store.get(STATE_KEY) if store is not None else None) or {}
-        refs: list[tuple[Path, SessionRef]] = []
+        refs: list[tuple[Path | FsPath, SessionRef]] = []
         for src, plan in plans:
-            key = str(src.resolve())
+            key = str(src.resolve()) if isinstance(src, Path) else str(src)
             earlier = state.get(key)
             if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
                 # An earlier try sent this source: what it created since its snapshot is this task's work.
@@ -127,7 +146,7 @@ class XnatImportOperator(XnatBaseOperator):
         return results
 
     @staticmethod
-    def _describe(client: Any, refs: list[tuple[Path, SessionRef]]) -> list[dict[str, Any]]:
+    def _describe(client: Any, refs: list[tuple[Path | FsPath, SessionRef]]) -> list[dict[str, Any]]:
         """One dict per ref, with its status. A project's prearchive is listed once for all its refs (a single
         ref is looked up alone: cheaper than listing a whole prearchive), never once per ref."""
         rows: dict[str, PrearchiveSession] = {}

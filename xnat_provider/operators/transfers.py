@@ -1,4 +1,9 @@
-"""Scans out, results in: ``XnatListScansOperator``, ``XnatDownloadScanOperator``, ``XnatUploadResourceOperator``."""
+"""Scans out, results in: ``XnatListScansOperator``, ``XnatDownloadScanOperator``, ``XnatUploadResourceOperator``.
+
+Downloads and uploads take a local path or object storage (an ``ObjectStoragePath``, or a URL such as
+``s3://bucket/prefix`` with ``storage_conn_id``): on a Celery deployment the tasks of a DAG run on machines that
+share no disk, so the data must live where every worker reaches it. XComs stay small: strings, never paths.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,60 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from airflow.sdk import ObjectStoragePath
+
 from ..client.errors import XnatBadInputError
+from ..client.storage import as_target, is_storage
 from ..client.uploads import POLICIES, upload_pairs
 from .base import XnatBaseOperator, structured
 
 MANIFEST_NAME = ".xnat-manifest.json"
 LEVELS = ("project", "subject", "experiment", "scan", "assessor")
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def storage_path(value: Any, conn_id: str | None = None, what: str = "path") -> Path | ObjectStoragePath:
+    """A local path, or an ``ObjectStoragePath`` for a URL (``s3://bucket/prefix``, ``file:///data/x``; with
+    ``conn_id``, the Airflow connection its file system uses) or for an ``ObjectStoragePath`` given as is.
+
+    The client has no Airflow: this is where what a DAG gives becomes what the client takes, and where a scheme
+    no installed provider serves, or a connection that does not exist, is refused (``XnatBadInputError``, not
+    retried) before anything is sent or written.
+    """
+    conn_id = None if conn_id in (None, "", "None") else conn_id
+    if isinstance(value, str) and URL.match(value):
+        scheme = value.split("://", 1)[0]
+        using = f" with connection {conn_id!r}" if conn_id else ""
+        try:
+            path = ObjectStoragePath(value, conn_id=conn_id)
+            path.fs  # noqa: B018 - the file system is made here, so that a missing one fails now
+        except Exception as exc:  # whatever the file system's factory raises means it cannot be used
+            raise XnatBadInputError(
+                f"{what} {value!r}: no file system for the scheme {scheme!r}{using} ({type(exc).__name__}: {exc}). "
+                "Airflow serves file:// itself, other schemes through providers: "
+                "s3:// with apache-airflow-providers-amazon, gs:// with apache-airflow-providers-google, abfs:// "
+                "with apache-airflow-providers-microsoft-azure. Nothing was transferred.") from None
+        return path
+    if is_storage(value):
+        as_target(value, what)  # the same check for a path given as an object
+        return value  # type: ignore[no-any-return]
+    return Path(os.fspath(value))
+
+
+def write_text(folder: Path | ObjectStoragePath, name: str, text: str) -> str:
+    """Write ``folder/name`` (local or object storage); returns where, as a string for an XCom.
+
+    Through the path's ``.fs`` (the store Airflow attached for its connection), as every transfer does: some
+    ``ObjectStoragePath`` methods delegated to universal-pathlib make a file system of their own without the
+    connection's credentials when the path has no ``conn_id``."""
+    target = as_target(folder)
+    if isinstance(target, Path):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / name).write_text(text)
+        return str(target / name) if isinstance(folder, Path) else str(folder / name)
+    with target.join(name).open_write() as fh:
+        fh.write(text.encode())
+    return str(target.join(name))
 
 
 class XnatListScansOperator(XnatBaseOperator):
@@ -41,37 +94,47 @@ class XnatDownloadScanOperator(XnatBaseOperator):
     Each file is verified against the catalog (size and MD5), written under a temporary name and renamed
     only when it is right; a broken transfer resumes; files already there with the right MD5 are skipped, so
     a retry finishes what a failed try began. The full manifest is written to ``dest/.xnat-manifest.json``;
-    the XCom is a summary (dest, scans, files, bytes, transferred, skipped, manifest path).
+    the XCom is a summary (dest, scans, files, bytes, transferred, skipped, manifest path), all strings and
+    numbers.
 
+    ``dest`` may be on object storage, so that the next task finds the files on another worker: an
+    ``ObjectStoragePath``, or a URL (``s3://bucket/prefix``, ``gs://...``, ``file:///shared/x``). Files stream
+    there, a chunk at a time, each verified while it streams into ``<name>.part`` and moved to its name only
+    once right (see :mod:`xnat_provider.client.storage`).
+
+    :param dest: a local folder, an ``ObjectStoragePath`` or a URL naming one.
+    :param storage_conn_id: the Airflow connection of a URL ``dest``'s file system (``aws_default`` for
+        ``s3://``); None uses the file system's default credentials. Ignored for a local path.
     :param scan: one scan ID or type (for ``.expand(scan=...)``), or
     :param scans: IDs, types, a ``re:`` pattern on the type, or ``ALL``.
     """
 
-    template_fields: Sequence[str] = ("project", "session", "scan", "scans", "resource", "dest", "xnat_conn_id")
+    template_fields: Sequence[str] = ("project", "session", "scan", "scans", "resource", "dest", "storage_conn_id",
+                                      "xnat_conn_id")
 
-    def __init__(self, *, project: str, session: str, dest: str | os.PathLike[str], scan: str | None = None,
-                 scans: str | list[str] | None = None, resource: str = "DICOM", workers: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, project: str, session: str, dest: str | os.PathLike[str] | ObjectStoragePath,
+                 scan: str | None = None, scans: str | list[str] | None = None, resource: str = "DICOM",
+                 workers: int | None = None, storage_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if scan is not None and scans is not None:
             raise XnatBadInputError("Give either scan or scans, not both.")
         self.project, self.session, self.dest = project, session, dest
         self.scan, self.scans, self.resource, self.workers = scan, scans, resource, workers
+        self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         selection: str | list[str] = [str(self.scan)] if self.scan is not None else (structured(self.scans) or "ALL")
-        dest = Path(os.fspath(self.dest))
+        dest = storage_path(self.dest, self.storage_conn_id, "dest")
         self.push_session_link(context, self.project, self.session)
         manifest = self.hook.get_conn().download_scans(self.project, self.session, dest, scans=selection,
                                                        resource=self.resource, workers=self.workers)
-        dest.mkdir(parents=True, exist_ok=True)
-        manifest_path = dest / (MANIFEST_NAME if self.scan is None else f".xnat-manifest-{self.scan}.json")
-        manifest_path.write_text(json.dumps(manifest.to_dict(), indent=1))
+        manifest_path = write_text(dest, MANIFEST_NAME if self.scan is None else f".xnat-manifest-{self.scan}.json",
+                                   json.dumps(manifest.to_dict(), indent=1))
         self.log.info("%d files (%d bytes): %d transferred, %d already there", len(manifest.files), manifest.bytes,
                       manifest.transferred, manifest.skipped)
         return {"dest": str(dest), "project": self.project, "session": self.session, "scans": selection,
                 "resource": self.resource, "files": len(manifest.files), "bytes": manifest.bytes,
-                "transferred": manifest.transferred, "skipped": manifest.skipped, "manifest": str(manifest_path)}
+                "transferred": manifest.transferred, "skipped": manifest.skipped, "manifest": manifest_path}
 
 
 class XnatUploadResourceOperator(XnatBaseOperator):
@@ -85,19 +148,29 @@ class XnatUploadResourceOperator(XnatBaseOperator):
     Returns a summary: resource, files, bytes, transferred, skipped and the files' paths.
 
     Refused before connecting (``XnatBadInputError``, not retried): ``extract=True`` with a ``remote_dir``, a
-    source with any 0-byte file (XNAT answers an empty file body with a 500), and the other bad inputs.
+    source with any 0-byte file (XNAT answers an empty file body with a 500), a source that does not exist, a
+    URL no installed file system serves, and the other bad inputs.
+
+    ``source`` may be on object storage (written there by a task on another worker): each file's bytes stream
+    from the file system as the request body, with its size known, and are verified as above.
+
+    :param source: a local file or folder, an ``ObjectStoragePath`` or a URL naming one (``s3://bucket/x``).
+    :param storage_conn_id: the Airflow connection of a URL ``source``'s file system (``aws_default`` for
+        ``s3://``); None uses the file system's default credentials. Ignored for a local path.
     """
 
     template_fields: Sequence[str] = ("source", "project", "subject", "session", "scan", "assessor", "resource",
-                                      "remote_dir", "overwrite", "format", "content", "tags", "xnat_conn_id")
+                                      "remote_dir", "overwrite", "format", "content", "tags", "storage_conn_id",
+                                      "xnat_conn_id")
 
-    def __init__(self, *, source: str | os.PathLike[str], project: str, resource: str, subject: str | None = None,
-                 session: str | None = None, scan: str | None = None, assessor: str | None = None,
-                 remote_dir: str = "", overwrite: str = "skip_identical", extract: bool = False,
-                 format: str | None = None, content: str | None = None, tags: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, source: str | os.PathLike[str] | ObjectStoragePath, project: str, resource: str,
+                 subject: str | None = None, session: str | None = None, scan: str | None = None,
+                 assessor: str | None = None, remote_dir: str = "", overwrite: str = "skip_identical",
+                 extract: bool = False, format: str | None = None, content: str | None = None,
+                 tags: str | None = None, storage_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source, self.project, self.resource = source, project, resource
+        self.storage_conn_id = storage_conn_id
         self.subject, self.session, self.scan, self.assessor = subject, session, scan, assessor
         self.remote_dir, self.overwrite, self.extract = remote_dir, overwrite, extract
         self.format, self.content, self.tags = format, content, tags
@@ -116,13 +189,14 @@ class XnatUploadResourceOperator(XnatBaseOperator):
             raise XnatBadInputError(f"Invalid resource label {self.resource!r}.")
         if self.overwrite not in POLICIES:
             raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {self.overwrite!r}")
-        upload_pairs(os.fspath(self.source), self.remote_dir, self.extract)  # before any login or request
+        source = storage_path(self.source, self.storage_conn_id, "source")
+        upload_pairs(source, self.remote_dir, self.extract)  # before any login or request
         if self.session:
             self.push_session_link(context, self.project, self.session)
         xnat = self.hook.get_conn()
         path = xnat.object_path(self.project, self.subject, self.session, self.scan, self.assessor)
         manifest = xnat.upload(
-            os.fspath(self.source), path, self.resource, remote_dir=self.remote_dir, overwrite=self.overwrite,
+            source, path, self.resource, remote_dir=self.remote_dir, overwrite=self.overwrite,
             extract=self.extract, format=self.format, content=self.content, tags=self.tags)
         return {"level": level, "resource": self.resource, "path": path, "files": len(manifest.files),
                 "bytes": manifest.bytes, "transferred": manifest.transferred, "skipped": manifest.skipped,
