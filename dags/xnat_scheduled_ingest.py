@@ -189,6 +189,7 @@ with DAG(
         landing = landing_path(params["landing"], params["landing_conn_id"])
         if not isinstance(landing, Path):  # object storage: each object copied under done/, then deleted
             fs, moved = landing.fs, []
+            fs.makedirs((landing / "done").path, exist_ok=True)  # no-op on S3 or GCS; file:// has real folders
             for url in inputs:
                 src = landing_path(url, params["landing_conn_id"])
                 target = landing / "done" / src.name
@@ -196,6 +197,7 @@ with DAG(
                     target = landing / "done" / f"{Path(src.name).stem}-{int(time.time())}{Path(src.name).suffix}"
                 if fs.isdir(src.path):  # a folder on an object store: the objects under its prefix
                     for key in fs.find(src.path):
+                        fs.makedirs(f"{target.path}{key[len(src.path):]}".rsplit("/", 1)[0], exist_ok=True)
                         fs.mv(key, target.path + key[len(src.path):])
                     if fs.exists(src.path):  # a store with real folders keeps the empty one
                         fs.rm(src.path, recursive=True)

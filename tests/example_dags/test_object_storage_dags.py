@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from tests import object_storage
 from tests.airflow_helpers import run_dag
@@ -127,20 +128,26 @@ def land(fs: Any, root: str, tmp_path: Path) -> None:
         fs.pipe_file(f"{root}/subj002/{p.relative_to(tmp_path / 'b').as_posix()}", p.read_bytes())
 
 
-@pytest.mark.parametrize("kind", ["blob", "memory"])
+@pytest.mark.parametrize("kind", ["blob", "memory", "file"])
 def test_scheduled_ingest_with_the_landing_on_object_storage(airflow_db, xnat_conn, tmp_path: Path, kind: str,
                                                              request: pytest.FixtureRequest) -> None:
-    fs = request.getfixturevalue("blob" if kind == "blob" else "memory_fs")
-    root = "bucket/landing" if kind == "blob" else "/bucket/landing"
+    """``file://``: a store with real folders (a local disk or a shared mount given as a URL), where a move needs
+    its target folder to exist; the distributed test runs the DAG so."""
+    if kind == "file":
+        fs, root = LocalFileSystem(auto_mkdir=True), (tmp_path / "store" / "landing").as_posix()  # to seed it
+    else:
+        fs = request.getfixturevalue("blob" if kind == "blob" else "memory_fs")
+        root = "bucket/landing" if kind == "blob" else "/bucket/landing"
     land(fs, root, tmp_path)
     files = sorted(p[len(root) + 1:] for p in fs.find(root))
-    conf = {"landing": f"{kind}://bucket/landing", "landing_conn_id": CONN if kind == "blob" else "",
-            "project": "P1", "quiet_seconds": 0}
+    landing = f"file://{root}" if kind == "file" else f"{kind}://bucket/landing"
+    conf = {"landing": landing, "landing_conn_id": CONN if kind == "blob" else "", "project": "P1",
+            "quiet_seconds": 0}
     result = run_dag("xnat_scheduled_ingest", conf)
     assert result.state == "success", result.tis
     for value in result.xcoms.values():
         strings_only(value)
-    url = f"blob://{CONN}@bucket/landing" if kind == "blob" else "memory://bucket/landing"
+    url = f"blob://{CONN}@bucket/landing" if kind == "blob" else landing
     assert result.xcom("find_inputs") == [f"{url}/subj001.zip", f"{url}/subj002"]
     with XnatClient(xnat_conn.url, "admin", "admin") as c:
         assert sorted(e.label for e in c.list_experiments("P1")) == ["SUBJ001_MR1", "SUBJ002_MR1"]
