@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import archive_api, auth_api, dicom_import, files_api, prearchive_api, site_api
+from . import archive_api, auth_api, containers_api, dicom_import, files_api, prearchive_api, site_api
 from .archive_api import OWNER, SEG, resolve
 from .auth import Auth
+from .containers import Containers
 from .control import Control
 from .faults import FaultRule, Faults
 from .model import Model
@@ -40,11 +41,15 @@ XNAT_VERSION = "1.8.10"
 PREARCHIVE_CODES = {"manual": 0, "auto-archive": 4, "auto-archive-overwrite": 5}
 # The modules serving XNAT's API, each declaring its routes (``register(router, services)``). Their routes are
 # matched in this order where the order matters (see :func:`~xnat_provider.testing.registry.build_router`).
-API_MODULES: tuple[ApiModule, ...] = (auth_api, site_api, dicom_import, prearchive_api, files_api, archive_api)
+API_MODULES: tuple[ApiModule, ...] = (auth_api, site_api, dicom_import, prearchive_api, files_api, archive_api,
+                                      containers_api)
 
 
 class XnatEmulator:
     """An XNAT stand-in serving on a loopback port until :meth:`stop` (or the end of a ``with`` block).
+
+    ``containers`` is its Container Service plugin (``containers.py``): register a command and what its container
+    runs there, then launch it through ``/xapi`` as a client would.
 
     :param data_dir: where files and metadata live; ``None`` for a temporary folder removed on stop.
     :param users: login to password; ``admin`` (or anyone in ``admins``) is a site administrator.
@@ -60,6 +65,8 @@ class XnatEmulator:
     :param range_requests: answer a single-range GET of a file with 206 (XNAT 1.8 does, through Restlet 1.1.10's
         RangeFilter); off by default, the harder case for clients: a server or proxy that ignores Range.
     :param archive_conflict_status: 500 (XNAT 1.8.9+, ``FAILED: ...``) or 409 (older servers).
+    :param container_step_seconds: the Container Service's pause between two steps of a launch (queued, staging,
+        created, running, finalizing...), so that a client polling it sees them; see ``containers.py``.
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class XnatEmulator:
         archive_conflict_status: int = 500,
         site_id: str = "XNAT",
         version: str = XNAT_VERSION,
+        container_step_seconds: float = 0.05,
     ):
         if archive_conflict_status not in (409, 500):
             raise ValueError("archive_conflict_status must be 409 or 500")
@@ -98,7 +106,9 @@ class XnatEmulator:
                          max_failed_logins=max_failed_logins, lockout_seconds=lockout_seconds,
                          require_login=require_login)
         self.prearchive = Prearchive(self.store, self.model, receiving_idle, build_seconds, queue_seconds)
-        self.services = Services(self.store, self.model, self.auth, self.prearchive, self.settings)
+        # The Container Service plugin (commands, launches, containers), in memory: ``containers.py``.
+        self.containers = Containers(self.model, self.auth, self.data_dir, step_seconds=container_step_seconds)
+        self.services = Services(self.store, self.model, self.auth, self.prearchive, self.settings, self.containers)
         self.router = build_router(API_MODULES, self.services)
         self.control = Control(self)
         self.recovered = self.model.recover()
@@ -118,10 +128,12 @@ class XnatEmulator:
             self._threads = [serve_in_thread(self._server),
                              threading.Thread(target=self._clock, daemon=True, name="xnat-emulator-clock")]
             self._threads[1].start()
+            self.containers.site_url = self.url
         return self
 
     def stop(self) -> None:
         self._stopping.set()
+        self.containers.shutdown()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -9,6 +9,7 @@ there is no circle, TYPE_CHECKING imports included)::
 
     __init__, cli, pytest_plugin -> emulator -> server, control, the API modules (*_api, dicom_import)
     the API modules -> registry -> the state: auth -> access -> prearchive -> model -> store
+                                              containers -> model, store
     all of them -> representations, http -> xnat_routes
 
 Which module serves which part of XNAT's API (paths after ``/data`` or ``/REST``, which ``http.normalise_path``
@@ -29,6 +30,12 @@ folds together with ``/data/archive``):
   ``services/prearchive/{move,rebuild,delete}``; the sessions' status machine, building and archiving are
   ``prearchive.py``, moved on by the emulator's clock (``XnatEmulator.tick``).
 - ``site_api.py``: ``/xapi/schemas``, ``search/elements`` and ``services/dicomdump``.
+- ``containers_api.py``: the Container Service plugin's ``/xapi/commands``, ``/xapi/.../wrappers/...``
+  (enabled, launch UI, launch, bulk launch) and ``/xapi/containers`` (status, history, logs, kill), and XNAT's
+  ``workflows/{id}`` (``WorkflowResource``), where a launch's workflow leads to its container. The commands,
+  launches and containers themselves are ``containers.py`` (``XnatEmulator.containers``), which runs a
+  registered Python callable or subprocess as the container and uploads its outputs through the model; what a
+  client sees of the plugin is written up in ``docs/container-service.md``.
 - ``control.py``: ``/__emulator__/...``, fault injection and test controls from another process; not XNAT.
 
 Entry points: ``emulator.py`` (:class:`~xnat_provider.testing.XnatEmulator`, which the package exports lazily),
@@ -67,6 +74,7 @@ from .http import Router
 
 if TYPE_CHECKING:
     from .auth import Auth
+    from .containers import Containers
     from .model import Model
     from .prearchive import Prearchive
     from .store import Store
@@ -97,6 +105,7 @@ class Services:
     auth: Auth
     prearchive: Prearchive
     settings: Settings
+    containers: Containers  # the Container Service plugin's commands, launches and containers
 
 
 class ApiModule(Protocol):
