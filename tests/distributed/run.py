@@ -99,8 +99,10 @@ class Deployment:
         self.mark("postgres and redis up")
         emulator_port = services.free_port()
         self.xnat_url = f"http://127.0.0.1:{emulator_port}"
-        self.landing = str(self.folder / "landing")
-        self.work = str(self.folder / "work")
+        # The landing folder and the work area as object-storage URLs, as workers on several hosts need them
+        # (s3://... there; file:// here, the one store every process on this machine reaches).
+        self.landing = (self.folder / "object-store" / "landing").as_uri()
+        self.work = (self.folder / "object-store" / "work").as_uri()
         settings = self.settings_ = self.settings()
         self.start_emulator(settings, emulator_port)
         self.api_port = services.free_port()
@@ -213,7 +215,7 @@ def wait_run(d: Deployment, dag_id: str, timeout: float, after: int = 0, watch: 
 def scenario(d: Deployment) -> dict[str, Any]:
     from xnat_provider.client import XnatClient
 
-    labels = seed_landing(Path(d.landing))
+    labels = seed_landing(d.folder / "object-store" / "landing")
     for dag_id in (INGEST, PIPELINE, AUTOARCHIVE):
         d.api.wait_for_dag(dag_id, timeout=180)
     d.mark("example DAGs parsed")
