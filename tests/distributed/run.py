@@ -341,12 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="xnat-distributed-"))
     os.chmod(folder, 0o755)  # the postgres user reaches its own folder inside
     sup = Supervisor()
+    for sig in standalone.STOP_SIGNALS:  # Ctrl-C or CI's SIGTERM: stop everything below, then exit non-zero
+        signal.signal(sig, sup.on_signal)
     d = Deployment(folder, sup)
     ok = False
     try:
         d.start()
         result = scenario(d)
         ok = True
+    except standalone.Stop as stop:
+        log(f"{stop}: stopping")
+        return 1
     finally:
         clean = d.stop()
         log(f"stopped everything{'' if clean else ' (some processes had to be killed)'}; "
