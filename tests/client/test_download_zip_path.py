@@ -274,3 +274,25 @@ def test_entries_the_catalog_does_not_list_are_ignored_and_missing_files_fetched
     assert "ignored 3 entries" in caplog.text
     assert "(an unsafe path" in caplog.text and "(not in the catalog listing)" in caplog.text
     assert "3 listed files are missing" in caplog.text
+
+
+def test_a_zip_labelled_text_html_is_not_cut_short(emulator: XnatEmulator, study_zip: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway that labels the zip text/html: the client looks at its first bytes for an error page, and
+    those bytes must still end up in the zip."""
+    from xnat_provider.testing.files_api import FilesApi
+
+    real = FilesApi.zip_download
+
+    def mislabelled(self, req, fmt):  # type: ignore[no-untyped-def]
+        resp = real(self, req, fmt)
+        resp.content_type = "text/html"
+        return resp
+
+    monkeypatch.setattr(FilesApi, "zip_download", mislabelled)
+    with XnatClient(emulator.url, "admin", "admin") as c:
+        c.import_dicom(study_zip, "P1", destination="archive")
+        exp = c.experiment_path("P1", "S01_MR1")
+        manifest = c.download_zip(f"{exp}/scans/ALL/files", tmp_path / "out")
+    assert len(manifest.files) == 6
+    assert all(Path(f["path"]).stat().st_size == f["size"] for f in manifest.files)
