@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import requests
 
 from xnat_provider.client.protocol import xnat_message
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 
 
 def test_unauthenticated_data_path_gets_401_with_basic_challenge(emulator: XnatEmulator) -> None:
@@ -53,11 +53,13 @@ def test_services_auth_rejects_bad_password_and_get(emulator: XnatEmulator) -> N
 
 
 def test_sessions_expire_after_idle_timeout(tmp_path) -> None:
-    with XnatEmulator(data_dir=tmp_path / "x", session_timeout=0.5) as emu:
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", session_timeout=900, clock=clock) as emu:
         s = requests.Session()
         assert s.get(emu.url + "/data/JSESSION", auth=("admin", "admin")).status_code == 200
-        assert s.get(emu.url + "/data/auth").status_code == 200  # cookie only
-        time.sleep(0.8)
+        clock.advance(899)
+        assert s.get(emu.url + "/data/auth").status_code == 200  # cookie only, still within the timeout
+        clock.advance(900.5)
         r = s.get(emu.url + "/data/auth")
         assert r.status_code == 401
         raw = [h for h in r.raw.headers.getlist("Set-Cookie") if h.startswith("SESSION_EXPIRATION_TIME")]
@@ -65,12 +67,15 @@ def test_sessions_expire_after_idle_timeout(tmp_path) -> None:
 
 
 def test_requests_refresh_the_idle_timer(tmp_path) -> None:
-    with XnatEmulator(data_dir=tmp_path / "x", session_timeout=0.6) as emu:
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", session_timeout=900, clock=clock) as emu:
         s = requests.Session()
         s.get(emu.url + "/data/JSESSION", auth=("admin", "admin"))
-        for _ in range(4):
-            time.sleep(0.3)
+        for _ in range(4):  # 2400 s in all, never 900 s idle
+            clock.advance(600)
             assert s.get(emu.url + "/data/auth").status_code == 200
+        clock.advance(901)
+        assert s.get(emu.url + "/data/auth").status_code == 401
 
 
 def test_account_locks_after_too_many_failed_logins(tmp_path) -> None:
@@ -193,10 +198,12 @@ def test_the_guest_user_cannot_touch_tokens(tmp_path) -> None:
 
 
 def test_tokens_expire(tmp_path) -> None:
-    with XnatEmulator(data_dir=tmp_path / "x", token_lifetime=0.5) as emu:
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", token_lifetime=2 * 24 * 3600, clock=clock) as emu:
         tok = requests.get(emu.url + "/data/services/tokens/issue", auth=("admin", "admin")).json()
+        clock.advance(2 * 24 * 3600 - 1)
         assert requests.get(emu.url + "/data/auth", auth=(tok["alias"], tok["secret"])).status_code == 200
-        time.sleep(0.7)
+        clock.advance(2)
         assert requests.get(emu.url + "/data/auth", auth=(tok["alias"], tok["secret"])).status_code == 401
         # XNAT's hourly sweep deletes expired tokens; the emulator sweeps at once: the alias is unknown now.
         gone = requests.get(f"{emu.url}/data/services/tokens/validate/{tok['alias']}/{tok['secret']}",

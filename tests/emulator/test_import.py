@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 
 from tests.support import wait_for
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 from xnat_provider.testing.samples import Study, make_study, zip_files
 
 IMPORT = "/data/services/import"
@@ -389,13 +390,16 @@ def test_without_dest_receiving_then_building_then_ready(emulator, http, tmp_pat
     assert http.get(emulator.url + uri, params={"format": "xml"}, timeout=10).status_code == 200
 
 
-def test_prevent_auto_commit_stays_receiving(emulator, http, tmp_path):
-    s = make_study(tmp_path / "d", comments="Project: P1")
-    r = do_import(http, emulator, zip_files(s.files, tmp_path / "s.zip"), prevent_auto_commit="true")
-    [uri] = uri_lines(r)
-    time.sleep(emulator.prearchive.receiving_idle + emulator.prearchive.build_seconds + 0.3)
-    row = row_for(prearchive_rows(http, emulator, "P1"), uri)
-    assert row["status"] == "RECEIVING" and row["prevent_auto_commit"] == "true"
+def test_prevent_auto_commit_stays_receiving(http, tmp_path):
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", receiving_idle=300, build_seconds=1, clock=clock) as emu:
+        s = make_study(tmp_path / "d", comments="Project: P1")
+        r = do_import(http, emu, zip_files(s.files, tmp_path / "s.zip"), prevent_auto_commit="true")
+        [uri] = uri_lines(r)
+        clock.advance(3600)  # long past XNAT's 300 s of quiet and the build
+        emu.tick()
+        row = row_for(prearchive_rows(http, emu, "P1"), uri)
+        assert row["status"] == "RECEIVING" and row["prevent_auto_commit"] == "true"
 
 
 # ---- listing shape -------------------------------------------------------------------------------------

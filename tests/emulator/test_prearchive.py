@@ -19,6 +19,7 @@ from lxml import etree
 
 from tests.support import wait_for
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 from xnat_provider.testing.samples import Study, make_study, zip_files
 
 IMPORT = "/data/services/import"
@@ -526,15 +527,22 @@ def test_held_session_stays_stuck_until_rebuild(emulator, http, study, ready):
     assert sum(len(v) for v in dcm_names(adir(emulator, "P1", "S01_MR1")).values()) == len(study.files)
 
 
-def test_held_receiving_session_is_not_built(emulator, http, tmp_path):
-    s = make_study(tmp_path / "d", comments="Project: P1")
-    uri = import_zip(http, emulator, zip_files(s.files, tmp_path / "s.zip"), dest="")
-    emulator.hold_prearchive(*parts(uri), status="RECEIVING")
-    pre = emulator.prearchive
-    time.sleep(pre.receiving_idle + pre.build_seconds + 0.2)
-    assert status_of(http, emulator, uri) == "RECEIVING"
-    emulator.release_prearchive(*parts(uri))
-    _watch(http, emulator, uri, lambda st: st == "READY")
+def test_held_receiving_session_is_not_built(http, tmp_path):
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", receiving_idle=300, build_seconds=1, clock=clock) as emu:
+        s = make_study(tmp_path / "d", comments="Project: P1")
+        uri = import_zip(http, emu, zip_files(s.files, tmp_path / "s.zip"), dest="")
+        emu.hold_prearchive(*parts(uri), status="RECEIVING")
+        clock.advance(3600)  # long past XNAT's 300 s of quiet and the build
+        emu.tick()
+        assert status_of(http, emu, uri) == "RECEIVING"
+        emu.release_prearchive(*parts(uri))  # released now: quiet from now on
+        clock.advance(299)
+        assert status_of(http, emu, uri) == "RECEIVING"
+        clock.advance(2)
+        assert status_of(http, emu, uri) == "BUILDING"
+        clock.advance(1)
+        assert status_of(http, emu, uri) == "READY"
 
 
 def test_action_build_releases_a_held_session(emulator, http, ready):

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass
 
 from .access import GUEST
+from .clock import Clock
 from .http import Request, Response, XnatHttpError
 from .store import Store
 
@@ -50,8 +51,10 @@ class Auth:
         max_failed_logins: int,
         lockout_seconds: float,
         require_login: bool = True,
+        clock: Clock = time.time,
     ):
         self.store = store
+        self.clock = clock
         self.site_id = site_id
         self.session_timeout = session_timeout
         self.token_lifetime = token_lifetime
@@ -79,7 +82,7 @@ class Auth:
     def new_session(self, login: str) -> str:
         sid = secrets.token_hex(16).upper()
         with self._lock:
-            self.sessions[sid] = HttpSession(login, time.time())
+            self.sessions[sid] = HttpSession(login, self.clock())
         return sid
 
     def session_user(self, sid: str | None) -> str | None:
@@ -89,7 +92,7 @@ class Auth:
             s = self.sessions.get(sid)
             if s is None:
                 return None
-            now = time.time()
+            now = self.clock()
             if now - s.last_access > self.session_timeout:
                 del self.sessions[sid]
                 return None
@@ -109,7 +112,7 @@ class Auth:
     # ---- credentials -------------------------------------------------------------------------------
     def check_credentials(self, username: str, password: str) -> str:
         """Return the login the credentials stand for, or raise 401. Counts failures and locks."""
-        now = time.time()
+        now = self.clock()
         if UUID_RE.match(username):
             with self.store.tx():
                 tok = self.store.one("SELECT * FROM tokens WHERE alias=?", username)
@@ -192,7 +195,7 @@ class Auth:
     def issue_token(self, login: str, single_use: bool = False) -> dict:
         alphabet = string.ascii_letters + string.digits
         secret = "".join(secrets.choice(alphabet) for _ in range(64))
-        alias, now = str(uuid.uuid4()), time.time()
+        alias, now = str(uuid.uuid4()), self.clock()
         with self.store.tx():
             tid = self.store.insert(
                 "INSERT INTO tokens(alias, secret, login, created, expires, single_use) VALUES(?,?,?,?,?,?)",

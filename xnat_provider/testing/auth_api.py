@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from typing import TYPE_CHECKING
 
 from . import xnat_routes
@@ -86,7 +85,7 @@ def register(router: Router, services: Services) -> None:
         variables = found.variables if found else {}
         op, username = variables.get("OPERATION", ""), variables.get("USERNAME")
         token_id, secret = variables.get("TOKEN"), variables.get("SECRET")
-        auth.store.run("DELETE FROM tokens WHERE expires<=?", time.time())
+        auth.store.run("DELETE FROM tokens WHERE expires<=?", auth.clock())
         token = None
         if token_id:
             if UUID_RE.match(token_id):

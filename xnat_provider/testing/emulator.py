@@ -28,6 +28,7 @@ from typing import Any
 from . import archive_api, auth_api, containers_api, dicom_import, files_api, prearchive_api, site_api
 from .archive_api import OWNER, SEG, resolve
 from .auth import Auth
+from .clock import Clock
 from .containers import Containers
 from .control import Control
 from .faults import FaultRule, Faults
@@ -65,6 +66,8 @@ class XnatEmulator:
     :param range_requests: answer a single-range GET of a file with 206 (XNAT 1.8 does, through Restlet 1.1.10's
         RangeFilter); off by default, the harder case for clients: a server or proxy that ignores Range.
     :param archive_conflict_status: 500 (XNAT 1.8.9+, ``FAILED: ...``) or 409 (older servers).
+    :param clock: what "now" is for sessions, tokens and the prearchive (``time.time``); a test about time
+        passes a :class:`~xnat_provider.testing.clock.ManualClock` and advances it instead of sleeping.
     :param container_step_seconds: the Container Service's pause between two steps of a launch (queued, staging,
         created, running, finalizing...), so that a client polling it sees them; see ``containers.py``.
     """
@@ -91,6 +94,7 @@ class XnatEmulator:
         site_id: str = "XNAT",
         version: str = XNAT_VERSION,
         container_step_seconds: float = 0.05,
+        clock: Clock = time.time,
     ):
         if archive_conflict_status not in (409, 500):
             raise ValueError("archive_conflict_status must be 409 or 500")
@@ -104,8 +108,8 @@ class XnatEmulator:
         self.faults = Faults()
         self.auth = Auth(self.store, site_id=site_id, session_timeout=session_timeout, token_lifetime=token_lifetime,
                          max_failed_logins=max_failed_logins, lockout_seconds=lockout_seconds,
-                         require_login=require_login)
-        self.prearchive = Prearchive(self.store, self.model, receiving_idle, build_seconds, queue_seconds)
+                         require_login=require_login, clock=clock)
+        self.prearchive = Prearchive(self.store, self.model, receiving_idle, build_seconds, queue_seconds, clock)
         # The Container Service plugin (commands, launches, containers), in memory: ``containers.py``.
         self.containers = Containers(self.model, self.auth, self.data_dir, step_seconds=container_step_seconds)
         self.services = Services(self.store, self.model, self.auth, self.prearchive, self.settings, self.containers)
@@ -254,7 +258,7 @@ class XnatEmulator:
         finished, or an administrator unlocked the row."""
         row = self.prearchive.require(project, timestamp, folder)
         self.store.run("UPDATE prearchive SET held=0, status=?, lastmod=? WHERE project=? AND timestamp=? AND "
-                       "folder=?", status or ("READY" if row["built_doc"] else "RECEIVING"), time.time(),
+                       "folder=?", status or ("READY" if row["built_doc"] else "RECEIVING"), self.auth.clock(),
                        row["project"], row["timestamp"], row["folder"])
 
     def corrupt_file(self, uri: str) -> None:

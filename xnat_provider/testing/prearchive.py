@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 
+from .clock import Clock
 from .http import XnatHttpError
 from .model import DEFAULT_TYPES, MODALITY_TYPES, md5_file
 from .store import now_text
@@ -129,8 +130,9 @@ PREARCHIVE_COLUMNS = list(row_json({k: "" for k in (
 
 class Prearchive:
     def __init__(self, store: Store, model: Model, receiving_idle: float, build_seconds: float,
-                 queue_seconds: float):
+                 queue_seconds: float, clock: Clock = time.time):
         self.store = store
+        self.clock = clock
         self.model = model
         self.receiving_idle = receiving_idle
         self.build_seconds = build_seconds
@@ -172,7 +174,7 @@ class Prearchive:
         proj = self.model.project(project)
         code = AUTOARCHIVE_CODES.get(proj["prearchive_code"]) if proj else None
         params = {**params, "autoarchive": params.get("autoarchive") or code}
-        now = time.time()
+        now = self.clock()
         ts = time.strftime("%Y%m%d_%H%M%S", time.localtime(now)) + f"{int(now * 1000) % 1000:03d}"
         with self.store.tx():
             folder, n = name, 0
@@ -205,12 +207,12 @@ class Prearchive:
                    next_op: str | None = None, op_arg: str | None = None) -> None:
         self.store.run(
             "UPDATE prearchive SET status=?, message=?, due=?, next_op=?, op_arg=?, lastmod=? "
-            "WHERE project=? AND timestamp=? AND folder=?", status, message, due, next_op, op_arg, time.time(),
+            "WHERE project=? AND timestamp=? AND folder=?", status, message, due, next_op, op_arg, self.clock(),
             row["project"], row["timestamp"], row["folder"])
 
     def touch(self, row: dict) -> None:
         self.store.run("UPDATE prearchive SET lastmod=? WHERE project=? AND timestamp=? AND folder=?",
-                       time.time(), row["project"], row["timestamp"], row["folder"])
+                       self.clock(), row["project"], row["timestamp"], row["folder"])
 
     # ---- building ----------------------------------------------------------------------------------
     def build(self, row: dict) -> dict:
@@ -259,7 +261,7 @@ class Prearchive:
         if not self._tick_lock.acquire(blocking=False):
             return
         try:
-            now = time.time()
+            now = self.clock()
             rows = self.store.all(
                 "SELECT * FROM prearchive WHERE held=0 AND ((status IN ('RECEIVING','RECEIVING_INTERRUPT') "
                 "AND lastmod<=? AND prevent_auto_commit!='true') OR (due IS NOT NULL AND due<=?))",
@@ -301,7 +303,7 @@ class Prearchive:
         if row["held"]:
             self.store.run("UPDATE prearchive SET held=0 WHERE project=? AND timestamp=? AND folder=?",
                            row["project"], row["timestamp"], row["folder"])
-        self.set_status(row, f"QUEUED_{QUEUED_OPS[op]}", due=time.time() + self.queue_seconds, next_op=op,
+        self.set_status(row, f"QUEUED_{QUEUED_OPS[op]}", due=self.clock() + self.queue_seconds, next_op=op,
                         op_arg=arg)
         return self.require(row["project"], row["timestamp"], row["folder"])
 
@@ -323,7 +325,7 @@ class Prearchive:
             if self.session_dir(row).exists():
                 os.replace(self.session_dir(row), target)
             self.store.run("UPDATE prearchive SET project=?, status='READY', due=NULL, next_op=NULL, lastmod=? "
-                           "WHERE project=? AND timestamp=? AND folder=?", new_project, time.time(), row["project"],
+                           "WHERE project=? AND timestamp=? AND folder=?", new_project, self.clock(), row["project"],
                            row["timestamp"], row["folder"])
         _prune(self.session_dir(row).parent)
 

@@ -28,7 +28,8 @@ folds together with ``/data/archive``):
   (``zip_input.py``) and request bodies onto disk (``uploads.py``).
 - ``prearchive_api.py``: ``prearchive/projects/...``, ``services/archive`` and
   ``services/prearchive/{move,rebuild,delete}``; the sessions' status machine, building and archiving are
-  ``prearchive.py``, moved on by the emulator's clock (``XnatEmulator.tick``).
+  ``prearchive.py``, moved on by the emulator's clock (``XnatEmulator.tick``; what "now" is, for sessions and
+  tokens too, is ``clock.py``: real time, or a ``ManualClock`` a test advances).
 - ``site_api.py``: ``/xapi/schemas``, ``search/elements`` and ``services/dicomdump``.
 - ``containers_api.py``: the Container Service plugin's ``/xapi/commands``, ``/xapi/.../wrappers/...``
   (enabled, launch UI, launch, bulk launch) and ``/xapi/containers`` (status, history, logs, kill), and XNAT's

@@ -162,7 +162,7 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             log.exception("emulator handler failed: %s %s", self.command, self.path)
             resp = Response.error(500, f"Internal server error: {type(exc).__name__}: {exc}")
         if req.user and req.session_id:
-            now_ms = int(time.time() * 1000)
+            now_ms = int(emu.auth.clock() * 1000)
             resp.cookies.append(
                 f'SESSION_EXPIRATION_TIME="{now_ms},{int(emu.auth.session_timeout * 1000)}"; Path=/'
             )
