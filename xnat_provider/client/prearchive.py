@@ -138,29 +138,18 @@ class PrearchiveMixin:
                 check_label(value, what)
         src = prearchive_src(session)
         before = self.get_prearchive(src)
-        target_project = project or before.project
-        target_label = label or before.name
-        params: list[tuple[str, str]] = [("src", src), ("auto-archive", "false")]
-        if overwrite and overwrite != "none":
-            params.append(("overwrite", overwrite))
-        for key, value in (("project", project), ("subject", subject), ("session", label)):
-            if value:
-                params.append((key, value))
-        if quarantine is not None:
-            params.append(("quarantine", str(quarantine).lower()))
-        if trigger_pipelines is not None:
-            params.append(("triggerPipelines", str(trigger_pipelines).lower()))
-        settle = self._settle(settle_seconds)  # type: ignore[attr-defined]
+        params = archive_params(src, overwrite, project, subject, label, quarantine, trigger_pipelines)
+        return self._post_archive(src, params, project or before.project, label or before.name,
+                                  self._settle(settle_seconds), before)  # type: ignore[attr-defined]
+
+    def _post_archive(self, src: str, params: list[tuple[str, str]], target_project: str, target_label: str,
+                      settle: float, before: PrearchiveSession) -> SessionRef:
+        """POST the archive request, and after an ambiguous failure look before sending it again (one loop: each
+        attempt's decision depends on whether an earlier request may still be at work)."""
         for attempt in range(self.session.config.retries):
             try:
-                resp = self.session.request(
-                    "POST",
-                    "/data/services/archive",
-                    params=params,
-                    retry=False,
-                    allow_redirects=False,
-                    ok_statuses=(301, 302, 303),
-                )
+                resp = self.session.request("POST", "/data/services/archive", params=params, retry=False,
+                                            allow_redirects=False, ok_statuses=(301, 302, 303))
             except XnatError as exc:
                 typed = _typed(exc)
                 if attempt > 0:
@@ -181,18 +170,7 @@ class PrearchiveMixin:
                 log.warning("Archive of %s failed (%s) without effect; archiving again", src, exc)
                 time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
                 continue
-            location = resp.headers.get("Location") if resp.status_code in (301, 302, 303) else None
-            uris = [location] if location else uri_list(resp.text)
-            if not uris:
-                raise XnatServerError(
-                    f"POST /data/services/archive: no archive URI in the answer for {src}",
-                    method="POST",
-                    path="/data/services/archive",
-                    status=resp.status_code,
-                )
-            path = uris[0].split("://", 1)[-1]
-            path = path[path.index("/data/") :] if "/data/" in path else path
-            return SessionRef.parse(path)
+            return archived_ref_from_answer(resp.status_code, resp.headers.get("Location"), resp.text, src)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _archived_ref(self, project: str, label: str) -> SessionRef | None:
@@ -326,3 +304,31 @@ def _locked_error(op: str, path: str, src: str, row: PrearchiveSession, status: 
         "finish; if it is stuck, an XNAT administrator can reset the row (POST "
         f"{src}?action=reset-status) and try again.",
         method="POST", path=path, status=status)
+
+
+def archive_params(src: str, overwrite: str | None, project: str | None, subject: str | None, label: str | None,
+                   quarantine: bool | None, trigger_pipelines: bool | None) -> list[tuple[str, str]]:
+    """The archive service's query parameters for one prearchive session (``auto-archive=false``: archive this
+    one now, whatever the project's setting)."""
+    params: list[tuple[str, str]] = [("src", src), ("auto-archive", "false")]
+    if overwrite and overwrite != "none":
+        params.append(("overwrite", overwrite))
+    for key, value in (("project", project), ("subject", subject), ("session", label)):
+        if value:
+            params.append((key, value))
+    if quarantine is not None:
+        params.append(("quarantine", str(quarantine).lower()))
+    if trigger_pipelines is not None:
+        params.append(("triggerPipelines", str(trigger_pipelines).lower()))
+    return params
+
+
+def archived_ref_from_answer(status: int, location: str | None, text: str, src: str) -> SessionRef:
+    """The archived session from the archive service's answer: a redirect's Location, else the URI in the body."""
+    uris = [location] if location and status in (301, 302, 303) else uri_list(text)
+    if not uris:
+        raise XnatServerError(f"POST /data/services/archive: no archive URI in the answer for {src}",
+                              method="POST", path="/data/services/archive", status=status)
+    path = uris[0].split("://", 1)[-1]
+    path = path[path.index("/data/"):] if "/data/" in path else path
+    return SessionRef.parse(path)
