@@ -116,8 +116,9 @@ with DAG(
         for stream in get_current_context()["triggering_asset_events"].values():
             for event in stream:
                 payload = (event.extra or {}).get("payload", event.extra or {})
-                if payload.get("session"):
-                    announced[prearchive_uri(payload["session"])] = payload["session"]
+                row = payload.get("prearchive_session") or payload.get("session")  # session: earlier versions
+                if row:
+                    announced[prearchive_uri(row)] = row
         with XnatHook() as hook:
             client = hook.get_conn()
             first = {s.uri: s for s in client.list_prearchive(params["project"]) if s.status == "READY"}
@@ -175,4 +176,4 @@ with DAG(
     branch >> [from_events, waited]
     checked = check_headers(from_events, waited.output)
 
-    XnatArchiveOperator(task_id="archive_checked", sessions=checked["archive"], on_conflict="fail")
+    XnatArchiveOperator(task_id="archive_checked", prearchive_sessions=checked["archive"], on_conflict="fail")

@@ -1,13 +1,14 @@
-"""Per-scan processing of newly archived sessions: download, summarise, upload the results, tag the session.
+"""Per-scan processing of newly archived imaging sessions (XNAT experiments): download, summarise, upload the
+results, tag the experiment.
 
 Scheduled on the asset alias ``xnat_archived_sessions`` that :class:`XnatArchiveOperator` emits one event on
-per archived session, so it runs after each ingest without polling. (Trigger it by hand with the ``project``
-and ``session`` params to process one session.)
+per archived experiment, so it runs after each ingest without polling. (Trigger it by hand with the ``project``
+and ``experiment`` params to process one experiment; ``session`` is the old name of ``experiment``, still read.)
 
-For each session: wait until it is archived with at least one scan (deferrable), list its scans, download
+For each experiment: wait until it is archived with at least one scan (deferrable), list its scans, download
 each scan in its own mapped task (verified against XNAT's MD5s, resumable), compute a summary with pydicom
 and NumPy (slices, dimensions, spacing, intensity statistics, a small PNG preview of the middle slice),
-upload the summary as a ``SUMMARY`` resource on the scan, and set fields on the session saying what ran.
+upload the summary as a ``SUMMARY`` resource on the scan, and set fields on the experiment saying what ran.
 
 Re-running is harmless: downloads skip files already verified on disk, the summary resource is replaced
 (``overwrite="overwrite"``), and the fields are set to the same values.
@@ -38,7 +39,7 @@ from xnat_provider.hooks.xnat import XnatHook
 from xnat_provider.operators.fields import XnatSetFieldsOperator
 from xnat_provider.operators.transfers import XnatDownloadScanOperator, XnatUploadResourceOperator
 from xnat_provider.retry import xnat_retry_policy
-from xnat_provider.sensors.session import XnatSessionSensor
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 
 PIPELINE_VERSION = "1.0"
 POLL = float(os.environ.get("XNAT_EXAMPLE_POLL_SECONDS", "15"))  # seconds between polls (small in demos/tests)
@@ -84,15 +85,17 @@ def png(image: list[list[int]]) -> bytes:
 
 with DAG(
     "xnat_scan_pipeline",
-    description="Download each scan of a newly archived session, summarise it, upload the summary",
+    description="Download each scan of a newly archived experiment, summarise it, upload the summary",
     schedule=[AssetAlias("xnat_archived_sessions")],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     default_args={"retries": 3, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": 2.0,
                   "retry_policy": xnat_retry_policy()},
     params={
-        "project": Param("", type="string", description="with session: process this session by hand"),
-        "session": Param("", type="string", description="a session label, or several separated by commas"),
+        "project": Param("", type="string", description="with experiment: process this experiment by hand"),
+        "experiment": Param("", type="string",
+                            description="an experiment (imaging session) label, or several separated by commas"),
+        "session": Param("", type="string", description="the old name of experiment (read when it is empty)"),
         "work": Param(os.environ.get("XNAT_WORK", "/tmp/xnat-scan-pipeline"), type="string",
                       description="a local folder, or object storage every worker reaches: s3://bucket/prefix, "
                                   "gs://..., file:///shared/..."),
@@ -104,35 +107,37 @@ with DAG(
 ) as dag:
 
     @task
-    def sessions_to_process(params: dict | None = None) -> list[dict]:
+    def sessions_to_process(params: dict | None = None) -> list[dict]:  # the task id stays: runs are kept by it
+        """The experiments of this run: from the triggering asset events, else from the params."""
         ctx = get_current_context()
         found = []
         for stream in ctx["triggering_asset_events"].values():
             for event in stream:
                 extra = event.extra or {}
                 if extra.get("project") and extra.get("label"):
-                    found.append({"project": extra["project"], "session": extra["label"]})
-        if not found and params["project"] and params["session"]:
-            found += [{"project": params["project"], "session": label.strip()}
-                      for label in params["session"].split(",") if label.strip()]
+                    found.append({"project": extra["project"], "experiment": extra["label"]})
+        labels = params["experiment"] or params["session"]
+        if not found and params["project"] and labels:
+            found += [{"project": params["project"], "experiment": label.strip()}
+                      for label in labels.split(",") if label.strip()]
         if not found:
-            print("No archived session in the triggering events and none given as params: nothing to do.")
+            print("No archived experiment in the triggering events and none given as params: nothing to do.")
         return [dict(t) for t in {tuple(sorted(d.items())) for d in found}]
 
     targets = sessions_to_process()
 
-    archived = XnatSessionSensor.partial(
+    archived = XnatExperimentSensor.partial(
         task_id="wait_for_session", min_scans=1, deferrable=True, poke_interval=POLL, timeout=3600,
     ).expand_kwargs(targets)
 
     @task
     def scan_jobs(targets: list[dict], params: dict | None = None) -> list[dict]:
-        """One download job per scan, across every session of this run."""
+        """One download job per scan, across every experiment of this run."""
         with XnatHook() as hook:
             client = hook.get_conn()
-            return [{"project": t["project"], "session": t["session"], "scan": scan.id,
-                     "dest": f"{params['work']}/{t['project']}/{t['session']}/download"}
-                    for t in targets for scan in client.list_scans(t["project"], t["session"])]
+            return [{"project": t["project"], "experiment": t["experiment"], "scan": scan.id,
+                     "dest": f"{params['work']}/{t['project']}/{t['experiment']}/download"}
+                    for t in targets for scan in client.list_scans(t["project"], t["experiment"])]
 
     jobs = scan_jobs(targets)
     archived >> jobs
@@ -162,7 +167,7 @@ with DAG(
         volume = np.stack([d.pixel_array.astype(np.float64) for d in datasets])
         first = datasets[0]
         summary = {
-            "project": download["project"], "session": download["session"], "scan": scan,
+            "project": download["project"], "experiment": download["experiment"], "scan": scan,
             "series_description": str(first.get("SeriesDescription", "")), "modality": str(first.get("Modality", "")),
             "slices": len(datasets), "rows": int(first.Rows), "columns": int(first.Columns),
             "pixel_spacing": [float(v) for v in first.get("PixelSpacing", [])],
@@ -174,10 +179,10 @@ with DAG(
         lo, hi = float(middle.min()), float(middle.max())
         scaled = np.zeros_like(middle) if hi <= lo else (middle - lo) / (hi - lo) * 255
         step = max(1, max(middle.shape) // 128)
-        out = work_path(params["work"], conn_id) / download["project"] / download["session"] / "summary" / scan
+        out = work_path(params["work"], conn_id) / download["project"] / download["experiment"] / "summary" / scan
         write(out / "preview.png", png(scaled[::step, ::step].round().astype(np.uint8).tolist()))
         write(out / "summary.json", json.dumps(summary, indent=1).encode())
-        return {"source": str(out), "project": download["project"], "session": download["session"], "scan": scan,
+        return {"source": str(out), "project": download["project"], "experiment": download["experiment"], "scan": scan,
                 "slices": summary["slices"], "mean": summary["intensity"]["mean"]}
 
     summaries = summarise.expand(download=downloads.output)
@@ -186,17 +191,18 @@ with DAG(
         task_id="upload_summary", resource="SUMMARY", format="JSON", content="scan summary", overwrite="overwrite",
         storage_conn_id="{{ params.work_conn_id }}",
     ).expand_kwargs(summaries.map(lambda s: {"source": s["source"], "project": s["project"],
-                                             "session": s["session"], "scan": s["scan"]}))
+                                             "experiment": s["experiment"], "scan": s["scan"]}))
 
     @task
-    def session_fields(summaries: list[dict]) -> list[dict]:
-        by_session: dict[tuple[str, str], list[dict]] = {}
+    def session_fields(summaries: list[dict]) -> list[dict]:  # the task id stays: runs are kept by it
+        """The fields to set on each experiment: how many scans were summarised, by what, when."""
+        by_experiment: dict[tuple[str, str], list[dict]] = {}
         for s in summaries:
-            by_session.setdefault((s["project"], s["session"]), []).append(s)
+            by_experiment.setdefault((s["project"], s["experiment"]), []).append(s)
         ctx = get_current_context()
-        return [{"project": p, "session": sess, "fields": {
+        return [{"project": p, "experiment": e, "fields": {
             "scans_summarised": str(len(items)), "summary_pipeline": f"xnat_scan_pipeline {PIPELINE_VERSION}",
-            "summarised_at": run_time(ctx)}} for (p, sess), items in sorted(by_session.items())]
+            "summarised_at": run_time(ctx)}} for (p, e), items in sorted(by_experiment.items())]
 
     fields = session_fields(summaries)
     uploaded >> fields

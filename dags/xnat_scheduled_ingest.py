@@ -162,7 +162,8 @@ with DAG(
         stall_timeout=1800, rebuild_stalled=True, poke_interval=POLL, timeout=6 * 3600,
     ).expand(study_uid=sessions.map(lambda s: s["study_uid"]))
 
-    archived = XnatArchiveOperator.partial(task_id="archive", on_conflict="append").expand(sessions=ready.output)
+    archived = XnatArchiveOperator.partial(task_id="archive", on_conflict="append").expand(
+        prearchive_sessions=ready.output)
 
     @task
     def provenance(archived: list[list[dict]], sessions: list[dict]) -> list[dict]:
@@ -172,7 +173,7 @@ with DAG(
         out = []
         for result in (r for per_task in archived for r in per_task if r["status"] != "skipped"):
             origin = source.get(result["label"], {})
-            out.append({"project": result["project"], "session": result["label"], "fields": {
+            out.append({"project": result["project"], "experiment": result["label"], "fields": {
                 "source_file": Path(origin.get("source", "unknown")).name,
                 "ingested_at": run_time(ctx),
                 "ingest_run": ctx["run_id"],

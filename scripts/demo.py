@@ -123,7 +123,8 @@ def main() -> int:
             sessions = [e.label for e in xnat.list_experiments(PROJECT)]
         log(f"airflow dags test xnat_scan_pipeline for {', '.join(sessions)} ...")
         t_scans = airflow(env, "dags", "test", "xnat_scan_pipeline", "-c",
-                          json.dumps({"project": PROJECT, "session": ",".join(sessions), "work": str(DATA / "work")}),
+                          json.dumps({"project": PROJECT, "experiment": ",".join(sessions),
+                                      "work": str(DATA / "work")}),
                           log_name="xnat_scan_pipeline")
         report(url, t_ingest, t_scans, time.monotonic() - started)
     finally:

@@ -3,12 +3,17 @@
 Both modes feed the same observations into the same pure functions, so a deferred wait and a poke wait agree
 on every status XNAT has. No Airflow imports: this is plain logic over the client's values.
 
+Two waits: for prearchive sessions (:class:`PrearchiveCriteria`, :class:`PrearchiveWatch`) and for an archived
+imaging session, an XNAT experiment (:class:`ExperimentCriteria`, :func:`observe_experiment`). Their criteria
+travel to triggers as dicts, and a trigger serialized by an earlier version may hold the old key ``session``
+for ``experiment``: :func:`criteria_dict` and the ``from_dict`` constructors accept it.
+
 Prearchive statuses: RECEIVING, BUILDING, RECEIVING_INTERRUPT, ARCHIVING, MOVING, DELETING, SEPARATING,
-``QUEUED_*`` (queued) and ``_*`` (running, locked) mean "keep waiting"; READY is success once the session has
-not changed for ``quiet_period`` seconds (a session still being extended or split keeps changing); CONFLICT and
-ERROR fail unless told to skip them; a session whose status and ``lastmod`` have not moved for
+``QUEUED_*`` (queued) and ``_*`` (running, locked) mean "keep waiting"; READY is success once the prearchive
+session has not changed for ``quiet_period`` seconds (one still being extended or split keeps changing); CONFLICT
+and ERROR fail unless told to skip them; a prearchive session whose status and ``lastmod`` have not moved for
 ``stall_timeout`` seconds is stalled: rebuilt once if asked, then a failure with a clear message. A stalled
-session in an ``_X`` status is never rebuilt: the row is locked by an operation XNAT is running (or one that
+prearchive session in an ``_X`` status is never rebuilt: the row is locked by an operation XNAT is running (or one that
 died holding the lock), and XNAT ignores a rebuild of a locked row; it fails saying so. A rebuild XNAT did not
 answer (a 503) is asked again after ``rebuild_after`` (a time kept in the watch state), never more often.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,13 +38,26 @@ from .client.protocol import base_path, latest_experiment
 WAIT, DONE, FAIL, REBUILD = "wait", "done", "fail", "rebuild"
 
 
+def criteria_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """Criteria as this version writes them: the key ``session`` that an earlier version wrote (in a trigger
+    serialized before an upgrade) becomes ``experiment``."""
+    data = dict(data)
+    if "session" in data:
+        old = data.pop("session")
+        data.setdefault("experiment", old)
+    return data
+
+
 @dataclass(frozen=True)
 class PrearchiveCriteria:
-    """Which prearchive sessions to wait for, and how patiently. JSON-safe (triggers serialise it)."""
+    """Which prearchive sessions to wait for, and how patiently. JSON-safe (triggers serialise it).
+
+    ``experiment``: only prearchive sessions with this label (the label of the experiment they become).
+    """
 
     project: str
     subject: str | None = None
-    session: str | None = None
+    experiment: str | None = None
     study_uid: str | None = None
     min_count: int = 1
     quiet_period: float = 0.0
@@ -56,23 +75,35 @@ class PrearchiveCriteria:
 
     def matches(self, s: PrearchiveSession) -> bool:
         return ((self.subject is None or s.subject == self.subject)
-                and (self.session is None or s.name == self.session or s.folder == self.session)
+                and (self.experiment is None or s.name == self.experiment or s.folder == self.experiment)
                 and (self.study_uid is None or s.study_uid == self.study_uid))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrearchiveCriteria:
+        return cls(**criteria_dict(data))
+
 
 @dataclass
 class Verdict:
+    """A judgement: ``action`` (wait, done, fail, rebuild), why, and what it is about (prearchive session rows,
+    or the one experiment) as JSON-safe dicts."""
+
     action: str  # wait, done, fail, rebuild
     message: str = ""
-    sessions: list[dict[str, Any]] = field(default_factory=list)
+    found: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def sessions(self) -> list[dict[str, Any]]:
+        """The old name of :attr:`found`, kept for callers written against it."""
+        return self.found
 
 
 @dataclass
 class PrearchiveWatch:
-    """Observations across polls: when each session was first seen with its current status and lastmod.
+    """Observations across polls: when each prearchive session was first seen with its current status and lastmod.
 
     ``state`` is JSON-safe so that a rescheduled sensor or a re-deferred trigger can carry it on.
     """
@@ -175,7 +206,7 @@ class Outage:
 
 
 def locked_message(s: PrearchiveSession, project: str, stalled_for: float, stall_timeout: float) -> str:
-    """Why a session stalled in an ``_X`` status fails, and what an administrator can do about it."""
+    """Why a prearchive session stalled in an ``_X`` status fails, and what an administrator can do about it."""
     return (f"Prearchive session {s.name} in project {project} has been {s.status} with no change for "
             f"{stalled_for:.0f} s (stall_timeout={stall_timeout:.0f} s). An {s.status} row is locked by an operation "
             "XNAT is still running, or one that stopped without unlocking it (XNAT restarted or the operation "
@@ -186,12 +217,12 @@ def locked_message(s: PrearchiveSession, project: str, stalled_for: float, stall
 
 
 @dataclass(frozen=True)
-class SessionCriteria:
-    """An archived session to wait for: by label (or a subject's latest session, by insert date), with optional
-    conditions."""
+class ExperimentCriteria:
+    """An archived imaging session (XNAT experiment) to wait for: by label (or a subject's latest experiment, by
+    insert date), with optional conditions."""
 
     project: str
-    session: str | None = None
+    experiment: str | None = None
     subject: str | None = None
     min_scans: int = 0
     resource: str | None = None
@@ -199,20 +230,24 @@ class SessionCriteria:
     field_value: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.project or not (self.session or self.subject):
-            raise ValueError("project and a session label (or a subject) are required")
+        if not self.project or not (self.experiment or self.subject):
+            raise ValueError("project and an experiment (the imaging session label) or a subject are required")
         if (self.field_name is None) != (self.field_value is None):
             raise ValueError("field_name and field_value go together")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentCriteria:
+        return cls(**criteria_dict(data))
 
-def session_verdict(c: SessionCriteria, experiment: dict[str, Any] | None, scans: int, resources: list[str],
+
+def experiment_verdict(c: ExperimentCriteria, experiment: dict[str, Any] | None, scans: int, resources: list[str],
                     fields: dict[str, str]) -> Verdict:
-    """Judge one observation of an archived session against the criteria."""
+    """Judge one observation of an archived imaging session (XNAT experiment) against the criteria."""
     if experiment is None:
-        who = c.session or f"a session of subject {c.subject}"
+        who = c.experiment or f"a session of subject {c.subject}"
         return Verdict(WAIT, f"{who} is not archived in {c.project} yet")
     missing = []
     if scans < c.min_scans:
@@ -230,24 +265,24 @@ async def _value(result: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
+async def observe_experiment(xnat: Any, c: ExperimentCriteria) -> Verdict:
     """One look at the archive for ``c``, with either client: the async one (triggers) or the sync one
     (a sensor's poke runs this under ``asyncio.run``), so both modes judge alike."""
-    label = c.session
+    label = c.experiment
     if label is None:
         try:
             experiments = await _value(xnat.list_experiments(c.project, c.subject))
         except XnatNotFoundError:
-            experiments = []  # the subject is created when its first session is archived
-        latest = latest_experiment(experiments)  # the subject's last inserted session, whatever the order
+            experiments = []  # the subject is created when its first experiment is archived
+        latest = latest_experiment(experiments)  # the subject's last inserted experiment, whatever the order
         if latest is None:
             await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError
-            return session_verdict(c, None, 0, [], {})
+            return experiment_verdict(c, None, 0, [], {})
         label = latest.label
     exp = await _value(xnat.find_experiment(c.project, label))
     if exp is None:
         await _value(xnat.get_fields(c.project))  # a missing project raises XnatNotFoundError: no point waiting
-        return session_verdict(c, None, 0, [], {})
+        return experiment_verdict(c, None, 0, [], {})
     scans = await _value(xnat.list_scans(c.project, exp)) if (c.min_scans or c.resource) else []
     resources: list[str] = []
     if c.resource:
@@ -257,4 +292,18 @@ async def observe_session(xnat: Any, c: SessionCriteria) -> Verdict:
             resources += [r["label"] for r in await _value(xnat.list_resources(base_path(experiment=exp.id,
                                                                                           scan=s.id)))]
     fields = await _value(xnat.get_fields(c.project, experiment=exp.label)) if c.field_name else {}
-    return session_verdict(c, exp.to_dict(), len(scans), resources, fields)
+    return experiment_verdict(c, exp.to_dict(), len(scans), resources, fields)
+
+
+_RENAMED = {"SessionCriteria": ExperimentCriteria, "observe_session": observe_experiment,
+            "session_verdict": experiment_verdict}
+
+
+def __getattr__(name: str) -> Any:
+    """The old names, still importable, with a ``DeprecationWarning``."""
+    if name in _RENAMED:
+        new = _RENAMED[name]
+        warnings.warn(f"xnat_provider.conditions.{name} is deprecated: use {new.__name__}", DeprecationWarning,
+                      stacklevel=2)
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,8 @@ from typing import Any
 
 
 def get_provider_info() -> dict[str, Any]:
+    """The provider's registration. One literal, kept whole: it is data in the shape Airflow's provider schema
+    defines, read top to bottom against that schema; split into pieces it would only be harder to compare."""
     return {
         "package-name": "airflow-provider-xnat",
         "name": "XNAT",
@@ -27,9 +29,9 @@ def get_provider_info() -> dict[str, Any]:
             "xnat_provider.operators.transfers", "xnat_provider.operators.fields",
             "xnat_provider.operators.tokens"]}],
         "sensors": [{"integration-name": "XNAT", "python-modules": [
-            "xnat_provider.sensors.prearchive", "xnat_provider.sensors.session"]}],
+            "xnat_provider.sensors.prearchive", "xnat_provider.sensors.experiment"]}],
         "triggers": [{"integration-name": "XNAT", "python-modules": [
-            "xnat_provider.triggers.prearchive", "xnat_provider.triggers.session",
+            "xnat_provider.triggers.prearchive", "xnat_provider.triggers.experiment",
             "xnat_provider.triggers.events"]}],
         "extra-links": ["xnat_provider.links.XnatSessionLink"],
         "connection-types": [

@@ -21,7 +21,7 @@ from xnat_provider.client.protocol import (
     latest_experiment,
     prearchive_uri,
 )
-from xnat_provider.conditions import PrearchiveCriteria, PrearchiveWatch, SessionCriteria, observe_session
+from xnat_provider.conditions import ExperimentCriteria, PrearchiveCriteria, PrearchiveWatch, observe_experiment
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import make_study
 
@@ -75,11 +75,11 @@ async def test_latest_session_of_a_subject_is_the_last_inserted(client: XnatClie
     two_sessions_of_one_subject(client, emulator, tmp_path)
     listed = [e.label for e in client.list_experiments("P1", "S01")]
     assert listed[-1] != "S01_MR1"  # what experiments[-1] used to pick
-    criteria = SessionCriteria(project="P1", subject="S01")
-    verdict = await observe_session(client, criteria)
+    criteria = ExperimentCriteria(project="P1", subject="S01")
+    verdict = await observe_experiment(client, criteria)
     assert verdict.sessions[0]["label"] == "S01_MR1"
     async with AsyncXnatClient(ClientConfig(emulator.url, "admin", "admin", backoff=0.01)) as xnat:
-        verdict = await observe_session(xnat, criteria)
+        verdict = await observe_experiment(xnat, criteria)
     assert verdict.sessions[0]["label"] == "S01_MR1"
 
 

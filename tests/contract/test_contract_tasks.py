@@ -13,8 +13,8 @@ from xnat_provider.operators.archive import ARCHIVED_ALIAS, XnatArchiveOperator
 from xnat_provider.operators.fields import XnatSetFieldsOperator
 from xnat_provider.operators.imports import XnatImportOperator
 from xnat_provider.operators.transfers import XnatDownloadScanOperator, XnatUploadResourceOperator
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
-from xnat_provider.sensors.session import XnatSessionSensor
 
 
 def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServer, scratch: Scratch,
@@ -26,7 +26,7 @@ def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServ
             "timeout": server.timeout, "xnat_conn_id": xnat_conn_id}
 
     imported, _ = run_task(XnatImportOperator(task_id="import", source=str(study.folder), project=project,
-                                              subject=subject, session=label, xnat_conn_id=xnat_conn_id))
+                                              subject=subject, experiment=label, xnat_conn_id=xnat_conn_id))
     assert [(r["project"], r["subject"], r["label"], r["in_prearchive"]) for r in imported] == [
         (project, subject, label, True)]
 
@@ -34,7 +34,8 @@ def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServ
     assert [(s["name"], s["subject"], s["study_uid"], s["status"]) for s in ready] == [
         (label, subject, study.study_uid, "READY")]
 
-    archived, ctx = run_task(XnatArchiveOperator(task_id="archive", sessions=ready, xnat_conn_id=xnat_conn_id))
+    archived, ctx = run_task(XnatArchiveOperator(task_id="archive", prearchive_sessions=ready,
+                                                 xnat_conn_id=xnat_conn_id))
     assert [(a["project"], a["subject"], a["label"], a["status"]) for a in archived] == [
         (project, subject, label, "archived")]
     experiment_id = archived[0]["id"]
@@ -45,11 +46,12 @@ def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServ
     assert ctx["ti"].pushed[XCOM_KEY].endswith(f"/data/projects/{project}/experiments/{label}?format=html")
     wait_until(lambda: not scratch.prearchive(), server.timeout, "the archived row to leave the prearchive")
 
-    session, _ = run_task(XnatSessionSensor(task_id="archived", project=project, session=label, min_scans=2, **poke))
-    assert (session["id"], session["label"], session["project"]) == (experiment_id, label, project)
+    experiment, _ = run_task(XnatExperimentSensor(task_id="archived", project=project, experiment=label, min_scans=2,
+                                                  **poke))
+    assert (experiment["id"], experiment["label"], experiment["project"]) == (experiment_id, label, project)
 
     dest = tmp_path / "work" / "download"
-    summary, _ = run_task(XnatDownloadScanOperator(task_id="download", project=project, session=label,
+    summary, _ = run_task(XnatDownloadScanOperator(task_id="download", project=project, experiment=label,
                                                    dest=str(dest), scans="ALL", xnat_conn_id=xnat_conn_id))
     assert (summary["files"], summary["transferred"], summary["skipped"]) == (len(study.files), len(study.files), 0)
     manifest = json.loads(Path(summary["manifest"]).read_text())
@@ -62,7 +64,7 @@ def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServ
     results.mkdir(parents=True)
     (results / "summary.json").write_text(json.dumps({"run": RUN_ID, "files": summary["files"]}))
     uploaded, _ = run_task(XnatUploadResourceOperator(task_id="upload", source=str(results), project=project,
-                                                      session=label, resource="CONTRACT_RESULTS", format="JSON",
+                                                      experiment=label, resource="CONTRACT_RESULTS", format="JSON",
                                                       xnat_conn_id=xnat_conn_id))
     assert (uploaded["level"], uploaded["files"], uploaded["transferred"]) == ("experiment", 1, 1)
     stored_file = results / "summary.json"
@@ -70,12 +72,12 @@ def test_pipeline_from_import_to_custom_fields_task_by_task(server: ContractServ
         "summary.json": (stored_file.stat().st_size, md5(stored_file))}
 
     fields = {"contract_run": RUN_ID, "contract_files": str(summary["files"])}
-    stored, _ = run_task(XnatSetFieldsOperator(task_id="fields", project=project, session=label, fields=fields,
+    stored, _ = run_task(XnatSetFieldsOperator(task_id="fields", project=project, experiment=label, fields=fields,
                                                xnat_conn_id=xnat_conn_id))
     assert stored == fields
 
     # What the pipeline left is what a downstream sensor waiting on it sees at once.
-    done, _ = run_task(XnatSessionSensor(task_id="qc_done", project=project, session=label,
+    done, _ = run_task(XnatExperimentSensor(task_id="qc_done", project=project, experiment=label,
                                          resource="CONTRACT_RESULTS", field_name="contract_run", field_value=RUN_ID,
                                          **poke))
     assert done["id"] == experiment_id

@@ -37,6 +37,6 @@ with DAG(
             return len(hook.get_conn().list_prearchive(params["project"]))
 
     counted = prearchive_count()
-    archived = XnatArchiveOperator(task_id="archive", sessions=imported.output, xnat_conn_id="{{ params.conn_id }}",
-                                   **RETRY)
+    archived = XnatArchiveOperator(task_id="archive", prearchive_sessions=imported.output,
+                                   xnat_conn_id="{{ params.conn_id }}", **RETRY)
     imported >> counted >> archived

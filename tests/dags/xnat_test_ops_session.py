@@ -1,7 +1,7 @@
-"""Operators on an archived session: scan listing mapped into downloads, templated fields, and an alias token
+"""Operators on an archived experiment: scan listing mapped into downloads, templated fields, and an alias token
 issued as a setup task, used by a work task and invalidated by a teardown.
 
-Params: ``project``, ``session``, ``work`` (a scratch folder), ``who``, ``fail_work`` (make the work task fail
+Params: ``project``, ``experiment``, ``work`` (a scratch folder), ``who``, ``fail_work`` (make the work task fail
 after using the token, to show that the teardown still runs).
 """
 
@@ -18,19 +18,19 @@ with DAG(
     "xnat_test_ops_session",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    params={"project": Param("P1", type="string"), "session": Param("S01_MR1", type="string"),
+    params={"project": Param("P1", type="string"), "experiment": Param("S01_MR1", type="string"),
             "work": Param("", type="string"), "who": Param("someone", type="string"),
             "fail_work": Param(False, type="boolean")},
     catchup=False,
 ) as dag:
     scans = XnatListScansOperator(task_id="list_scans", project="{{ params.project }}",
-                                  session="{{ params.session }}", scans="re:T.*")
+                                  experiment="{{ params.experiment }}", scans="re:T.*")
     downloads = XnatDownloadScanOperator.partial(
-        task_id="download", project="{{ params.project }}", session="{{ params.session }}",
+        task_id="download", project="{{ params.project }}", experiment="{{ params.experiment }}",
         dest="{{ params.work }}/download",
     ).expand(scan=scans.output)
     fields = XnatSetFieldsOperator(
-        task_id="fields", project="{{ params.project }}", session="{{ params.session }}",
+        task_id="fields", project="{{ params.project }}", experiment="{{ params.experiment }}",
         fields={"run": "{{ run_id }}", "who": "{{ params.who }}",
                 "scans": "{{ ti.xcom_pull(task_ids='list_scans') | join('_') }}"})
     scans >> fields

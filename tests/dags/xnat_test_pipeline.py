@@ -16,8 +16,8 @@ from xnat_provider.operators.transfers import (
     XnatListScansOperator,
     XnatUploadResourceOperator,
 )
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
-from xnat_provider.sensors.session import XnatSessionSensor
 
 with DAG(
     "xnat_test_pipeline",
@@ -30,12 +30,12 @@ with DAG(
     imported = XnatImportOperator(task_id="import", source="{{ params.source }}", project="{{ params.project }}")
     ready = XnatPrearchiveSensor(task_id="wait_ready", project="{{ params.project }}", deferrable=True,
                                  poke_interval=0.2, timeout=60, quiet_period=0.2)
-    archived = XnatArchiveOperator(task_id="archive", sessions=ready.output)
-    archived_ok = XnatSessionSensor(task_id="wait_archived", project="{{ params.project }}", session="S01_MR1",
+    archived = XnatArchiveOperator(task_id="archive", prearchive_sessions=ready.output)
+    archived_ok = XnatExperimentSensor(task_id="wait_archived", project="{{ params.project }}", experiment="S01_MR1",
                                     min_scans=2, deferrable=True, poke_interval=0.2, timeout=60)
-    scans = XnatListScansOperator(task_id="list_scans", project="{{ params.project }}", session="S01_MR1")
+    scans = XnatListScansOperator(task_id="list_scans", project="{{ params.project }}", experiment="S01_MR1")
     downloads = XnatDownloadScanOperator.partial(
-        task_id="download", project="{{ params.project }}", session="S01_MR1", dest="{{ params.work }}/download",
+        task_id="download", project="{{ params.project }}", experiment="S01_MR1", dest="{{ params.work }}/download",
     ).expand(scan=scans.output)
 
     @task
@@ -50,8 +50,8 @@ with DAG(
 
     summary = summarise(downloads.output)
     uploaded = XnatUploadResourceOperator(task_id="upload", source=summary, project="{{ params.project }}",
-                                          session="S01_MR1", resource="SUMMARY", format="JSON")
-    fields = XnatSetFieldsOperator(task_id="fields", project="{{ params.project }}", session="S01_MR1",
+                                          experiment="S01_MR1", resource="SUMMARY", format="JSON")
+    fields = XnatSetFieldsOperator(task_id="fields", project="{{ params.project }}", experiment="S01_MR1",
                                    fields={"pipeline": "xnat_test_pipeline", "run": "{{ run_id }}"})
     imported >> ready >> archived >> archived_ok >> scans
     uploaded >> fields

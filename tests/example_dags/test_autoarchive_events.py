@@ -46,7 +46,7 @@ async def watcher_events(count: int) -> list[dict]:
 
 
 def names(events: list[dict]) -> list[str]:
-    return sorted(e["payload"]["session"]["name"] for e in (x["extra"] for x in events))
+    return sorted(e["payload"]["prearchive_session"]["name"] for e in (x["extra"] for x in events))
 
 
 def test_one_run_handles_sessions_whose_events_it_did_not_get(xnat_conn, unpaused, tmp_path) -> None:
@@ -57,7 +57,7 @@ def test_one_run_handles_sessions_whose_events_it_did_not_get(xnat_conn, unpause
     import_study(emu, tmp_path, "SUBJ041")
     import_study(emu, tmp_path, "SUBJ042")
     events = asyncio.run(watcher_events(2))
-    assert sorted(e["session"]["name"] for e in events) == ["SUBJ041_MR1", "SUBJ042_MR1"]
+    assert sorted(e["prearchive_session"]["name"] for e in events) == ["SUBJ041_MR1", "SUBJ042_MR1"]
     unpaused(DAG_ID)
 
     for event in events:  # as the triggerer submits them, one after the other
@@ -99,7 +99,7 @@ def test_a_held_back_session_and_a_stranded_event_delivered_later(xnat_conn, unp
     import_study(emu, tmp_path, "SUBJ052")  # an unrelated session arrives later, and its event starts a run
     wait_for(lambda: [s for s in emu_rows(emu) if s.name == "SUBJ052_MR1" and s.status == "READY"], 20,
              what="SUBJ052_MR1 READY")
-    event = next(e for e in asyncio.run(watcher_events(2)) if e["session"]["name"] == "SUBJ052_MR1")
+    event = next(e for e in asyncio.run(watcher_events(2)) if e["prearchive_session"]["name"] == "SUBJ052_MR1")
     submit_trigger_event(WATCHED_ASSET, event)
     later = run_asset_triggered(DAG_ID)
     assert later.state == "success", later.tis

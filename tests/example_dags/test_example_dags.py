@@ -89,7 +89,7 @@ def test_scan_pipeline_summarises_every_scan(airflow_db, xnat_conn, tmp_path) ->
     with client(emu) as c:
         c.import_dicom(zip_files(study.files, tmp_path / "s.zip"), "P1", destination="archive")
     work = tmp_path / "work"
-    result = run_dag("xnat_scan_pipeline", {"project": "P1", "session": "SUBJ020_MR1", "work": str(work)})
+    result = run_dag("xnat_scan_pipeline", {"project": "P1", "experiment": "SUBJ020_MR1", "work": str(work)})
     assert result.state == "success", result.tis
     with client(emu) as c:
         for scan in ("1", "2", "3"):

@@ -85,7 +85,7 @@ def check_pipeline(result: Any, emu: Any, read: Any, url: str) -> None:
 def test_scan_pipeline_with_work_on_object_storage(airflow_db, xnat_conn, archived_session, blob,
                                                    tmp_path: Path) -> None:
     work = "blob://bucket/pipeline"
-    result = run_dag("xnat_scan_pipeline", {"project": "P1", "session": archived_session, "work": work,
+    result = run_dag("xnat_scan_pipeline", {"project": "P1", "experiment": archived_session, "work": work,
                                             "work_conn_id": CONN})
     check_pipeline(result, xnat_conn, lambda key: blob.cat_file(f"bucket/pipeline/{key}"),
                    f"blob://{CONN}@bucket/pipeline")
@@ -95,20 +95,20 @@ def test_scan_pipeline_with_work_on_object_storage(airflow_db, xnat_conn, archiv
 
 def test_scan_pipeline_with_work_in_memory_storage(airflow_db, xnat_conn, archived_session, memory_fs) -> None:
     """A store with no connection id (the file system's default credentials)."""
-    result = run_dag("xnat_scan_pipeline", {"project": "P1", "session": archived_session,
+    result = run_dag("xnat_scan_pipeline", {"project": "P1", "experiment": archived_session,
                                             "work": "memory://bucket/w", "work_conn_id": ""})
     check_pipeline(result, xnat_conn, lambda key: memory_fs.cat_file(f"/bucket/w/{key}"), "memory://bucket/w")
 
 
 def test_scan_pipeline_with_a_file_url(airflow_db, xnat_conn, archived_session, tmp_path: Path) -> None:
     work = tmp_path / "shared"
-    result = run_dag("xnat_scan_pipeline", {"project": "P1", "session": archived_session, "work": f"file://{work}"})
+    result = run_dag("xnat_scan_pipeline", {"project": "P1", "experiment": archived_session, "work": f"file://{work}"})
     check_pipeline(result, xnat_conn, lambda key: (work / key).read_bytes(), f"file://{work}")
 
 
 def test_scan_pipeline_with_a_store_no_provider_serves_fails_before_any_download(
         airflow_db, xnat_conn, archived_session) -> None:
-    result = run_dag("xnat_scan_pipeline", {"project": "P1", "session": archived_session,
+    result = run_dag("xnat_scan_pipeline", {"project": "P1", "experiment": archived_session,
                                             "work": "nope://bucket/w"})
     assert result.state == "failed"
     failed = {t for (t, _), state in result.tis.items() if state == "failed"}

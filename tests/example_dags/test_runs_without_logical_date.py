@@ -61,7 +61,7 @@ def test_scan_pipeline_triggered_without_a_date(xnat_conn, airflow_db, tmp_path)
                        series=((1, "T1"),), instances=3)
     with client(emu) as c:
         c.import_dicom(zip_files(study.files, tmp_path / "s.zip"), "P1", destination="archive")
-    result = trigger_run("xnat_scan_pipeline", {"project": "P1", "session": "SUBJ021_MR1",
+    result = trigger_run("xnat_scan_pipeline", {"project": "P1", "experiment": "SUBJ021_MR1",
                                                 "work": str(tmp_path / "work")})
     assert result.state == "success", result.tis
     assert result.logical_date is None

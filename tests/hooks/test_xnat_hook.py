@@ -271,7 +271,7 @@ def test_connection_mistakes_are_bad_input_before_any_request(monkeypatch, emula
     with pytest.raises(XnatBadInputError, match=match) as info:
         hook.get_conn().list_projects()
     assert xnat_retry_policy().evaluate(info.value, 1, 3).action == RetryAction.FAIL
-    op = XnatSetFieldsOperator(task_id="f", project="P1", session="S", fields={"a": "b"}, xnat_conn_id="xnat_bad")
+    op = XnatSetFieldsOperator(task_id="f", project="P1", experiment="S", fields={"a": "b"}, xnat_conn_id="xnat_bad")
     with pytest.raises(XnatBadInputError, match=match):
         op.execute(context())
     ok, message = XnatHook("xnat_bad").test_connection()

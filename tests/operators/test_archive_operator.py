@@ -41,7 +41,7 @@ def imported(source: Path, project: str = "P1", **kwargs: Any) -> list[dict]:
 def test_archive_from_an_upstream_xcom(xnat_conn, server: Server, study_zip) -> None:
     emu = xnat_conn
     upstream = imported(study_zip)
-    result, context = archive(sessions=upstream)
+    result, context = archive(prearchive_sessions=upstream)
     exp = server.experiment("S01_MR1")["data_fields"]
     assert [{k: r[k] for k in ("id", "label", "project", "subject", "status")} for r in result] == [
         {"id": exp["ID"], "label": "S01_MR1", "project": "P1", "subject": "S01", "status": "archived"}]
@@ -65,7 +65,7 @@ def test_archive_accepts_uri_strings_and_skips_sessions_already_in_the_archive(x
                                                                                study_zip, study, tmp_path) -> None:
     pre = imported(study_zip)
     direct = imported(study_zip_of(tmp_path, second_study(tmp_path), "s2.zip"), destination="archive")
-    result, context = archive(sessions=[pre[0]["uri"], *direct])
+    result, context = archive(prearchive_sessions=[pre[0]["uri"], *direct])
     assert [(r["label"], r["status"]) for r in result] == [("S01_MR1", "archived")]
     assert server.labels() == ["S01_MR1", "S02_MR1"] and server.archives() == 1
     assert len(events(context)) == 1
@@ -85,7 +85,7 @@ def three_sessions(xnat_conn, study_zip, tmp_path) -> dict[str, dict]:
 @pytest.mark.parametrize(("selection", "expected"), [
     ({}, ["S01_MR1", "S02_MR1"]),
     ({"subject_filter": "S02"}, ["S02_MR1"]),
-    ({"session_filter": "S01_MR1"}, ["S01_MR1"]),
+    ({"experiment_filter": "S01_MR1"}, ["S01_MR1"]),
     ({"study_uid": "S02"}, ["S02_MR1"]),
     ({"subject_filter": "NOBODY"}, []),
 ])
@@ -110,7 +110,7 @@ def test_a_selection_takes_only_ready_sessions(xnat_conn, server: Server, three_
 
 
 def test_relabel_one_session(xnat_conn, server: Server, three_sessions) -> None:
-    result, context = archive(project="P1", session_filter="S02_MR1", new_project="P2", new_subject="SUBJ_X",
+    result, context = archive(project="P1", experiment_filter="S02_MR1", new_project="P2", new_subject="SUBJ_X",
                               new_label="SUBJ_X_MR1")
     assert [(r["project"], r["subject"], r["label"], r["status"]) for r in result] == [
         ("P2", "SUBJ_X", "SUBJ_X_MR1", "archived")]
@@ -124,7 +124,7 @@ def test_relabelling_several_sessions_is_refused_before_anything_moves(xnat_conn
     with pytest.raises(XnatBadInputError, match="exactly one"):
         archive(project="P1", new_label="ONE_LABEL")
     with pytest.raises(XnatBadInputError, match="exactly one"):
-        archive(sessions=[three_sessions["S01_MR1"], three_sessions["S02_MR1"]], new_subject="X")
+        archive(prearchive_sessions=[three_sessions["S01_MR1"], three_sessions["S02_MR1"]], new_subject="X")
     assert server.archives() == 0 and server.labels() == []
     assert sorted(r["status"] for r in server.prearchive()) == ["READY", "READY"]
 
@@ -143,7 +143,7 @@ def test_bad_input(xnat_conn, server: Server, three_sessions, kwargs, match) -> 
 
 def test_a_session_that_is_nowhere_is_not_found(xnat_conn, server: Server) -> None:
     with pytest.raises(XnatNotFoundError):
-        archive(sessions=[{"uri": "/data/prearchive/projects/P1/20240101_000000000/NOPE", "project": "P1",
+        archive(prearchive_sessions=[{"uri": "/data/prearchive/projects/P1/20240101_000000000/NOPE", "project": "P1",
                            "label": "NOPE"}])
     assert server.archives() == 0
 
@@ -158,13 +158,13 @@ def conflict(xnat_conn, archived, study, tmp_path) -> list[dict]:
 
 def test_on_conflict_fail(xnat_conn, server: Server, conflict) -> None:
     with pytest.raises(XnatConflictError):
-        archive(sessions=conflict)
+        archive(prearchive_sessions=conflict)
     assert [r["status"] for r in server.prearchive()] == ["CONFLICT"]
     assert len(server.scan_files("S01_MR1", "1")) == 3
 
 
 def test_on_conflict_skip(xnat_conn, server: Server, conflict) -> None:
-    result, context = archive(sessions=conflict, on_conflict="skip")
+    result, context = archive(prearchive_sessions=conflict, on_conflict="skip")
     assert [(r["status"], r["label"]) for r in result] == [("skipped", "S01_MR1")]
     assert "reason" in result[0] and result[0]["uri"] == conflict[0]["uri"]
     assert [r["status"] for r in server.prearchive()] == ["CONFLICT"]
@@ -175,7 +175,7 @@ def test_on_conflict_skip(xnat_conn, server: Server, conflict) -> None:
 
 
 def test_on_conflict_append(xnat_conn, server: Server, conflict) -> None:
-    result, context = archive(sessions=conflict, on_conflict="append")
+    result, context = archive(prearchive_sessions=conflict, on_conflict="append")
     assert [(r["status"], r["label"]) for r in result] == [("archived", "S01_MR1")]
     assert server.prearchive() == [] and server.labels() == ["S01_MR1"]
     assert len(server.scan_files("S01_MR1", "1")) == 4
@@ -183,10 +183,10 @@ def test_on_conflict_append(xnat_conn, server: Server, conflict) -> None:
 
 
 def test_overwrite_append_and_delete(xnat_conn, server: Server, conflict, study, tmp_path) -> None:
-    archive(sessions=conflict, overwrite="append")
+    archive(prearchive_sessions=conflict, overwrite="append")
     assert len(server.scan_files("S01_MR1", "1")) == 4 and server.prearchive() == []
     again = imported(study.series["1"][0])
-    archive(sessions=again, overwrite="delete")
+    archive(prearchive_sessions=again, overwrite="delete")
     # delete is append for one session: the file sent again is overwritten, nothing is deleted or replaced.
     assert len(server.scan_files("S01_MR1", "1")) == 4 and server.labels() == ["S01_MR1"]
     assert server.prearchive() == []
@@ -194,7 +194,7 @@ def test_overwrite_append_and_delete(xnat_conn, server: Server, conflict, study,
 
 def test_quarantine_and_trigger_pipelines_reach_the_archive_service(xnat_conn, server: Server, study_zip) -> None:
     upstream = imported(study_zip)
-    op = XnatArchiveOperator(task_id="archive", sessions=upstream, quarantine=True, trigger_pipelines=False)
+    op = XnatArchiveOperator(task_id="archive", prearchive_sessions=upstream, quarantine=True, trigger_pipelines=False)
     sent: list[dict] = []
     http = op.hook.get_conn().session.http
     original = http.request
@@ -213,8 +213,8 @@ def test_quarantine_and_trigger_pipelines_reach_the_archive_service(xnat_conn, s
 
 def test_an_already_archived_session_is_reported_on_a_retry(xnat_conn, server: Server, study_zip) -> None:
     upstream = imported(study_zip)
-    first, _ = archive(sessions=upstream)
-    again, context = archive(sessions=upstream)
+    first, _ = archive(prearchive_sessions=upstream)
+    again, context = archive(prearchive_sessions=upstream)
     assert [(r["status"], r["id"]) for r in again] == [("already_archived", first[0]["id"])]
     assert server.archives() == 1 and server.labels() == ["S01_MR1"]
     assert [e["experiment_id"] for _, e in events(context)] == [first[0]["id"]]
@@ -223,7 +223,7 @@ def test_an_already_archived_session_is_reported_on_a_retry(xnat_conn, server: S
 def test_a_504_after_the_work_gives_one_session_within_one_try(xnat_conn, server: Server, study_zip) -> None:
     upstream = imported(study_zip)
     xnat_conn.succeed_then_504("POST", ARCHIVE)
-    result, context = archive(sessions=upstream)
+    result, context = archive(prearchive_sessions=upstream)
     assert [(r["label"], r["status"]) for r in result] == [("S01_MR1", "archived")]
     assert server.archives() == 1 and server.labels() == ["S01_MR1"] and server.prearchive() == []
     assert len(events(context)) == 1
@@ -239,7 +239,7 @@ def test_a_retry_after_the_work_was_done_archives_nothing_again(xnat_conn, serve
     emu.succeed_then_504("POST", ARCHIVE)
     after_request("POST", ARCHIVE, lambda: emu.fail_next("GET", r"^/data/projects/P1/experiments/S01_MR1$",
                                                          status=503, count=3))
-    kwargs = {"sessions": upstream} if given == "xcom" else {"project": "P1"}
+    kwargs = {"prearchive_sessions": upstream} if given == "xcom" else {"project": "P1"}
     store = FakeStore()
     with pytest.raises(XnatServerError):
         archive(ctx(store), **kwargs)
@@ -252,20 +252,20 @@ def test_a_retry_after_the_work_was_done_archives_nothing_again(xnat_conn, serve
 
 @pytest.mark.parametrize("render", [json.dumps, str])
 def test_sessions_rendered_by_a_template_as_text(xnat_conn, server: Server, study_zip, render) -> None:
-    """``sessions="{{ ti.xcom_pull('import') }}"`` renders the XCom as text (Python's repr, or JSON with
+    """``prearchive_sessions="{{ ti.xcom_pull('import') }}"`` renders the XCom as text (Python's repr, or JSON with
     ``tojson``): it is read back as the list it stands for."""
     upstream = imported(study_zip)
-    result, _ = archive(sessions=render(upstream))
+    result, _ = archive(prearchive_sessions=render(upstream))
     assert [(r["label"], r["status"]) for r in result] == [("S01_MR1", "archived")]
     assert server.labels() == ["S01_MR1"]
 
 
 def test_on_conflict_and_overwrite_may_be_templated(xnat_conn, server: Server, conflict) -> None:
-    op = XnatArchiveOperator(task_id="archive", sessions=conflict, on_conflict="{{ params.on_conflict }}",
+    op = XnatArchiveOperator(task_id="archive", prearchive_sessions=conflict, on_conflict="{{ params.on_conflict }}",
                              overwrite="{{ params.overwrite or None }}")
     op.render_template_fields({**ctx(), "params": {"on_conflict": "skip", "overwrite": ""}})
     assert [r["status"] for r in op.execute(ctx())] == ["skipped"]
-    bad = XnatArchiveOperator(task_id="archive", sessions=conflict, on_conflict="{{ params.on_conflict }}")
+    bad = XnatArchiveOperator(task_id="archive", prearchive_sessions=conflict, on_conflict="{{ params.on_conflict }}")
     bad.render_template_fields({**ctx(), "params": {"on_conflict": "ignore"}})
     with pytest.raises(XnatBadInputError, match="on_conflict"):
         bad.execute(ctx())

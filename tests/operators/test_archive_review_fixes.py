@@ -32,14 +32,15 @@ def conflict(xnat_conn, archived, study, tmp_path) -> list[dict]:
 
 def test_on_conflict_append_merges_with_one_archive_request(xnat_conn, server: Server, conflict) -> None:
     before = server.archives()
-    result = XnatArchiveOperator(task_id="archive", sessions=conflict, on_conflict="append").execute(ctx())
+    result = XnatArchiveOperator(task_id="archive", prearchive_sessions=conflict, on_conflict="append").execute(ctx())
     assert [(r["label"], r["status"]) for r in result] == [("S01_MR1", "archived")]
     assert server.archives() - before == 1  # no first try without overwrite left in CONFLICT
     assert server.prearchive() == [] and len(server.scan_files("S01_MR1", "1")) == 4
 
 
 def test_on_conflict_append_archives_a_new_session_as_usual(xnat_conn, server: Server, study_zip) -> None:
-    result = XnatArchiveOperator(task_id="archive", sessions=imported(study_zip), on_conflict="append").execute(ctx())
+    result = XnatArchiveOperator(task_id="archive", prearchive_sessions=imported(study_zip),
+                                 on_conflict="append").execute(ctx())
     assert [(r["label"], r["status"], r["subject"]) for r in result] == [("S01_MR1", "archived", "S01")]
     assert result[0]["uri"] == "/data/archive/projects/P1/subjects/S01/experiments/S01_MR1"
     assert server.archives() == 1 and server.labels() == ["S01_MR1"]
@@ -57,6 +58,6 @@ def test_sessions_given_as_project_timestamp_folder(xnat_conn, server: Server, s
     imported(study_zip)
     [found] = server.prearchive()
     given = {"project": found["project"], "timestamp": found["timestamp"], "folder": found["folderName"]}
-    result = XnatArchiveOperator(task_id="archive", sessions=[given]).execute(ctx())
+    result = XnatArchiveOperator(task_id="archive", prearchive_sessions=[given]).execute(ctx())
     assert [(r["label"], r["status"]) for r in result] == [("S01_MR1", "archived")]
     assert server.prearchive() == []

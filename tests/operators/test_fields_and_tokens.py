@@ -41,19 +41,19 @@ def stored_fields(server: Server, path: str) -> dict[str, str]:
 @pytest.mark.parametrize(("target", "path"), [
     ({}, "/data/projects/P1"),
     ({"subject": "S01"}, "/data/projects/P1/subjects/S01"),
-    ({"session": "S01_MR1"}, "/data/projects/P1/experiments/S01_MR1"),
+    ({"experiment": "S01_MR1"}, "/data/projects/P1/experiments/S01_MR1"),
 ])
 def test_set_fields_on_each_target(xnat_conn, server: Server, archived, target, path) -> None:
     ctx = context()
     op = XnatSetFieldsOperator(task_id="fields", project="P1", fields={"Pipeline": "qc", "score": 3}, **target)
     assert op.execute(ctx) == {"pipeline": "qc", "score": "3"}
     assert {k.lower(): v for k, v in stored_fields(server, path).items()} == {"pipeline": "qc", "score": "3"}
-    assert (XCOM_KEY in ctx["ti"].pushed) == ("session" in target)
+    assert (XCOM_KEY in ctx["ti"].pushed) == ("experiment" in target)
 
 
 def test_fields_are_updated_and_seen_by_xnatpy(xnat_conn, server: Server, archived) -> None:
-    XnatSetFieldsOperator(task_id="f", project="P1", session=archived, fields={"stage": "one"}).execute(context())
-    XnatSetFieldsOperator(task_id="f", project="P1", session=archived, fields={"stage": "two", "qc": "pass"}
+    XnatSetFieldsOperator(task_id="f", project="P1", experiment=archived, fields={"stage": "one"}).execute(context())
+    XnatSetFieldsOperator(task_id="f", project="P1", experiment=archived, fields={"stage": "two", "qc": "pass"}
                           ).execute(context())
     with xnat.connect(xnat_conn.url, user="admin", password="admin", loglevel="ERROR") as session:
         exp = session.projects["P1"].experiments[archived]
@@ -61,10 +61,10 @@ def test_fields_are_updated_and_seen_by_xnatpy(xnat_conn, server: Server, archiv
 
 
 def test_the_fields_mapping_is_templated(xnat_conn, server: Server, archived) -> None:
-    op = XnatSetFieldsOperator(task_id="f", project="{{ params.project }}", session="{{ params.session }}",
+    op = XnatSetFieldsOperator(task_id="f", project="{{ params.project }}", experiment="{{ params.experiment }}",
                                fields={"run": "{{ run_id }}", "who": "{{ params.who | upper }}"})
     assert op.template_fields_renderers["fields"] == "json" and "fields" in op.template_fields
-    ctx = {**context(), "params": {"project": "P1", "session": archived, "who": "alice"}, "run_id": "manual__1"}
+    ctx = {**context(), "params": {"project": "P1", "experiment": archived, "who": "alice"}, "run_id": "manual__1"}
     op.render_template_fields(ctx)
     assert op.execute(ctx) == {"run": "manual__1", "who": "ALICE"}
     assert stored_fields(server, f"/data/projects/P1/experiments/{archived}") == {"run": "manual__1",
@@ -73,7 +73,7 @@ def test_the_fields_mapping_is_templated(xnat_conn, server: Server, archived) ->
 
 def test_fields_rendered_as_json_text(xnat_conn, server: Server, archived) -> None:
     """``fields="{{ params.fields | tojson }}"`` renders to text: it is read as the mapping it stands for."""
-    op = XnatSetFieldsOperator(task_id="f", project="P1", session=archived, fields='{"qc": "pass", "n": 2}')
+    op = XnatSetFieldsOperator(task_id="f", project="P1", experiment=archived, fields='{"qc": "pass", "n": 2}')
     assert op.execute(context()) == {"qc": "pass", "n": "2"}
     assert stored_fields(server, f"/data/projects/P1/experiments/{archived}") == {"qc": "pass", "n": "2"}
 
@@ -82,14 +82,14 @@ def test_fields_rendered_as_json_text(xnat_conn, server: Server, archived) -> No
 def test_set_fields_bad_input(xnat_conn, server: Server, archived, fields) -> None:
     puts = xnat_conn.request_count("PUT")
     with pytest.raises(XnatBadInputError):
-        XnatSetFieldsOperator(task_id="f", project="P1", session=archived, fields=fields).execute(context())
+        XnatSetFieldsOperator(task_id="f", project="P1", experiment=archived, fields=fields).execute(context())
     assert xnat_conn.request_count("PUT") == puts
     assert stored_fields(server, f"/data/projects/P1/experiments/{archived}") == {}
 
 
 def test_set_fields_on_a_missing_session(xnat_conn, archived) -> None:
     with pytest.raises(XnatNotFoundError):
-        XnatSetFieldsOperator(task_id="f", project="P1", session="NOPE", fields={"a": "b"}).execute(context())
+        XnatSetFieldsOperator(task_id="f", project="P1", experiment="NOPE", fields={"a": "b"}).execute(context())
 
 
 def test_a_write_that_xnat_acknowledged_but_did_not_store_fails(xnat_conn, server: Server, archived,
@@ -107,7 +107,7 @@ def test_a_write_that_xnat_acknowledged_but_did_not_store_fails(xnat_conn, serve
 
     monkeypatch.setattr(requests.Session, "request", swallow_puts)
     with pytest.raises(XnatServerError, match="did not store"):
-        XnatSetFieldsOperator(task_id="f", project="P1", session=archived, fields={"a": "b"}).execute(context())
+        XnatSetFieldsOperator(task_id="f", project="P1", experiment=archived, fields={"a": "b"}).execute(context())
     monkeypatch.undo()
     assert stored_fields(server, f"/data/projects/P1/experiments/{archived}") == {}
 

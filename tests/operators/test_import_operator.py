@@ -65,7 +65,7 @@ def test_import_a_glob_of_zips_to_the_archive_with_labels(xnat_conn, server: Ser
 
 
 def test_import_with_subject_and_session_given(xnat_conn, server: Server, study_zip) -> None:
-    result, _, _ = run(source=study_zip, subject="SUBJ_A", session="SESS_A", destination="archive")
+    result, _, _ = run(source=study_zip, subject="SUBJ_A", experiment="SESS_A", destination="archive")
     assert [(r["subject"], r["label"]) for r in result] == [("SUBJ_A", "SESS_A")]
     exp = server.experiments()
     assert [(e["label"], e["subject_label"]) for e in exp] == [("SESS_A", "SUBJ_A")]
@@ -131,7 +131,7 @@ def test_ignore_unparsable(xnat_conn, server: Server, study, tmp_path) -> None:
     ({"overwrite": "yes"}, "overwrite"),
     ({"project": "NOPE"}, "does not exist"),
     ({"project": "bad/label"}, "label"),
-    ({"session": "bad label"}, "label"),
+    ({"experiment": "bad label"}, "label"),
     ({"source": "{glob}"}, "No DICOM"),  # the second match is bad: the first is not sent either
     ({"source": "{fifo}"}, "neither a regular file nor a folder"),  # a pipe: reading it would hang
 ])

@@ -46,7 +46,7 @@ def execute(op: Any) -> Any:
 
 
 def download(dest: Any, **kwargs: Any) -> dict[str, Any]:
-    return execute(XnatDownloadScanOperator(task_id="download", project="P1", session="S01_MR1", dest=dest,
+    return execute(XnatDownloadScanOperator(task_id="download", project="P1", experiment="S01_MR1", dest=dest,
                                             **kwargs))
 
 
@@ -144,7 +144,7 @@ def test_upload_from_a_url_with_a_storage_connection(xnat_conn, server: Server, 
     for rel, data in files.items():
         blob.pipe_file(f"bucket/results/{rel}", data)
     result = execute(XnatUploadResourceOperator(task_id="u", source="blob://bucket/results", storage_conn_id=CONN,
-                                                project="P1", session="S01_MR1", scan="1", resource="SUMMARY"))
+                                                project="P1", experiment="S01_MR1", scan="1", resource="SUMMARY"))
     assert (result["files"], result["transferred"], sorted(result["paths"])) == (2, 2, sorted(files))
     by_id = f"/data/experiments/{server.experiment('S01_MR1')['data_fields']['ID']}"
     listed = {f["URI"].split("/files/", 1)[1]: f["digest"] for f in server.files(f"{by_id}/scans/1/resources/SUMMARY")}
@@ -156,7 +156,7 @@ def test_upload_from_a_url_with_a_storage_connection(xnat_conn, server: Server, 
 def test_upload_from_an_object_storage_path(xnat_conn, server: Server, archived, memory_fs) -> None:
     memory_fs.pipe_file("/bucket/r/report.txt", b"fine")
     result = execute(XnatUploadResourceOperator(task_id="u", source=ObjectStoragePath("memory://bucket/r/report.txt"),
-                                                project="P1", session="S01_MR1", resource="QC", remote_dir="run1"))
+                                                project="P1", experiment="S01_MR1", resource="QC", remote_dir="run1"))
     assert result["paths"] == ["run1/report.txt"]
     assert {f["URI"].split("/files/", 1)[1] for f in server.files(f"{EXP}/resources/QC")} == {"run1/report.txt"}
 
@@ -173,7 +173,7 @@ def test_upload_bad_input_is_refused_before_any_request(xnat_conn, archived, mem
     memory_fs.pipe_file("/bucket/r/a.zip", b"PK\x05\x06" + bytes(18))
     before = xnat_conn.request_count()
     with pytest.raises(XnatBadInputError, match=message):
-        execute(XnatUploadResourceOperator(task_id="u", source=source, project="P1", session="S01_MR1",
+        execute(XnatUploadResourceOperator(task_id="u", source=source, project="P1", experiment="S01_MR1",
                                            resource="BAD", **kwargs))
     assert xnat_conn.request_count() == before
 

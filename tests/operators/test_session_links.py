@@ -21,8 +21,8 @@ from xnat_provider.operators.transfers import (
     XnatListScansOperator,
     XnatUploadResourceOperator,
 )
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
-from xnat_provider.sensors.session import XnatSessionSensor
 
 pytestmark = pytest.mark.timeout(120)
 FILES = r"/scans/[^/]+/resources/[^/]+/files/.+"  # each file (the listing ends at /files)
@@ -40,7 +40,7 @@ def test_a_download_that_fails_mid_work_has_the_link(xnat_conn, archived, tmp_pa
     """It used to be pushed only after the download succeeded."""
     xnat_conn.fail_next("GET", FILES, status=403, count=1000)  # the scans are listed; their files are refused
     ctx = context()
-    op = XnatDownloadScanOperator(task_id="d", project="P1", session=archived, scan="1", dest=tmp_path / "out")
+    op = XnatDownloadScanOperator(task_id="d", project="P1", experiment=archived, scan="1", dest=tmp_path / "out")
     with pytest.raises(XnatPermissionError):
         op.execute(ctx)
     assert xnat_conn.request_count("GET", FILES) >= 1  # it failed during the transfer
@@ -48,9 +48,9 @@ def test_a_download_that_fails_mid_work_has_the_link(xnat_conn, archived, tmp_pa
 
 
 @pytest.mark.parametrize("make", [
-    lambda src: XnatListScansOperator(task_id="l", project="P1", session="S01_MR1"),
-    lambda src: XnatSetFieldsOperator(task_id="f", project="P1", session="S01_MR1", fields={"qc": "pass"}),
-    lambda src: XnatUploadResourceOperator(task_id="u", source=src, project="P1", session="S01_MR1",
+    lambda src: XnatListScansOperator(task_id="l", project="P1", experiment="S01_MR1"),
+    lambda src: XnatSetFieldsOperator(task_id="f", project="P1", experiment="S01_MR1", fields={"qc": "pass"}),
+    lambda src: XnatUploadResourceOperator(task_id="u", source=src, project="P1", experiment="S01_MR1",
                                            resource="NOTES"),
 ], ids=["list", "fields", "upload"])
 def test_operators_on_a_named_session_push_the_link_first(xnat_conn, archived, tmp_path, make) -> None:
@@ -67,7 +67,7 @@ def test_an_archive_that_conflicts_links_the_prearchive_session(xnat_conn, archi
     conflict = imported(resent_with_one_more(study, tmp_path / "extra"))
     ctx = context()
     with pytest.raises(XnatConflictError):
-        XnatArchiveOperator(task_id="a", sessions=conflict).execute(ctx)
+        XnatArchiveOperator(task_id="a", prearchive_sessions=conflict).execute(ctx)
     assert link(ctx) == f"{xnat_conn.url}{conflict[0]['uri']}?format=html"  # where XNAT shows the conflict
 
 
@@ -79,15 +79,15 @@ def test_an_archive_selection_links_the_prearchive_until_it_has_sessions(xnat_co
     assert link(ctx) == f"{xnat_conn.url}/data/prearchive/projects/P1?format=html"
 
 
-@pytest.mark.parametrize(("destination", "session", "page"), [
+@pytest.mark.parametrize(("destination", "experiment", "page"), [
     ("prearchive", None, "{url}/data/prearchive/projects/P1?format=html"),
     ("archive", "S09_MR1", "{url}/data/projects/P1/experiments/S09_MR1?format=html"),
 ])
-def test_a_failed_import_has_the_link(xnat_conn, study_zip, destination, session, page) -> None:
+def test_a_failed_import_has_the_link(xnat_conn, study_zip, destination, experiment, page) -> None:
     xnat_conn.fail_next("POST", r"^/data/services/import$", status=403, count=10)
     ctx = context(FakeStore())
     op = XnatImportOperator(task_id="i", source=str(study_zip), project="P1", destination=destination,
-                            session=session)
+                            experiment=experiment)
     with pytest.raises(XnatError):
         op.execute(ctx)
     assert link(ctx) == page.format(url=xnat_conn.url)
@@ -97,11 +97,12 @@ def test_a_failed_import_has_the_link(xnat_conn, study_zip, destination, session
 def test_sensors_have_the_link_from_their_first_look(xnat_conn, tmp_path) -> None:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
-    assert XnatSessionLink in {type(x) for x in XnatSessionSensor.operator_extra_links}
+    assert XnatSessionLink in {type(x) for x in XnatExperimentSensor.operator_extra_links}
     assert XnatSessionLink in {type(x) for x in XnatPrearchiveSensor.operator_extra_links}
     ctx = context()
     with pytest.raises(AirflowSensorTimeout):  # a session that never comes
-        XnatSessionSensor(task_id="s", project="P1", session="S01_MR1", timeout=0.3, poke_interval=0.1).execute(ctx)
+        XnatExperimentSensor(task_id="s", project="P1", experiment="S01_MR1", timeout=0.3,
+                             poke_interval=0.1).execute(ctx)
     assert link(ctx) == session_page(xnat_conn)
 
     row = put_session(xnat_conn, tmp_path, "S01_MR1")
@@ -119,7 +120,7 @@ def test_a_subject_sensor_links_the_subject_then_the_session_found(xnat_conn, tm
     from tests.sensors.support import first_event
 
     ctx = context()
-    s = XnatSessionSensor(task_id="s", project="P1", subject="S07", poke_interval=0.1, timeout=20,
+    s = XnatExperimentSensor(task_id="s", project="P1", subject="S07", poke_interval=0.1, timeout=20,
                           deferrable=deferrable)
     if deferrable:
         import asyncio

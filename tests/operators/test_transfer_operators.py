@@ -53,14 +53,14 @@ def execute(op: Any) -> tuple[Any, dict[str, Any]]:
 ])
 def test_list_scans(xnat_conn, server: Server, archived, scans, expected) -> None:
     assert sorted(s["type"] for s in server.scans(archived)) == ["T1", "T2"]
-    result, ctx = execute(XnatListScansOperator(task_id="list", project="P1", session=archived, scans=scans))
+    result, ctx = execute(XnatListScansOperator(task_id="list", project="P1", experiment=archived, scans=scans))
     assert result == expected
     assert ctx["ti"].pushed[XCOM_KEY] == f"{server.url}/data/projects/P1/experiments/S01_MR1?format=html"
 
 
 def test_scans_rendered_as_text(xnat_conn, archived, tmp_path) -> None:
     """A templated ``scans`` that rendered to the text of a list is read as that list."""
-    result, _ = execute(XnatListScansOperator(task_id="list", project="P1", session=archived, scans='["T2"]'))
+    result, _ = execute(XnatListScansOperator(task_id="list", project="P1", experiment=archived, scans='["T2"]'))
     assert result == ["2"]
     result, _ = download(tmp_path / "out", scans="['1']")
     assert result["files"] == 3 and sorted(p.parent.parent.name for p in (tmp_path / "out").rglob("*.dcm")) == ["1"] * 3
@@ -68,14 +68,14 @@ def test_scans_rendered_as_text(xnat_conn, archived, tmp_path) -> None:
 
 def test_list_scans_of_a_missing_scan_or_session(xnat_conn, archived) -> None:
     with pytest.raises(XnatNotFoundError, match="9"):
-        execute(XnatListScansOperator(task_id="list", project="P1", session=archived, scans=["9"]))
+        execute(XnatListScansOperator(task_id="list", project="P1", experiment=archived, scans=["9"]))
     with pytest.raises(XnatNotFoundError):
-        execute(XnatListScansOperator(task_id="list", project="P1", session="NOPE"))
+        execute(XnatListScansOperator(task_id="list", project="P1", experiment="NOPE"))
 
 
 # ---- download --------------------------------------------------------------------------------------------
 def download(dest: Path, **kwargs: Any) -> tuple[dict, dict]:
-    return execute(XnatDownloadScanOperator(task_id="download", project="P1", session="S01_MR1", dest=str(dest),
+    return execute(XnatDownloadScanOperator(task_id="download", project="P1", experiment="S01_MR1", dest=str(dest),
                                             **kwargs))
 
 
@@ -156,7 +156,7 @@ def test_a_damaged_file_on_the_server_is_a_transfer_error(xnat_conn, server: Ser
 
 def test_download_bad_input(xnat_conn, archived, tmp_path) -> None:
     with pytest.raises(XnatBadInputError, match="either scan or scans"):
-        XnatDownloadScanOperator(task_id="d", project="P1", session="S01_MR1", dest=str(tmp_path), scan="1",
+        XnatDownloadScanOperator(task_id="d", project="P1", experiment="S01_MR1", dest=str(tmp_path), scan="1",
                                  scans=["2"])
     with pytest.raises(XnatNotFoundError):
         download(tmp_path / "out", scans=["T9"])
@@ -192,12 +192,12 @@ def assessor(archived, http, server: Server) -> str:
 @pytest.mark.parametrize(("level", "kwargs", "path"), [
     ("project", {}, "/data/projects/P1"),
     ("subject", {"subject": "S01"}, "/data/projects/P1/subjects/S01"),
-    ("experiment", {"session": "S01_MR1"}, EXP),
-    ("experiment", {"subject": "S01", "session": "S01_MR1"}, EXP),
-    ("scan", {"session": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
-    ("scan", {"subject": "S01", "session": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
-    ("assessor", {"session": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
-    ("assessor", {"subject": "S01", "session": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
+    ("experiment", {"experiment": "S01_MR1"}, EXP),
+    ("experiment", {"subject": "S01", "experiment": "S01_MR1"}, EXP),
+    ("scan", {"experiment": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
+    ("scan", {"subject": "S01", "experiment": "S01_MR1", "scan": "2"}, f"{LONG}/scans/2"),
+    ("assessor", {"experiment": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
+    ("assessor", {"subject": "S01", "experiment": "S01_MR1", "assessor": "QC1"}, f"{LONG}/assessors/QC1"),
 ])
 def test_upload_at_each_level(xnat_conn, server: Server, assessor, results_dir, level, kwargs, path) -> None:
     result, ctx = upload(results_dir, format="JSON", content="STATS", **kwargs)
@@ -208,7 +208,7 @@ def test_upload_at_each_level(xnat_conn, server: Server, assessor, results_dir, 
     listed = {r["label"]: r for r in
               server.http.get(f"{server.url}{path}/resources", params={"format": "json"}).json()["ResultSet"]["Result"]}
     assert (listed["RESULTS"]["format"], listed["RESULTS"]["content"]) == ("JSON", "STATS")
-    assert (XCOM_KEY in ctx["ti"].pushed) == ("session" in kwargs)
+    assert (XCOM_KEY in ctx["ti"].pushed) == ("experiment" in kwargs)
     if level in ("scan", "assessor"):  # by the subject given, or by the experiment's ID: routes XNAT has
         by_id = f"/data/experiments/{server.experiment('S01_MR1')['data_fields']['ID']}"
         assert result["path"] == (path if "subject" in kwargs else path.replace(LONG, by_id))
@@ -217,29 +217,29 @@ def test_upload_at_each_level(xnat_conn, server: Server, assessor, results_dir, 
 
 
 def test_upload_one_file_into_a_folder_of_the_resource(xnat_conn, server: Server, archived, results_dir) -> None:
-    result, _ = upload(results_dir / "report.json", session="S01_MR1", remote_dir="qc/run1")
+    result, _ = upload(results_dir / "report.json", experiment="S01_MR1", remote_dir="qc/run1")
     assert result["paths"] == ["qc/run1/report.json"]
     assert catalog(server, EXP) == {"qc/run1/report.json": md5(results_dir / "report.json")}
 
 
 def test_skip_identical(xnat_conn, server: Server, archived, results_dir) -> None:
     emu = xnat_conn
-    upload(results_dir, session="S01_MR1")
+    upload(results_dir, experiment="S01_MR1")
     puts = emu.request_count("PUT", r"/files/")
-    again, _ = upload(results_dir, session="S01_MR1")
+    again, _ = upload(results_dir, experiment="S01_MR1")
     assert (again["transferred"], again["skipped"]) == (0, 2)
     assert emu.request_count("PUT", r"/files/") == puts
     (results_dir / "sub" / "table.csv").write_text("a,b\n9,9\n")
     before = catalog(server, EXP)
     with pytest.raises(XnatConflictError, match=r"table\.csv"):
-        upload(results_dir, session="S01_MR1")
+        upload(results_dir, experiment="S01_MR1")
     assert catalog(server, EXP) == before and emu.request_count("PUT", r"/files/") == puts
 
 
 def test_overwrite(xnat_conn, server: Server, archived, results_dir) -> None:
-    upload(results_dir, session="S01_MR1")
+    upload(results_dir, experiment="S01_MR1")
     (results_dir / "sub" / "table.csv").write_text("a,b\n9,9\n")
-    result, _ = upload(results_dir, session="S01_MR1", overwrite="overwrite")
+    result, _ = upload(results_dir, experiment="S01_MR1", overwrite="overwrite")
     assert (result["transferred"], result["skipped"]) == (1, 1)
     assert catalog(server, EXP)["sub/table.csv"] == md5(results_dir / "sub" / "table.csv")
     got = server.http.get(f"{server.url}{EXP}/resources/RESULTS/files/sub/table.csv")
@@ -250,9 +250,9 @@ def test_fail_if_anything_is_there(xnat_conn, server: Server, archived, results_
     only_report = tmp_path / "one"
     only_report.mkdir()
     (only_report / "report.json").write_text('{"ok": true}')
-    upload(only_report, session="S01_MR1", overwrite="fail")
+    upload(only_report, experiment="S01_MR1", overwrite="fail")
     with pytest.raises(XnatConflictError, match=r"report\.json"):
-        upload(results_dir, session="S01_MR1", overwrite="fail")  # identical, but there: fail says no
+        upload(results_dir, experiment="S01_MR1", overwrite="fail")  # identical, but there: fail says no
     assert list(catalog(server, EXP)) == ["report.json"]
 
 
@@ -262,17 +262,17 @@ def test_extract_a_zip(xnat_conn, server: Server, archived, results_dir, tmp_pat
         for p in sorted(results_dir.rglob("*")):
             if p.is_file():
                 zf.write(p, p.relative_to(results_dir).as_posix())
-    result, _ = upload(archive, session="S01_MR1", scan="1", extract=True)
+    result, _ = upload(archive, experiment="S01_MR1", scan="1", extract=True)
     assert sorted(result["paths"]) == ["report.json", "sub/table.csv"] and result["transferred"] == 2
     assert catalog(server, f"{LONG}/scans/1") == {"report.json": md5(results_dir / "report.json"),
                                                  "sub/table.csv": md5(results_dir / "sub" / "table.csv")}
-    again, _ = upload(archive, session="S01_MR1", scan="1", extract=True)
+    again, _ = upload(archive, experiment="S01_MR1", scan="1", extract=True)
     assert (again["transferred"], again["skipped"]) == (0, 2)
 
 
 def test_upload_read_back_with_pyxnat(xnat_conn, archived, results_dir, tmp_path) -> None:
     pyxnat = pytest.importorskip("pyxnat")
-    upload(results_dir, session="S01_MR1", subject="S01")
+    upload(results_dir, experiment="S01_MR1", subject="S01")
     px = pyxnat.Interface(server=xnat_conn.url, user="admin", password="admin")
     try:
         res = px.select.project("P1").subject("S01").experiment("S01_MR1").resource("RESULTS")
@@ -285,16 +285,16 @@ def test_upload_read_back_with_pyxnat(xnat_conn, archived, results_dir, tmp_path
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"scan": "1"}, "needs its session"),
-    ({"session": "S01_MR1", "scan": "1", "assessor": "QC1"}, "not both"),
-    ({"session": "S01_MR1", "resource": "bad/label"}, "resource label"),
-    ({"session": "S01_MR1", "overwrite": "always"}, "overwrite"),
-    ({"session": "S01_MR1", "source": "{missing}"}, "does not exist"),
-    ({"session": "S01_MR1", "extract": True}, "zip"),
+    ({"experiment": "S01_MR1", "scan": "1", "assessor": "QC1"}, "not both"),
+    ({"experiment": "S01_MR1", "resource": "bad/label"}, "resource label"),
+    ({"experiment": "S01_MR1", "overwrite": "always"}, "overwrite"),
+    ({"experiment": "S01_MR1", "source": "{missing}"}, "does not exist"),
+    ({"experiment": "S01_MR1", "extract": True}, "zip"),
     # XNAT unpacks at the resource root whatever folder the URL names: the entries could never be under remote_dir.
-    ({"session": "S01_MR1", "extract": True, "remote_dir": "unpacked", "source": "{zip}"}, "at the resource root"),
+    ({"experiment": "S01_MR1", "extract": True, "remote_dir": "unpacked", "source": "{zip}"}, "at the resource root"),
     # XNAT answers an empty file body with a 500: one empty file refuses the whole folder.
-    ({"session": "S01_MR1", "source": "{with_empty}"}, r"1 empty \(0-byte\) file\(s\): sub/empty\.txt"),
-    ({"session": "S01_MR1", "source": "{with_empty}/sub/empty.txt"}, r"empty \(0-byte\) file\(s\): empty\.txt"),
+    ({"experiment": "S01_MR1", "source": "{with_empty}"}, r"1 empty \(0-byte\) file\(s\): sub/empty\.txt"),
+    ({"experiment": "S01_MR1", "source": "{with_empty}/sub/empty.txt"}, r"empty \(0-byte\) file\(s\): empty\.txt"),
 ])
 def test_upload_bad_input(xnat_conn, server: Server, archived, results_dir, tmp_path, kwargs, match) -> None:
     with zipfile.ZipFile(tmp_path / "results.zip", "w") as zf:

@@ -24,8 +24,8 @@ from tests.sensors.support import REBUILD, first_event, hold, put_session, statu
 from xnat_provider.client.errors import XnatAuthError, XnatNotFoundError, XnatServerError
 from xnat_provider.retry import xnat_retry_policy
 from xnat_provider.sensors.base import OUTAGE_KEY
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import STATE_KEY, XnatPrearchiveSensor
-from xnat_provider.sensors.session import XnatSessionSensor
 
 pytestmark = pytest.mark.timeout(60)
 LISTING = r"^/data/prearchive/projects/P1$"
@@ -42,14 +42,14 @@ def prearchive_sensor(**kwargs) -> XnatPrearchiveSensor:
     return XnatPrearchiveSensor(**kwargs)
 
 
-def session_sensor(**kwargs) -> XnatSessionSensor:
+def experiment_sensor(**kwargs) -> XnatExperimentSensor:
     kwargs.setdefault("task_id", "wait")
     kwargs.setdefault("project", "P1")
-    kwargs.setdefault("session", "S01_MR1")
+    kwargs.setdefault("experiment", "S01_MR1")
     kwargs.setdefault("poke_interval", 0.05)
     kwargs.setdefault("timeout", 30)
     kwargs.setdefault("deferrable", False)
-    return XnatSessionSensor(**kwargs)
+    return XnatExperimentSensor(**kwargs)
 
 
 def run_in_mode(mode: str, make, store: FakeStore, trigger_timeout: float = 20.0):
@@ -99,7 +99,7 @@ def test_an_outage_longer_than_outage_tolerance_is_an_xnat_server_error(xnat_con
 def test_a_shorter_outage_is_ridden_out(xnat_conn, tmp_path, mode) -> None:
     put_session(xnat_conn, tmp_path, "S01_MR1", archive=True)
     xnat_conn.fail_next("GET", r"^/data/projects/P1/experiments/S01_MR1$", status=503, count=12)  # 4 polls' worth
-    result = run_in_mode(mode, lambda **kw: session_sensor(outage_tolerance=20, **kw), FakeStore())
+    result = run_in_mode(mode, lambda **kw: experiment_sensor(outage_tolerance=20, **kw), FakeStore())
     assert result["label"] == "S01_MR1"
 
 
@@ -155,7 +155,7 @@ def _deferred_then_refused(emu, monkeypatch, make):
     return make(deferrable=True).execute_complete(context(), event)
 
 
-@pytest.mark.parametrize("sensor", [prearchive_sensor, session_sensor], ids=["prearchive", "session"])
+@pytest.mark.parametrize("sensor", [prearchive_sensor, experiment_sensor], ids=["prearchive", "experiment"])
 def test_refused_credentials_raise_the_same_type_in_every_mode(xnat_conn, monkeypatch, sensor) -> None:
     """Deferred, it used to be an AirflowFailException that no retry rule could match as an XnatAuthError."""
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_DEFAULT", json.dumps({

@@ -98,9 +98,9 @@ def test_subject_session_and_study_uid_filters(xnat_conn, tmp_path) -> None:
     put_session(xnat_conn, tmp_path, "S09_MR1", subject="S09", project="P2")
     ctx = context()
     assert sorted(x["name"] for x in done(sensor(subject="S01", min_count=2).poke(ctx))) == ["S01_MR1", "S01_MR2"]
-    assert [x["name"] for x in done(sensor(session="S02_MR1").poke(context()))] == ["S02_MR1"]
+    assert [x["name"] for x in done(sensor(experiment="S02_MR1").poke(context()))] == ["S02_MR1"]
     assert [x["name"] for x in done(sensor(study_uid=c["study_uid"]).poke(context()))] == ["S01_MR2"]
-    assert [x["name"] for x in done(sensor(subject="S01", session="S01_MR1").poke(context()))] == ["S01_MR1"]
+    assert [x["name"] for x in done(sensor(subject="S01", experiment="S01_MR1").poke(context()))] == ["S01_MR1"]
     assert done(sensor(study_uid=a["study_uid"]).poke(context()))[0]["timestamp"] == a["timestamp"]
     assert sensor(subject="S09").poke(context()) is False  # another project's session does not count
     assert sensor(subject="S01", min_count=3).poke(context()) is False
@@ -322,7 +322,7 @@ def test_defers_with_its_trigger_and_completes(xnat_conn, tmp_path) -> None:
     assert isinstance(trigger, XnatPrearchiveTrigger)
     assert deferred.value.method_name == "execute_complete"
     assert deferred.value.timeout == datetime.timedelta(seconds=45)
-    assert trigger.criteria == {"project": "P1", "subject": "S01", "session": None, "study_uid": None,
+    assert trigger.criteria == {"project": "P1", "subject": "S01", "experiment": None, "study_uid": None,
                                 "min_count": 1, "quiet_period": 0.2, "stall_timeout": 30.0,
                                 "rebuild_stalled": False, "skip_failed": False}
     assert trigger.poll_interval == 0.3
@@ -399,4 +399,5 @@ def test_default_deferrable_is_honoured(monkeypatch) -> None:
 
 
 def test_templated_fields() -> None:
-    assert {"project", "subject", "session", "study_uid", "xnat_conn_id"} <= set(XnatPrearchiveSensor.template_fields)
+    assert {"project", "subject", "experiment", "study_uid", "xnat_conn_id"} <= set(
+        XnatPrearchiveSensor.template_fields)

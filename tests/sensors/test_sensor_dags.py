@@ -32,7 +32,7 @@ def test_reschedule_deferrable_and_rebuild_in_dag_test(airflow_db, xnat_conn, tm
     row = put_session(emu, tmp_path, "S01_MR1")
     hold(emu, row, "BUILDING")  # stalled: the deferrable sensor must have it rebuilt
     put_session(emu, tmp_path, "S02_MR1", subject="S02", archive=True)
-    result = run_dag("xnat_test_sensors_modes", {"project": "P1", "session": "S01_MR1", "archived": "S02_MR1"})
+    result = run_dag("xnat_test_sensors_modes", {"project": "P1", "experiment": "S01_MR1", "archived": "S02_MR1"})
     assert result.state == "success", result.tis
     assert emu.request_count("POST", REBUILD) == 1
     assert status_of(emu, row) == "READY"

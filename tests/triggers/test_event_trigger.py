@@ -79,14 +79,15 @@ async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path)
     async with Watcher(store) as w:
         events = await w.until(1)
         await w.polls()
-        assert [e["session"]["name"] for e in w.events] == ["S01_MR1"]  # not S02, still RECEIVING
+        assert [e["prearchive_session"]["name"] for e in w.events] == ["S01_MR1"]  # not S02, still RECEIVING
         assert events[0]["status"] == "success" and events[0]["uri"] == uri(a)
-        assert events[0]["session"]["status"] == "READY" and events[0]["session"]["subject"] == "S01"
+        assert events[0]["prearchive_session"]["status"] == "READY" and (
+            events[0]["prearchive_session"]["subject"] == "S01")
         assert store.data[SEEN_KEY] == [uri(a)]
         emu.release_prearchive(b["project"], b["timestamp"], b["folderName"], "READY")
         await w.until(2)
         await w.polls()
-        assert [e["session"]["name"] for e in w.events] == ["S01_MR1", "S02_MR1"]
+        assert [e["prearchive_session"]["name"] for e in w.events] == ["S01_MR1", "S02_MR1"]
 
     # "Triggerer restart": a new instance, the same asset state store. Nothing is announced again.
     before = emu.request_count("GET", r"/data/prearchive/projects/P1")
@@ -103,7 +104,7 @@ async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path)
             assert time.monotonic() < deadline, store.data
             await asyncio.sleep(0.05)
         await w2.polls()
-        assert [e["session"]["name"] for e in w2.events] == ["S03_MR1"]
+        assert [e["prearchive_session"]["name"] for e in w2.events] == ["S03_MR1"]
         assert sorted(store.data[SEEN_KEY]) == sorted([uri(b), uri(c)])
 
 
@@ -124,7 +125,7 @@ async def test_quiet_period_and_failed_sessions(xnat_conn, tmp_path) -> None:
         await w.until(1)
         assert time.monotonic() - t0 >= 0.6
         await w.polls()
-        assert [e["session"]["name"] for e in w.events] == ["S01_MR1"]  # a CONFLICT one never starts a DAG
+        assert [e["prearchive_session"]["name"] for e in w.events] == ["S01_MR1"]  # a CONFLICT one never starts a DAG
 
 
 async def test_keeps_polling_through_errors(xnat_conn, tmp_path) -> None:
@@ -133,7 +134,7 @@ async def test_keeps_polling_through_errors(xnat_conn, tmp_path) -> None:
     xnat_conn.fail_next("GET", r"/data/prearchive/projects/P1", status=404, count=1)
     async with Watcher(FakeAssetStore()) as w:
         events = await w.until(1, timeout=15)
-        assert events[0]["session"]["name"] == "S01_MR1"  # errors are logged, never turned into events
+        assert events[0]["prearchive_session"]["name"] == "S01_MR1"  # errors are logged, never turned into events
 
 
 def test_asset_watcher_dag_parses_and_serialises(airflow_db) -> None:
@@ -187,7 +188,7 @@ async def test_refused_credentials_are_sent_once_until_the_connection_changes(xn
         assert "Wrong-Password-1" not in caplog.text
         connect(monkeypatch, emu, "admin")  # the connection is fixed: the watcher resumes on its next look
         events = await w.until(1)
-        assert events[0]["session"]["name"] == "S01_MR1"
+        assert events[0]["prearchive_session"]["name"] == "S01_MR1"
         assert emu.request_count("POST", LOGIN) == 2
     assert requests.get(f"{emu.url}/data/auth", auth=("admin", "admin"), timeout=10).ok  # never locked
 
@@ -211,7 +212,7 @@ async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_
         assert w.events == []
         connect(monkeypatch, emu, "Rotated-Password-2")
         events = await w.until(1)
-        assert events[0]["session"]["name"] == "S01_MR1"
+        assert events[0]["prearchive_session"]["name"] == "S01_MR1"
         assert emu.request_count("POST", LOGIN) == 3
         assert any("works again" in r.getMessage() for r in caplog.records)
 
@@ -225,7 +226,7 @@ async def test_other_permanent_errors_back_off_to_the_long_interval(xnat_conn, t
         emu.add_project("P9")
         await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1", "S01", "P9")
         events = await w.until(1)
-        assert events[0]["session"]["project"] == "P9"
+        assert events[0]["prearchive_session"]["project"] == "P9"
 
 
 async def test_a_missing_or_bad_connection_is_read_again_each_long_interval(xnat_conn, tmp_path,

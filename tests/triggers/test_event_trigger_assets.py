@@ -171,7 +171,7 @@ async def test_the_real_asset_state_store_for_one_and_two_assets(airflow_db, xna
     async with running(trigger, comms) as events:
         await until(events, 1)
         await asyncio.sleep(0.3)  # more polls: nothing again
-    assert [e["session"]["name"] for e in events] == ["S01_MR1"]
+    assert [e["prearchive_session"]["name"] for e in events] == ["S01_MR1"]
     assert "SetAssetStateStoreByName" in comms.sent  # the real store was written
     watched = rows[0][2]
     for name in watched:  # each asset's store holds what was announced
@@ -185,7 +185,7 @@ async def test_the_real_asset_state_store_for_one_and_two_assets(airflow_db, xna
         assert events == []
         b = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S02_MR1", "S02")
         await until(events, 1)
-    assert [e["session"]["name"] for e in events] == ["S02_MR1"]
+    assert [e["prearchive_session"]["name"] for e in events] == ["S02_MR1"]
     for name in watched:
         assert sorted(await stored(comms, name)) == sorted([uri(a), uri(b)])
 
@@ -221,6 +221,6 @@ async def test_an_asset_joining_a_shared_watcher_is_not_told_old_sessions(airflo
         await asyncio.sleep(0.6)
         b = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S02_MR1", "S02")
         await until(events, 1)
-    assert [e["session"]["name"] for e in events] == ["S02_MR1"]  # S01 was not announced again
+    assert [e["prearchive_session"]["name"] for e in events] == ["S02_MR1"]  # S01 was not announced again
     for name in ("xnat_join_a", "xnat_join_b"):
         assert sorted(await stored(comms, name)) == sorted([uri(a), uri(b)])

@@ -1,4 +1,4 @@
-"""The deferred halves: ``XnatPrearchiveTrigger`` and ``XnatSessionTrigger`` run with asyncio against the
+"""The deferred halves: ``XnatPrearchiveTrigger`` and ``XnatExperimentTrigger`` run with asyncio against the
 emulator (always under ``asyncio.wait_for``), their serialize round trip, and their error events."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from tests.airflow_helpers import context
 from tests.sensors.support import archive, first_event, hold, put_session, status_of, uri
+from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
-from xnat_provider.sensors.session import XnatSessionSensor
 from xnat_provider.triggers.events import XnatPrearchiveEventTrigger
+from xnat_provider.triggers.experiment import XnatExperimentTrigger
 from xnat_provider.triggers.prearchive import XnatPrearchiveTrigger
-from xnat_provider.triggers.session import XnatSessionTrigger
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def criteria(**kw) -> dict:
-    base = {"project": "P1", "subject": None, "session": None, "study_uid": None, "min_count": 1,
+    base = {"project": "P1", "subject": None, "experiment": None, "study_uid": None, "min_count": 1,
             "quiet_period": 0.0, "stall_timeout": None, "rebuild_stalled": False, "skip_failed": False}
     return base | kw
 
@@ -44,7 +44,7 @@ def test_serialize_round_trips() -> None:
     again = roundtrip(pre)
     assert (again.criteria, again.xnat_conn_id, again.poll_interval, again.state, again.transient_error_timeout) == (
         pre.criteria, "xnat_lab", 2.5, pre.state, 30)
-    ses = roundtrip(XnatSessionTrigger(criteria={"project": "P1", "session": "S", "subject": None, "min_scans": 2,
+    ses = roundtrip(XnatExperimentTrigger(criteria={"project": "P1", "experiment": "S", "subject": None, "min_scans": 2,
                                                  "resource": "DICOM", "field_name": "qc", "field_value": "ok"},
                                        xnat_conn_id="x", poll_interval=1.0, transient_error_timeout=9))
     assert ses.criteria["resource"] == "DICOM" and ses.transient_error_timeout == 9
@@ -56,8 +56,8 @@ def test_the_sensors_make_triggers_that_round_trip(xnat_conn) -> None:
     from airflow.sdk.exceptions import TaskDeferred
 
     for s in (XnatPrearchiveSensor(task_id="a", project="P1", deferrable=True, poke_interval=0.1, timeout=5,
-                                   session="S01_MR1", quiet_period=1),
-              XnatSessionSensor(task_id="b", project="P1", session="S01_MR1", deferrable=True, timeout=5)):
+                                   experiment="S01_MR1", quiet_period=1),
+              XnatExperimentSensor(task_id="b", project="P1", experiment="S01_MR1", deferrable=True, timeout=5)):
         with pytest.raises(TaskDeferred) as deferred:
             s.execute(context())
         roundtrip(deferred.value.trigger)
@@ -156,33 +156,33 @@ async def test_prearchive_trigger_stall_rebuild_cycle(xnat_conn, tmp_path) -> No
 
 
 async def test_session_trigger(xnat_conn, tmp_path) -> None:
-    c = {"project": "P1", "session": "S01_MR1", "subject": None, "min_scans": 2, "resource": "DICOM",
+    c = {"project": "P1", "experiment": "S01_MR1", "subject": None, "min_scans": 2, "resource": "DICOM",
          "field_name": None, "field_value": None}
-    task = asyncio.ensure_future(first_event(XnatSessionTrigger(criteria=c, poll_interval=0.1), timeout=20))
+    task = asyncio.ensure_future(first_event(XnatExperimentTrigger(criteria=c, poll_interval=0.1), timeout=20))
     row = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
     await asyncio.sleep(0.3)
     assert not task.done()
     assert (await asyncio.to_thread(archive, xnat_conn, row)).ok
     event = await task
-    assert event["status"] == "success" and event["session"]["label"] == "S01_MR1"
-    assert XnatSessionSensor(task_id="w", project="P1", session="S01_MR1").execute_complete(
+    assert event["status"] == "success" and event["experiment"]["label"] == "S01_MR1"
+    assert XnatExperimentSensor(task_id="w", project="P1", experiment="S01_MR1").execute_complete(
         context(), event)["label"] == "S01_MR1"
 
 
 async def test_session_trigger_errors_and_503s(xnat_conn, tmp_path, monkeypatch) -> None:
-    c = {"project": "NOPE", "session": "S01_MR1", "subject": None, "min_scans": 0, "resource": None,
+    c = {"project": "NOPE", "experiment": "S01_MR1", "subject": None, "min_scans": 0, "resource": None,
          "field_name": None, "field_value": None}
-    event = await first_event(XnatSessionTrigger(criteria=c, poll_interval=0.05))
+    event = await first_event(XnatExperimentTrigger(criteria=c, poll_interval=0.05))
     assert event["status"] == "error" and event["error_type"] == "XnatNotFoundError"
     with pytest.raises(AirflowFailException):
-        XnatSessionSensor(task_id="w", project="NOPE", session="S01_MR1").execute_complete(context(), event)
+        XnatExperimentSensor(task_id="w", project="NOPE", experiment="S01_MR1").execute_complete(context(), event)
 
     await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1", archive=True)
     xnat_conn.fail_next("GET", r"/data/projects/P1/experiments/S01_MR1", status=503, count=7)
-    event = await first_event(XnatSessionTrigger(criteria=c | {"project": "P1"}, poll_interval=0.05), timeout=15)
+    event = await first_event(XnatExperimentTrigger(criteria=c | {"project": "P1"}, poll_interval=0.05), timeout=15)
     assert event["status"] == "success"
 
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_DEFAULT", json.dumps({
         "conn_type": "xnat", "host": xnat_conn.url, "login": "admin", "password": "wrong-password"}))
-    event = await first_event(XnatSessionTrigger(criteria=c | {"project": "P1"}, poll_interval=0.05))
+    event = await first_event(XnatExperimentTrigger(criteria=c | {"project": "P1"}, poll_interval=0.05))
     assert event["status"] == "error" and event["error_type"] == "XnatAuthError"

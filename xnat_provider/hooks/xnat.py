@@ -2,7 +2,7 @@
 
 The hook adds what only Airflow knows: where the connection comes from (UI, URI or JSON in
 ``AIRFLOW_CONN_*``, a secrets backend), masking of every secret the client learns (password, token secrets,
-session ids) with Airflow's ``mask_secret``, and the UI's connection test. Everything else (login reuse,
+its login's ``JSESSIONID``) with Airflow's ``mask_secret``, and the UI's connection test. Everything else (login reuse,
 re-login, retries, verified transfers) is the client's, so it behaves the same outside Airflow.
 
 Connection fields: host is the XNAT URL (``https://xnat.example.org/xnat``, a path prefix allowed) or a bare
@@ -124,19 +124,53 @@ def connection_url(host: str | None, port: int | None = None, schema: str | None
 
 
 def logs_out(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a task method so that the task's hook logs out of XNAT when it ends, however it ends (success,
-    failure, deferral, reschedule): an XNAT login that is never closed stays open on the server until its
-    idle timeout. The task keeps its hook in ``self.hook`` (a cached property)."""
+    """Decorate a task method that Airflow calls (``execute``, ``execute_complete``) so that the task's hook
+    logs out of XNAT when it returns, however it ends (success, failure, deferral, reschedule): an XNAT login
+    that is never closed stays open on the server until its idle timeout (15 minutes), and a busy Airflow would
+    otherwise keep hundreds of them.
+
+    Nothing applies it for you: each ``execute`` and ``execute_complete`` of the provider's operators and sensors
+    carries it, visibly, and a subclass of yours opts in the same way::
+
+        class MyOperator(XnatBaseOperator):
+            @logs_out
+            def execute(self, context):
+                return self.hook.get_conn().list_projects()
+
+    The task keeps its hook in ``self.hook`` (a cached property); the login is made by the first request and
+    closed here. Calls nest: a decorated method that calls another (``super().execute(context)``) keeps the
+    login until the outermost one returns, so the rest of its work does not log in again.
+    """
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = self.__dict__.get(_LOGIN_DEPTH, 0)
+        self.__dict__[_LOGIN_DEPTH] = depth + 1
         try:
             return method(self, *args, **kwargs)
         finally:
-            if "hook" in self.__dict__:
-                self.__dict__["hook"].close()
+            if depth:
+                self.__dict__[_LOGIN_DEPTH] = depth
+            else:
+                self.__dict__.pop(_LOGIN_DEPTH, None)
+                if "hook" in self.__dict__:
+                    self.__dict__["hook"].close()
 
+    wrapper.logs_out = True  # type: ignore[attr-defined]  # what tests look for (see is_logged_out)
     return wrapper
+
+
+_LOGIN_DEPTH = "_xnat_logs_out_depth"
+
+
+def is_logged_out(method: Any) -> bool:
+    """Whether ``method`` (a function, possibly wrapped again by Airflow's own decorators) carries
+    :func:`logs_out`."""
+    while method is not None:
+        if getattr(method, "logs_out", False):
+            return True
+        method = getattr(method, "__wrapped__", None)
+    return False
 
 
 def client_config_from_connection(conn: Connection) -> ClientConfig:

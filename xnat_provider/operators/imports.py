@@ -11,11 +11,11 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from ..client.errors import XnatBadInputError
-from ..client.imports import ImportSnapshot, check_import_flags, plan_import
+from ..client.imports import ImportPlan, ImportSnapshot, check_import_flags, plan_import
 from ..client.models import PrearchiveSession, SessionRef
 from ..client.protocol import check_label
 from ..client.storage import FsPath, as_target
-from .base import XnatBaseOperator
+from .base import XnatBaseOperator, logs_out, renamed_argument
 from .transfers import URL, storage_path
 
 STATE_KEY = "xnat_import"
@@ -24,13 +24,13 @@ STATE_KEY = "xnat_import"
 class XnatImportOperator(XnatBaseOperator):
     """Import a zip, a tar, a DICOM file, a directory, or every match of a glob, into ``project``.
 
-    ``destination`` is ``prearchive`` (the sessions are built at once and READY, ready for
+    ``destination`` is ``prearchive`` (the prearchive sessions are built at once and READY, ready for
     :class:`XnatArchiveOperator` or a review; XNAT leaves them there even in a project set to auto-archive) or
     ``archive``. Returns one dict per study: project, subject, label, uri, in_prearchive, timestamp and status.
 
-    ``overwrite`` follows XNAT's import service: None refuses a session that already exists (unless the project
-    auto-archives), ``append`` merges into it with XNAT's checks, ``delete`` merges past them, overwriting
-    files of the same name; neither deletes anything already archived. A session that conflicts stays in the
+    ``overwrite`` follows XNAT's import service: None refuses an experiment that already exists (unless the
+    project auto-archives), ``append`` merges into it with XNAT's checks, ``delete`` merges past them, overwriting
+    files of the same name; neither deletes anything already archived. A study that conflicts stays in the
     prearchive in CONFLICT and the task fails with :class:`XnatConflictError` and XNAT's reason.
 
     ``quarantine`` and ``trigger_pipelines`` are refused (before anything is read or sent): XNAT's import
@@ -51,24 +51,34 @@ class XnatImportOperator(XnatBaseOperator):
 
     :param source: a path or glob; every matching file or directory is imported. Or on object storage: an
         ``ObjectStoragePath``, or a URL (a glob allowed) with ``storage_conn_id``.
-    :param storage_conn_id: the Airflow connection of a URL ``source``'s file system (``aws_default`` for
-        ``s3://``); None uses the file system's default credentials. Ignored for a local path.
+    :param project: the XNAT project to import into (it must exist).
+    :param subject: the subject label to file the data under (default: what XNAT derives from the DICOM
+        headers).
+    :param experiment: the label of the imaging session (XNAT experiment) the data becomes (default: what XNAT
+        derives from the DICOM headers).
+    :param session: deprecated name of ``experiment``.
+    :param destination: ``prearchive`` (the default) or ``archive``.
     :param overwrite: None, ``append`` or ``delete`` (XNAT's merge modes, as above).
     :param quarantine: must stay False (refused: see above).
     :param trigger_pipelines: must stay None (refused: see above).
+    :param ignore_unparsable: skip files that are not DICOM instead of refusing the source.
+    :param storage_conn_id: the Airflow connection of a URL ``source``'s file system (``aws_default`` for
+        ``s3://``); None uses the file system's default credentials. Ignored for a local path.
     """
 
-    template_fields: Sequence[str] = ("source", "project", "subject", "session", "destination", "overwrite",
+    template_fields: Sequence[str] = ("source", "project", "subject", "experiment", "destination", "overwrite",
                                       "storage_conn_id", "xnat_conn_id")
 
     def __init__(self, *, source: str | os.PathLike[str] | ObjectStoragePath, project: str,
-                 subject: str | None = None, session: str | None = None, destination: str = "prearchive",
+                 subject: str | None = None, experiment: str | None = None, destination: str = "prearchive",
                  overwrite: str | None = None, quarantine: bool = False, trigger_pipelines: bool | None = None,
-                 ignore_unparsable: bool = False, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+                 ignore_unparsable: bool = False, storage_conn_id: str | None = None, session: str | None = None,
+                 **kwargs: Any) -> None:
+        experiment = renamed_argument(self, "experiment", experiment, "session", session)
         super().__init__(**kwargs)
         self.source = source  # may be an XComArg until rendered: converted in execute
         self.storage_conn_id = storage_conn_id
-        self.project, self.subject, self.session = project, subject, session
+        self.project, self.subject, self.experiment = project, subject, experiment
         self.destination, self.overwrite = destination, overwrite
         self.quarantine, self.trigger_pipelines = quarantine, trigger_pipelines
         self.ignore_unparsable = ignore_unparsable
@@ -89,7 +99,8 @@ class XnatImportOperator(XnatBaseOperator):
             raise XnatBadInputError(f"Nothing to import: no file or directory matches {source!r}.")
         return paths
 
-    def execute(self, context: Any) -> list[dict[str, Any]]:
+    def _check(self) -> None:
+        """The rendered arguments, checked before anything is read or sent."""
         if self.destination not in ("prearchive", "archive"):
             raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {self.destination!r}")
         if self.overwrite in ("", "None"):  # what a template that means "no overwrite" renders to
@@ -98,13 +109,17 @@ class XnatImportOperator(XnatBaseOperator):
             raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {self.overwrite!r}")
         check_import_flags(self.destination, self.quarantine, self.trigger_pipelines)
         check_label(self.project, "project")
+
+    @logs_out
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        self._check()
         # Every source is read and checked before anything is sent: bad input fails with nothing half-imported.
-        plans = [(src, plan_import(src, subject=self.subject, session=self.session,
+        plans = [(src, plan_import(src, subject=self.subject, session=self.experiment,
                                    ignore_unparsable=self.ignore_unparsable)) for src in self.sources()]
-        if self.destination == "archive" and self.session:
-            self.push_session_link(context, self.project, self.session)
+        if self.destination == "archive" and self.experiment:
+            self.push_experiment_link(context, self.project, self.experiment)
         else:
-            self.push_prearchive_link(context, self.project)  # where the sessions will be
+            self.push_prearchive_link(context, self.project)  # where the prearchive sessions will be
         client = self.hook.get_conn()
         if not client.project_exists(self.project):
             raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.base_url}.")
@@ -112,38 +127,46 @@ class XnatImportOperator(XnatBaseOperator):
         state: dict[str, Any] = (store.get(STATE_KEY) if store is not None else None) or {}
         refs: list[tuple[Path | FsPath, SessionRef]] = []
         for src, plan in plans:
-            key = str(src.resolve()) if isinstance(src, Path) else str(src)
-            earlier = state.get(key)
-            if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
-                # An earlier try sent this source: what it created since its snapshot is this task's work.
-                before = ImportSnapshot.from_dict(earlier["before"])
-                arrived = client.import_arrived(self.project, plan, before, destination=self.destination)
-            else:
-                before, arrived = client.import_snapshot(self.project, plan), {}
-                state[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
-                              "before": before.to_dict()}
-                if store is not None:
-                    store.set(STATE_KEY, state)
-            pending = [uid for uid in plan.studies if uid not in arrived]
-            done = [ref for uid in plan.studies for ref in arrived.get(uid, [])]
-            if arrived:
-                self.log.info("%s: %d of %d studies were imported by an earlier try; not sending them again",
-                              src, len(arrived), len(plan.studies))
-            sent: list[SessionRef] = []
-            if pending:
-                sent = client.import_dicom(
-                    src, self.project, subject=self.subject, session=self.session, destination=self.destination,
-                    overwrite=self.overwrite, quarantine=self.quarantine, trigger_pipelines=self.trigger_pipelines,
-                    ignore_unparsable=self.ignore_unparsable, plan=plan, snapshot=before, studies=pending,
-                    check_project=False)
-                self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
-            refs += [(src, r) for r in done + sent]
+            refs += [(src, ref) for ref in self._import_source(client, store, state, src, plan)]
         results = self._describe(client, refs)
         if results:
             first = results[0]
-            self.push_session_link(context, self.project, None if first["in_prearchive"] else first["label"],
-                                   first["uri"] if first["in_prearchive"] else None)
+            if first["in_prearchive"]:
+                self.push_prearchive_session_link(context, first["uri"])
+            elif first["label"]:
+                self.push_experiment_link(context, self.project, first["label"])
         return results
+
+    def _import_source(self, client: Any, store: Any, state: dict[str, Any], src: Path | FsPath,
+                       plan: ImportPlan) -> list[SessionRef]:
+        """Import one source's studies, except those an earlier try of this task already sent (found through its
+        snapshot in the task state store); the refs of all of them."""
+        key = str(src.resolve()) if isinstance(src, Path) else str(src)
+        earlier = state.get(key)
+        if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
+            # An earlier try sent this source: what it created since its snapshot is this task's work.
+            before = ImportSnapshot.from_dict(earlier["before"])
+            arrived = client.import_arrived(self.project, plan, before, destination=self.destination)
+        else:
+            before, arrived = client.import_snapshot(self.project, plan), {}
+            state[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
+                          "before": before.to_dict()}
+            if store is not None:
+                store.set(STATE_KEY, state)
+        pending = [uid for uid in plan.studies if uid not in arrived]
+        done = [ref for uid in plan.studies for ref in arrived.get(uid, [])]
+        if arrived:
+            self.log.info("%s: %d of %d studies were imported by an earlier try; not sending them again",
+                          src, len(arrived), len(plan.studies))
+        sent: list[SessionRef] = []
+        if pending:
+            sent = client.import_dicom(
+                src, self.project, subject=self.subject, session=self.experiment, destination=self.destination,
+                overwrite=self.overwrite, quarantine=self.quarantine, trigger_pipelines=self.trigger_pipelines,
+                ignore_unparsable=self.ignore_unparsable, plan=plan, snapshot=before, studies=pending,
+                check_project=False)
+            self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
+        return done + sent
 
     @staticmethod
     def _describe(client: Any, refs: list[tuple[Path | FsPath, SessionRef]]) -> list[dict[str, Any]]:

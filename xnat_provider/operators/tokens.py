@@ -25,7 +25,7 @@ from typing import Any
 
 from ..client.errors import XnatBadInputError
 from ..client.models import AliasToken
-from .base import XnatBaseOperator, structured
+from .base import XnatBaseOperator, logs_out, structured
 
 
 def _fernet() -> Any:
@@ -59,6 +59,8 @@ class XnatIssueTokenOperator(XnatBaseOperator):
     Returns alias, user, expiry and the Fernet-encrypted secret; never the secret in clear. A ``user`` other than
     the connection's own on a connection that is not a site administrator's fails with ``XnatPermissionError``
     (XNAT's 403), and so would the teardown that invalidates the token: give both an administrator's connection.
+
+    :param user: the XNAT user the token is for (default: the connection's own user).
     """
 
     template_fields: Sequence[str] = ("user", "xnat_conn_id")
@@ -67,6 +69,7 @@ class XnatIssueTokenOperator(XnatBaseOperator):
         super().__init__(**kwargs)
         self.user = user
 
+    @logs_out
     def execute(self, context: Any) -> dict[str, Any]:
         fernet = _fernet()  # fail before a token exists if it could not be kept safe
         token = self.hook.issue_token(self.user)
@@ -82,6 +85,9 @@ class XnatInvalidateTokenOperator(XnatBaseOperator):
     A token already gone (invalidated, or expired and swept by XNAT) is fine. Another user's token on a connection
     that is not a site administrator's fails with ``XnatPermissionError`` (XNAT's 403) and stays valid: use the
     connection that issued it (the owner's or an administrator's).
+
+    :param token: the issuing task's XCom (``XnatIssueTokenOperator(...).output``: a dict with ``alias``, or its
+        JSON text as a template renders it), or the token's alias.
     """
 
     template_fields: Sequence[str] = ("token", "xnat_conn_id")
@@ -90,6 +96,7 @@ class XnatInvalidateTokenOperator(XnatBaseOperator):
         super().__init__(**kwargs)
         self.token = token
 
+    @logs_out
     def execute(self, context: Any) -> None:
         token = structured(self.token)
         alias = token.get("alias") if isinstance(token, dict) else str(token or "")

@@ -19,7 +19,7 @@ from airflow.sdk import ObjectStoragePath
 from ..client.errors import XnatBadInputError
 from ..client.storage import as_target, is_storage
 from ..client.uploads import POLICIES, upload_pairs
-from .base import XnatBaseOperator, structured
+from .base import XnatBaseOperator, logs_out, renamed_argument, structured
 
 MANIFEST_NAME = ".xnat-manifest.json"
 LEVELS = ("project", "subject", "experiment", "scan", "assessor")
@@ -71,68 +71,87 @@ def write_text(folder: Path | ObjectStoragePath, name: str, text: str) -> str:
 
 
 class XnatListScansOperator(XnatBaseOperator):
-    """List a session's scans, optionally only some types (IDs, types or ``re:`` pattern); returns scan IDs.
+    """List an imaging session's (XNAT experiment's) scans, optionally only some; returns scan IDs.
 
     Made for dynamic task mapping: ``XnatDownloadScanOperator.partial(...).expand(scan=list_scans.output)``.
+
+    :param project: the XNAT project.
+    :param experiment: the experiment's label (required).
+    :param session: deprecated name of ``experiment``.
+    :param scans: scan IDs, scan types, a ``re:`` pattern on the type, or ``ALL`` (the default); a list, or its
+        JSON text as a template renders it.
     """
 
-    template_fields: Sequence[str] = ("project", "session", "scans", "xnat_conn_id")
+    template_fields: Sequence[str] = ("project", "experiment", "scans", "xnat_conn_id")
 
-    def __init__(self, *, project: str, session: str, scans: str | list[str] = "ALL", **kwargs: Any) -> None:
+    def __init__(self, *, project: str, experiment: str | None = None, scans: str | list[str] = "ALL",
+                 session: str | None = None, **kwargs: Any) -> None:
+        experiment = renamed_argument(self, "experiment", experiment, "session", session, required=True)
         super().__init__(**kwargs)
-        self.project, self.session, self.scans = project, session, scans
+        self.project, self.experiment, self.scans = project, experiment, scans
 
+    @logs_out
     def execute(self, context: Any) -> list[str]:
-        self.push_session_link(context, self.project, self.session)
-        chosen = self.hook.get_conn().select_scans(self.project, self.session, structured(self.scans))
+        self.push_experiment_link(context, self.project, self.experiment)
+        chosen = self.hook.get_conn().select_scans(self.project, self.experiment, structured(self.scans))
         return [s.id for s in chosen]
 
 
 class XnatDownloadScanOperator(XnatBaseOperator):
-    """Download scans' files (resource ``DICOM`` by default) into ``dest``/<scan id>/<resource>/...
+    """Download an experiment's scans' files (resource ``DICOM`` by default) into ``dest``/<scan id>/<resource>/...
 
     Each file is verified against the catalog (size and MD5), written under a temporary name and renamed
     only when it is right; a broken transfer resumes; files already there with the right MD5 are skipped, so
     a retry finishes what a failed try began. The full manifest is written to ``dest/.xnat-manifest.json``;
-    the XCom is a summary (dest, scans, files, bytes, transferred, skipped, manifest path), all strings and
-    numbers.
+    the XCom is a summary (dest, project, experiment, scans, resource, files, bytes, transferred, skipped,
+    manifest path), all strings and numbers; the experiment's label is also under ``session``, the key earlier
+    versions wrote (kept for DAGs that read it).
 
     ``dest`` may be on object storage, so that the next task finds the files on another worker: an
     ``ObjectStoragePath``, or a URL (``s3://bucket/prefix``, ``gs://...``, ``file:///shared/x``). Files stream
     there, a chunk at a time, each verified while it streams into ``<name>.part`` and moved to its name only
     once right (see :mod:`xnat_provider.client.storage`).
 
+    :param project: the XNAT project.
+    :param experiment: the experiment's label (required).
+    :param session: deprecated name of ``experiment``.
     :param dest: a local folder, an ``ObjectStoragePath`` or a URL naming one.
+    :param scan: one scan ID or type (for ``.expand(scan=...)``), or
+    :param scans: IDs, types, a ``re:`` pattern on the type, or ``ALL`` (the default when neither is given).
+    :param resource: the scan resource to download (default ``DICOM``).
+    :param workers: parallel file downloads (default: the connection's ``workers`` extra).
     :param storage_conn_id: the Airflow connection of a URL ``dest``'s file system (``aws_default`` for
         ``s3://``); None uses the file system's default credentials. Ignored for a local path.
-    :param scan: one scan ID or type (for ``.expand(scan=...)``), or
-    :param scans: IDs, types, a ``re:`` pattern on the type, or ``ALL``.
     """
 
-    template_fields: Sequence[str] = ("project", "session", "scan", "scans", "resource", "dest", "storage_conn_id",
-                                      "xnat_conn_id")
+    template_fields: Sequence[str] = ("project", "experiment", "scan", "scans", "resource", "dest",
+                                      "storage_conn_id", "xnat_conn_id")
 
-    def __init__(self, *, project: str, session: str, dest: str | os.PathLike[str] | ObjectStoragePath,
-                 scan: str | None = None, scans: str | list[str] | None = None, resource: str = "DICOM",
-                 workers: int | None = None, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, project: str, experiment: str | None = None,
+                 dest: str | os.PathLike[str] | ObjectStoragePath, scan: str | None = None,
+                 scans: str | list[str] | None = None, resource: str = "DICOM", workers: int | None = None,
+                 storage_conn_id: str | None = None, session: str | None = None, **kwargs: Any) -> None:
+        experiment = renamed_argument(self, "experiment", experiment, "session", session, required=True)
         super().__init__(**kwargs)
         if scan is not None and scans is not None:
             raise XnatBadInputError("Give either scan or scans, not both.")
-        self.project, self.session, self.dest = project, session, dest
+        self.project, self.experiment, self.dest = project, experiment, dest
         self.scan, self.scans, self.resource, self.workers = scan, scans, resource, workers
         self.storage_conn_id = storage_conn_id
 
+    @logs_out
     def execute(self, context: Any) -> dict[str, Any]:
         selection: str | list[str] = [str(self.scan)] if self.scan is not None else (structured(self.scans) or "ALL")
         dest = storage_path(self.dest, self.storage_conn_id, "dest")
-        self.push_session_link(context, self.project, self.session)
-        manifest = self.hook.get_conn().download_scans(self.project, self.session, dest, scans=selection,
+        self.push_experiment_link(context, self.project, self.experiment)
+        manifest = self.hook.get_conn().download_scans(self.project, self.experiment, dest, scans=selection,
                                                        resource=self.resource, workers=self.workers)
         manifest_path = write_text(dest, MANIFEST_NAME if self.scan is None else f".xnat-manifest-{self.scan}.json",
                                    json.dumps(manifest.to_dict(), indent=1))
         self.log.info("%d files (%d bytes): %d transferred, %d already there", len(manifest.files), manifest.bytes,
                       manifest.transferred, manifest.skipped)
-        return {"dest": str(dest), "project": self.project, "session": self.session, "scans": selection,
+        return {"dest": str(dest), "project": self.project, "experiment": self.experiment,
+                "session": self.experiment, "scans": selection,
                 "resource": self.resource, "files": len(manifest.files), "bytes": manifest.bytes,
                 "transferred": manifest.transferred, "skipped": manifest.skipped, "manifest": manifest_path}
 
@@ -140,8 +159,8 @@ class XnatDownloadScanOperator(XnatBaseOperator):
 class XnatUploadResourceOperator(XnatBaseOperator):
     """Upload a file or directory into a resource at project, subject, experiment, scan or assessor level.
 
-    The level follows from the arguments given (``project`` always; ``subject``; ``session`` for the
-    experiment; ``scan`` or ``assessor`` inside it). The resource is created if missing. ``overwrite``:
+    The level follows from the arguments given (``project`` always; ``subject``; ``experiment``; ``scan`` or
+    ``assessor`` inside the experiment). The resource is created if missing. ``overwrite``:
     ``skip_identical`` (default; compares MD5), ``overwrite`` or ``fail``. ``extract=True`` sends a zip for
     XNAT to unpack at the resource root (XNAT ignores any folder in the URL, so ``remote_dir`` must then stay
     empty). After the upload the catalog is read back and every file's size and MD5 are checked.
@@ -155,34 +174,51 @@ class XnatUploadResourceOperator(XnatBaseOperator):
     from the file system as the request body, with its size known, and are verified as above.
 
     :param source: a local file or folder, an ``ObjectStoragePath`` or a URL naming one (``s3://bucket/x``).
+    :param project: the XNAT project (alone: a project-level resource).
+    :param resource: the resource label (created if missing).
+    :param subject: the subject label (alone with ``project``: a subject-level resource).
+    :param experiment: the experiment's label (an experiment-level resource, or the parent of ``scan`` or
+        ``assessor``).
+    :param session: deprecated name of ``experiment``.
+    :param scan: a scan ID of ``experiment`` (a scan-level resource).
+    :param assessor: an assessor of ``experiment`` (an assessor-level resource).
+    :param remote_dir: a folder inside the resource to upload into (empty: its root).
+    :param overwrite: ``skip_identical`` (default), ``overwrite`` or ``fail`` (see above).
+    :param extract: send one zip for XNAT to unpack at the resource root.
+    :param format: the resource's format (XNAT's ``format``), set when the resource is created.
+    :param content: the resource's content (XNAT's ``content``), set when the resource is created.
+    :param tags: the resource's tags (XNAT's ``tags``), set when the resource is created.
     :param storage_conn_id: the Airflow connection of a URL ``source``'s file system (``aws_default`` for
         ``s3://``); None uses the file system's default credentials. Ignored for a local path.
     """
 
-    template_fields: Sequence[str] = ("source", "project", "subject", "session", "scan", "assessor", "resource",
+    template_fields: Sequence[str] = ("source", "project", "subject", "experiment", "scan", "assessor", "resource",
                                       "remote_dir", "overwrite", "format", "content", "tags", "storage_conn_id",
                                       "xnat_conn_id")
 
     def __init__(self, *, source: str | os.PathLike[str] | ObjectStoragePath, project: str, resource: str,
-                 subject: str | None = None, session: str | None = None, scan: str | None = None,
+                 subject: str | None = None, experiment: str | None = None, scan: str | None = None,
                  assessor: str | None = None, remote_dir: str = "", overwrite: str = "skip_identical",
                  extract: bool = False, format: str | None = None, content: str | None = None,
-                 tags: str | None = None, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+                 tags: str | None = None, storage_conn_id: str | None = None, session: str | None = None,
+                 **kwargs: Any) -> None:
+        experiment = renamed_argument(self, "experiment", experiment, "session", session)
         super().__init__(**kwargs)
         self.source, self.project, self.resource = source, project, resource
         self.storage_conn_id = storage_conn_id
-        self.subject, self.session, self.scan, self.assessor = subject, session, scan, assessor
+        self.subject, self.experiment, self.scan, self.assessor = subject, experiment, scan, assessor
         self.remote_dir, self.overwrite, self.extract = remote_dir, overwrite, extract
         self.format, self.content, self.tags = format, content, tags
 
     def level(self) -> str:
-        if (self.scan or self.assessor) and not self.session:
-            raise XnatBadInputError("A scan or assessor resource needs its session.")
+        if (self.scan or self.assessor) and not self.experiment:
+            raise XnatBadInputError("A scan or assessor resource needs its session (experiment=).")
         if self.scan and self.assessor:
             raise XnatBadInputError("Give a scan or an assessor, not both.")
-        return ("scan" if self.scan else "assessor" if self.assessor else "experiment" if self.session
+        return ("scan" if self.scan else "assessor" if self.assessor else "experiment" if self.experiment
                 else "subject" if self.subject else "project")
 
+    @logs_out
     def execute(self, context: Any) -> dict[str, Any]:
         level = self.level()
         if not re.match(r"^[\w\-. ]+$", self.resource or ""):
@@ -191,10 +227,10 @@ class XnatUploadResourceOperator(XnatBaseOperator):
             raise XnatBadInputError(f"overwrite must be one of {POLICIES}, not {self.overwrite!r}")
         source = storage_path(self.source, self.storage_conn_id, "source")
         upload_pairs(source, self.remote_dir, self.extract)  # before any login or request
-        if self.session:
-            self.push_session_link(context, self.project, self.session)
+        if self.experiment:
+            self.push_experiment_link(context, self.project, self.experiment)
         xnat = self.hook.get_conn()
-        path = xnat.object_path(self.project, self.subject, self.session, self.scan, self.assessor)
+        path = xnat.object_path(self.project, self.subject, self.experiment, self.scan, self.assessor)
         manifest = xnat.upload(
             source, path, self.resource, remote_dir=self.remote_dir, overwrite=self.overwrite,
             extract=self.extract, format=self.format, content=self.content, tags=self.tags)

@@ -12,11 +12,18 @@ One failure contract for the three modes (poke, reschedule, deferrable):
   answer is asked again later, within the same tolerance.
 - **The same exception types.** An XNAT error reaches Airflow as the client's class in every mode (the trigger's
   event names it; ``execute_complete`` raises it again), so ``xnat_retry_policy`` (or any retry rule) matches it.
-  The errors a retry cannot fix (refused login, no permission, no such project or session, conflict, bad input,
+  The errors a retry cannot fix (refused login, no permission, no such project or experiment, conflict, bad input,
   a missing or misconfigured connection) are raised as subclasses that are also ``AirflowFailException``
   (:class:`XnatSensorAuthError`...): never retried, whatever the policy (a retried login with refused credentials
   is how accounts get locked), and skipped under ``soft_fail`` or ``never_fail``.
-- A sensor failure that waiting cannot fix (a CONFLICT session, a stall) is an ``AirflowFailException``.
+- A sensor failure that waiting cannot fix (a CONFLICT prearchive session, a stall) is an
+  ``AirflowFailException``.
+
+The login's lifecycle is explicit, as for operators (:class:`~xnat_provider.operators.base.XnatBaseOperator`):
+:meth:`XnatBaseSensor.execute` carries :func:`~xnat_provider.hooks.xnat.logs_out`, so every poke of one
+``execute`` (all of them in poke mode; one per process in reschedule mode; the first look before deferring) shares
+one login, closed when ``execute`` ends. A sensor's ``execute_complete`` (run in a new process after the trigger
+fired) carries ``@logs_out`` too (free when it sends nothing: no request, no login).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from ..client.errors import (
 from ..conditions import Outage
 from ..hooks.xnat import XnatHook, logs_out
 from ..links import XnatSessionLink, push_link
+
+__all__ = ["XnatBaseSensor", "logs_out"]
 
 OUTAGE_KEY = "xnat_outage"
 DEFAULT_OUTAGE_TOLERANCE = 3600.0
@@ -82,13 +91,23 @@ def sensor_error(kind: str, message: str) -> XnatError:
 
 
 class XnatBaseSensor(BaseSensorOperator):
-    """Common arguments: ``xnat_conn_id``, ``deferrable`` (default ``[operators] default_deferrable``, read
-    when the sensor is created, so a configuration set after this module was imported still counts) and
-    ``outage_tolerance``: how many seconds in a row XNAT may fail transiently (a restart, a gateway's 5xx) before
-    the sensor gives up with :class:`XnatServerError`, in every mode (default 3600; None: until ``timeout``).
+    """What every XNAT sensor shares: the connection, the mode, the outage clock and the failure contract (see
+    the module docstring), and the "XNAT session" button, which links to what the sensor waits for from its
+    first look, so a sensor that fails or times out has it too.
 
-    The task's "XNAT session" button links to what the sensor waits for from its first look, so a sensor that
-    fails or times out has it too.
+    A new sensor defines :meth:`poke` (one look, with ``self.hook.get_conn()``; transient errors go to
+    :meth:`ride_out`, others to :meth:`xnat_error`, an answer to :meth:`answered`), :meth:`describe`,
+    :meth:`link`, and for deferral :meth:`make_trigger` and an ``execute_complete`` decorated with
+    :func:`~xnat_provider.hooks.xnat.logs_out`. ``execute`` here already carries it; an override of ``execute``
+    carries it too (calls nest: the login ends with the outermost).
+
+    :param xnat_conn_id: the Airflow connection of type ``xnat`` (default ``xnat_default``).
+    :param deferrable: defer to a trigger between looks, freeing the worker slot (default ``[operators]
+        default_deferrable``, read when the sensor is created, so a configuration set after this module was
+        imported still counts).
+    :param outage_tolerance: how many seconds in a row XNAT may fail transiently (a restart, a gateway's 5xx)
+        before the sensor gives up with :class:`XnatServerError`, in every mode (default 3600; None: until
+        ``timeout``).
     """
 
     ui_color = "#dbe8f5"
@@ -105,13 +124,6 @@ class XnatBaseSensor(BaseSensorOperator):
             raise ValueError(f"outage_tolerance must be a number of seconds >= 0 or None, not {outage_tolerance!r}")
         self.outage_tolerance = outage_tolerance
         self._outage: Outage | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Log out when ``execute_complete`` ends (``execute`` below does the same): each resumption of a
-        deferred or rescheduled sensor is a new process with a new login."""
-        super().__init_subclass__(**kwargs)
-        if "execute_complete" in cls.__dict__:
-            cls.execute_complete = logs_out(cls.__dict__["execute_complete"])  # type: ignore[attr-defined]
 
     @cached_property
     def hook(self) -> XnatHook:
@@ -164,7 +176,7 @@ class XnatBaseSensor(BaseSensorOperator):
     def event_error(self, event: dict[str, Any]) -> NoReturn:
         """Raise the error a trigger reported as the same exception the poking sensor raises for it."""
         kind = event.get("error_type", "")
-        if not kind:  # a verdict (a CONFLICT or stalled session): waiting cannot fix it
+        if not kind:  # a verdict (a CONFLICT or stalled prearchive session): waiting cannot fix it
             raise AirflowFailException(str(event.get("message")))
         exc = sensor_error(kind, f"{self.describe()}: {kind}: {event.get('message')}")
         if self.never_fail and not isinstance(exc, AirflowFailException):  # as BaseSensorOperator does on pokes

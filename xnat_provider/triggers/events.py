@@ -1,6 +1,8 @@
-"""``XnatPrearchiveEventTrigger``: start DAGs when new READY sessions appear in a project's prearchive.
+"""``XnatPrearchiveEventTrigger``: start DAGs when new READY prearchive sessions appear in a project's prearchive.
 
-Use it as an Asset watcher; each new session becomes an asset event whose ``extra`` carries the session::
+Use it as an Asset watcher; each new READY prearchive session becomes an asset event whose ``extra`` carries it,
+``{"payload": {"status": "success", "prearchive_session": {...}, "session": {...}, "uri": ...}}`` (the same row
+under ``session`` too, the key earlier versions wrote and DAGs may read)::
 
     new_sessions = Asset("xnat_P1_prearchive", watchers=[AssetWatcher(
         name="xnat_P1_ready", trigger=XnatPrearchiveEventTrigger(project="P1"))])
@@ -8,11 +10,11 @@ Use it as an Asset watcher; each new session becomes an asset event whose ``extr
     @dag(schedule=[new_sessions])
     def on_new_session(): ...
 
-Each session fires once: the sessions already announced are kept in the asset state store, which survives
+Each prearchive session fires once: the ones already announced are kept in the asset state store, which survives
 triggerer restarts (delivery around a restart is at least once, as for every Airflow event trigger, so the
-DAG it starts should be safe to run twice for one session; the example DAGs are). Several Assets may use
+DAG it starts should be safe to run twice for one prearchive session; the example DAGs are). Several Assets may use
 watchers with the same arguments: Airflow then runs one trigger for all of them, whose events reach every one
-of those Assets, and the announced sessions are kept in each Asset's store.
+of those Assets, and the announced prearchive sessions are kept in each Asset's store.
 
 The watcher runs unattended for months, so it must never lock the service account. Transient failures (XNAT
 restarting, a gateway's 5xx) are ridden out with the same login. Permanent ones (refused credentials, no
@@ -94,6 +96,12 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
     ``quiet_period`` seconds). Transient XNAT failures are retried quietly with the same login; permanent ones
     are logged (an event would start a DAG run) and looked at again every ``permanent_error_interval`` seconds,
     without ever resending credentials XNAT refused (see the module docstring).
+
+    :param project: the XNAT project whose prearchive is watched.
+    :param xnat_conn_id: the Airflow connection of type ``xnat``.
+    :param poll_interval: seconds between looks at the prearchive.
+    :param quiet_period: seconds a READY prearchive session must stay unchanged before it is announced.
+    :param permanent_error_interval: seconds between looks while a permanent error lasts (default 600).
     """
 
     def __init__(self, project: str, xnat_conn_id: str = "xnat_default", poll_interval: float = 30.0,
@@ -104,7 +112,7 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
         self.poll_interval = poll_interval
         self.quiet_period = quiet_period
         self.permanent_error_interval = permanent_error_interval
-        self._memory: list[str] | None = None  # the announced sessions, once read from the store(s)
+        self._memory: list[str] | None = None  # the announced prearchive sessions, once read from the store(s)
         self._salt = os.urandom(16)
         self._refused: str | None = None  # fingerprint of the credentials XNAT refused
         self._refusal = ""  # what was logged about it
@@ -114,7 +122,7 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
             "project": self.project, "xnat_conn_id": self.xnat_conn_id, "poll_interval": self.poll_interval,
             "quiet_period": self.quiet_period, "permanent_error_interval": self.permanent_error_interval})
 
-    # ---- the announced sessions, in the asset state store(s) ----------------------------------------
+    # ---- the announced prearchive sessions, in the asset state store(s) -----------------------------
     async def _seen(self) -> list[str]:
         if self._memory is None:
             seen: list[str] = []
@@ -124,7 +132,7 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
         return list(self._memory)
 
     async def _remember(self, seen: list[str]) -> None:
-        self._memory = list(seen)  # first: a store that fails to write must not make a session fire twice
+        self._memory = list(seen)  # first: a store that fails to write must not make one fire twice
         for store in asset_stores(self.asset_state_store):
             await store.aset(SEEN_KEY, seen)
 
@@ -196,7 +204,9 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
                 fresh = [s for s in sessions if s.status == "READY" and s.uri not in seen
                          and now - watch.state["seen"].get(s.uri, [None, now])[1] >= self.quiet_period]
                 for s in fresh:
-                    yield TriggerEvent({"status": "success", "session": s.to_dict(), "uri": s.uri})
+                    row = s.to_dict()
+                    yield TriggerEvent({"status": "success", "prearchive_session": row, "session": row,
+                                        "uri": s.uri})
                     seen.append(s.uri)
                     await self._remember([u for u in seen if u in present])
                 if not fresh and len(seen) != len([u for u in seen if u in present]):

@@ -7,24 +7,29 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch
+from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch, criteria_dict
 from .base import async_client, error_event, log, poll
 
 
 class XnatPrearchiveTrigger(BaseTrigger):
     """Poll a project's prearchive until the criteria are met, then report.
 
-    Events: ``{"status": "success", "sessions": [...]}``, ``{"status": "error", "message": ...}``, or
-    ``{"status": "rebuild", "sessions": [the stalled one], "state": ...}`` for the task to rebuild it (a trigger
-    only waits and reports; acting on XNAT is the task's job). A session stalled in a locked ``_X`` status is
-    never sent back for a rebuild (XNAT would ignore it): it ends in an error event that says the row is locked.
+    Events (``sessions``: prearchive session rows): ``{"status": "success", "sessions": [...]}``,
+    ``{"status": "error", "message": ...}``, or ``{"status": "rebuild", "sessions": [the stalled one], "state":
+    ...}`` for the task to rebuild it (a trigger only waits and reports; acting on XNAT is the task's job). A
+    prearchive session stalled in a locked ``_X`` status is never sent back for a rebuild (XNAT would ignore it):
+    it ends in an error event that says the row is locked.
 
     Errors end the wait with an error event naming the client error class (``error_type``), which the task
     raises again: permanent ones (refused login, no permission, no such project, a bad connection) at once, with
     no second login; transient ones (:class:`~xnat_provider.client.errors.XnatServerError`) only once XNAT has
     kept failing for ``transient_error_timeout`` seconds in a row.
 
+    A trigger serialized by an earlier version (criteria with ``session`` for ``experiment``) still runs.
+
     :param criteria: :class:`~xnat_provider.conditions.PrearchiveCriteria` as a dict.
+    :param xnat_conn_id: the Airflow connection of type ``xnat``.
+    :param poll_interval: seconds between looks (the sensor's ``poke_interval``).
     :param state: observations carried over from earlier polls (first-seen times, sessions rebuilt).
     :param transient_error_timeout: how long XNAT may keep failing (restart, gateway) before giving up (the
         sensor's ``outage_tolerance``; None: no limit).
@@ -35,7 +40,7 @@ class XnatPrearchiveTrigger(BaseTrigger):
                  state: dict[str, Any] | None = None, transient_error_timeout: float | None = 600.0,
                  failing_since: float | None = None):
         super().__init__()
-        self.criteria = criteria
+        self.criteria = criteria_dict(criteria)
         self.xnat_conn_id = xnat_conn_id
         self.poll_interval = poll_interval
         self.state = state or {"seen": {}, "rebuilt": []}
@@ -50,18 +55,18 @@ class XnatPrearchiveTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            watch = PrearchiveWatch(PrearchiveCriteria(**self.criteria), self.state)
+            watch = PrearchiveWatch(PrearchiveCriteria.from_dict(self.criteria), self.state)
             async with async_client(self.xnat_conn_id) as xnat:
                 async for sessions in poll(lambda: xnat.list_prearchive(watch.criteria.project), self.poll_interval,
                                            self.transient_error_timeout, "prearchive", self.failing_since):
                     verdict = watch.observe(sessions)
                     if verdict.action == DONE:
                         yield TriggerEvent({"status": "success", "message": verdict.message,
-                                            "sessions": verdict.sessions})
+                                            "sessions": verdict.found})
                         return
                     if verdict.action in (FAIL, REBUILD):
                         yield TriggerEvent({"status": "error" if verdict.action == FAIL else "rebuild",
-                                            "message": verdict.message, "sessions": verdict.sessions,
+                                            "message": verdict.message, "sessions": verdict.found,
                                             "state": watch.state})
                         return
                     log.info("%s", verdict.message)
