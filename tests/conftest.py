@@ -33,6 +33,7 @@ import pytest  # noqa: E402
 import requests  # noqa: E402
 
 from xnat_provider.testing import XnatEmulator, xnat_routes  # noqa: E402
+from xnat_provider.testing.containers_api import is_container_service_route  # noqa: E402
 from xnat_provider.testing.faults import Faults  # noqa: E402
 from xnat_provider.testing.samples import Study, make_study, zip_files  # noqa: E402
 
@@ -49,6 +50,15 @@ CLIENT_AGENT = "airflow-provider-xnat/"  # the User-Agent of both clients (Clien
 OUTSIDE_DATA = {"/", "/app/template/Login.vm", "/xapi/siteConfig/buildInfo"}
 
 
+def is_routed(method: str, path: str) -> bool:
+    """A request XNAT routes: a template of its ``/data`` route table with the method allowed, one of the Container
+    Service plugin's ``/xapi`` templates (``containers_api.XAPI_ROUTES``, read from its controllers: exact
+    templates, one path segment per variable, not a prefix), or one of :data:`OUTSIDE_DATA`."""
+    if path.startswith("/data/"):
+        return xnat_routes.is_exact(method, path[len("/data"):])
+    return path in OUTSIDE_DATA or (path.startswith("/xapi/") and is_container_service_route(method, path))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sends_unrouted_requests(reason): the test makes the client send requests "
                             "XNAT does not route, on purpose; the route oracle does not check it")
@@ -58,7 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def client_requests_use_xnat_routes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
                                     ) -> Iterator[list[tuple[str, str]]]:
     """The route oracle, around every test: each request our clients send to any emulator of the test must be one
-    XNAT 1.8 routes (``xnat_routes.is_exact``: a template of XNAT's own route table, the method allowed).
+    XNAT 1.8 routes (``xnat_routes.is_exact``: a template of XNAT's own route table, the method allowed), or one of
+    the Container Service plugin's routes (:func:`is_routed`).
 
     The emulator also refuses paths XNAT lacks, but only in the ways its router was written to; this check reads
     the table directly, so a request that the emulator happens to answer (or a test happens to tolerate) still
@@ -75,8 +86,7 @@ def client_requests_use_xnat_routes(request: pytest.FixtureRequest, monkeypatch:
     yield sent
     if request.node.get_closest_marker("sends_unrouted_requests"):
         return
-    unrouted = sorted({(m, p) for m, p in sent if not (
-        p in OUTSIDE_DATA if not p.startswith("/data/") else xnat_routes.is_exact(m, p[len("/data"):]))})
+    unrouted = sorted({(m, p) for m, p in sent if not is_routed(m, p)})
     assert not unrouted, f"the client sent requests XNAT has no route for: {unrouted[:10]}"
 
 

@@ -27,12 +27,13 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [{"integration-name": "XNAT", "python-modules": [
             "xnat_provider.operators.imports", "xnat_provider.operators.archive",
             "xnat_provider.operators.transfers", "xnat_provider.operators.fields",
-            "xnat_provider.operators.tokens"]}],
+            "xnat_provider.operators.tokens", "xnat_provider.operators.containers"]}],
         "sensors": [{"integration-name": "XNAT", "python-modules": [
-            "xnat_provider.sensors.prearchive", "xnat_provider.sensors.experiment"]}],
+            "xnat_provider.sensors.prearchive", "xnat_provider.sensors.experiment",
+            "xnat_provider.sensors.containers"]}],
         "triggers": [{"integration-name": "XNAT", "python-modules": [
             "xnat_provider.triggers.prearchive", "xnat_provider.triggers.experiment",
-            "xnat_provider.triggers.events"]}],
+            "xnat_provider.triggers.events", "xnat_provider.triggers.containers"]}],
         "extra-links": ["xnat_provider.links.XnatSessionLink"],
         "connection-types": [
             {

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.container_support import register_converter
 from tests.support import wait_for
 from xnat_provider.client import XnatClient
 from xnat_provider.client.async_client import AsyncXnatClient
 from xnat_provider.client.import_body import plan_import
 from xnat_provider.client.session import ClientConfig
 from xnat_provider.testing import XnatEmulator, xnat_routes
+from xnat_provider.testing.containers import hang_until_killed
+from xnat_provider.testing.containers_api import is_container_service_route
 
 
 def public(cls: type) -> set[str]:
@@ -110,6 +113,30 @@ def test_every_public_call_uses_routes_xnat_has(emulator: XnatEmulator, study_zi
         token = x.issue_token()
         assert x.validate_token(token) == "oracle"
         x.invalidate_token(token)
+        # the Container Service: commands, checks, launches, workflows, containers, logs, kill
+        session_cmd = register_converter(emulator)
+        register_converter(emulator, context="scan", name="scanconv", run=hang_until_killed)
+        assert [c.name for c in x.list_commands()] == ["dcm2niix", "scanconv"]
+        assert x.get_command(session_cmd["id"]).name == "dcm2niix"
+        assert x.available_wrappers("P1", exp.xsi_type) and x.available_wrappers(None, "xnat:mrScanData")
+        wrapper = x.get_wrapper("dcm2niix", "dcm2niix-session")
+        assert x.wrapper_enabled(wrapper.id, "P1").enabled
+        assert x.launch_ui("P1", wrapper.id, {"session": exp.id})["meta"]
+        assert x.launch_target("P1", archived.label, "1").scan == "1"
+        plan = x.plan_launch("P1", archived.label, command="dcm2niix", wrapper="dcm2niix-session")
+        launch = x.launch(plan)
+        container_id = wait_for(lambda: x.workflow_container(launch.workflow_id))
+        assert x.get_workflow(launch.workflow_id).container_id == container_id
+        done = wait_for(lambda: (c := x.get_container(container_id)).finalized and c)
+        assert x.container_outputs(done) and x.container_log(done.id, "stdout", tail_bytes=100)
+        assert x.find_containers(plan) and x.list_containers("P1") and x.list_containers(nonfinalized=True) == []
+        assert x.find_launched(plan, [done.id], settle_seconds=0) is None
+        scan_plans = [x.plan_launch("P1", archived.label, s, command="scanconv", wrapper="scanconv-scan")
+                      for s in ("1", "2")]
+        assert x.bulk_launch(scan_plans).plans == tuple(scan_plans)
+        hanging = wait_for(lambda: x.find_containers(scan_plans[0]))[0]
+        x.kill_container(hanging.id, project="P1")
+        x.kill_container(wait_for(lambda: x.find_containers(scan_plans[1]))[0].id)
 
     async def polling() -> None:
         async with AsyncXnatClient(ClientConfig(emulator.url, "oracle", "oracle-pw")) as a:
@@ -122,6 +149,9 @@ def test_every_public_call_uses_routes_xnat_has(emulator: XnatEmulator, study_zi
             assert await a.list_resources(scan_path)
             assert await a.get_fields("P1", experiment=archived.label) == {}
             await a.request("GET", "/data/projects")
+            assert (await a.get_workflow(launch.workflow_id)).id == launch.workflow_id
+            assert await a.workflow_container(launch.workflow_id) == container_id
+            assert (await a.get_container(container_id)).succeeded
 
     asyncio.run(polling())
     assert called == {f"{c.__name__}.{n}" for c in (XnatClient, AsyncXnatClient) for n in public(c)}, (
@@ -130,3 +160,5 @@ def test_every_public_call_uses_routes_xnat_has(emulator: XnatEmulator, study_zi
     sent = client_requests_use_xnat_routes
     assert len(sent) > 60 and all(
         xnat_routes.is_exact(m, p[len("/data"):]) for m, p in sent if p.startswith("/data/"))
+    assert all(is_container_service_route(m, p) for m, p in sent if p.startswith("/xapi/") and "siteConfig" not in p)
+    assert {m for m, p in sent if p.startswith("/xapi/")} == {"GET", "POST"}

@@ -5,10 +5,22 @@ No Airflow imports here, so the client is testable alone and usable from other w
 
 from .client import XnatClient
 from .config import ClientConfig
+from .containers import (
+    BulkLaunch,
+    Command,
+    Container,
+    ContainerWatch,
+    Launch,
+    LaunchPlan,
+    LaunchTarget,
+    Workflow,
+    Wrapper,
+)
 from .errors import (
     XnatAuthError,
     XnatBadInputError,
     XnatConflictError,
+    XnatContainerFailedError,
     XnatError,
     XnatNotFoundError,
     XnatPermissionError,
@@ -20,17 +32,27 @@ from .protocol import base_path
 
 __all__ = [
     "AliasToken",
+    "BulkLaunch",
     "ClientConfig",
+    "Command",
+    "Container",
+    "ContainerWatch",
     "Experiment",
+    "Launch",
+    "LaunchPlan",
+    "LaunchTarget",
     "Manifest",
     "PrearchiveSession",
     "RemoteFile",
     "Scan",
     "SessionRef",
+    "Workflow",
+    "Wrapper",
     "XnatAuthError",
     "XnatBadInputError",
     "XnatClient",
     "XnatConflictError",
+    "XnatContainerFailedError",
     "XnatError",
     "XnatNotFoundError",
     "XnatPermissionError",

@@ -22,6 +22,7 @@ import tenacity
 
 from . import core
 from .config import ClientConfig, Secrets
+from .containers import Container, Workflow, container_lookup, workflow_container_lookup, workflow_lookup
 from .models import Experiment, PrearchiveSession, Scan
 from .protocol import (
     Lookup,
@@ -201,6 +202,20 @@ class AsyncXnatClient:
 
     async def list_resources(self, path: str) -> list[dict[str, str]]:
         return await self._read(listing(f"{path}/resources"))
+
+    # ---- the Container Service: following a launch (see :mod:`.containers`) -----------------------------
+    async def get_workflow(self, workflow_id: str | int) -> Workflow:
+        """As the sync client's: a launch's workflow (``GET /data/workflows/{id}?format=json``)."""
+        return await self._read(workflow_lookup(workflow_id))
+
+    async def workflow_container(self, workflow_id: str | int) -> str | None:
+        """As the sync client's: the workflow's container id, None while queued, or
+        :class:`~xnat_provider.client.errors.XnatContainerFailedError` when the launch failed before one existed."""
+        return await self._read(workflow_container_lookup(workflow_id))
+
+    async def get_container(self, container_id: str | int) -> Container:
+        """As the sync client's: a container by database id or backend id (``GET /xapi/containers/{id}``)."""
+        return await self._read(container_lookup(container_id))
 
 
 def _answer(resp: httpx.Response) -> core.Answer:

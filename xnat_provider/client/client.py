@@ -8,7 +8,8 @@
         xnat.download_scans("P1", archived.label, "out/", scans=["T1w"])
 
 Each capability lives in its own module (auth and retries decided in ``core`` and carried out over requests in
-``session``, then ``archive``, ``prearchive``, ``imports``, ``downloads``, ``uploads``); this class only puts them
+``session``, then ``archive``, ``prearchive``, ``imports``, ``downloads``, ``uploads``, and ``containers`` for the
+Container Service); this class only puts them
 together over one login. Code outside the client (the Airflow layer) uses this class's public members only
 (``base_url``, ``redact``, ``config`` and the calls), never ``session``, the transport.
 """
@@ -23,6 +24,7 @@ import pydicom
 
 from .archive import ArchiveMixin
 from .config import ClientConfig
+from .containers import ContainerMixin
 from .downloads import BROKEN, DownloadMixin
 from .errors import XnatTransferError
 from .imports import ImportMixin
@@ -33,7 +35,7 @@ from .session import XnatSession
 from .uploads import UploadMixin
 
 
-class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, UploadMixin):
+class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, UploadMixin, ContainerMixin):
     """One XNAT server, one login, shared safely between threads. See the module docstring."""
 
     def __init__(self, url: str | ClientConfig, user: str | None = None, password: str | None = None,

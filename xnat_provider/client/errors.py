@@ -63,6 +63,28 @@ class XnatBadInputError(XnatError, ValueError):
     (400, 417, 422)."""
 
 
+class XnatContainerFailedError(XnatError):
+    """A Container Service launch that did not end ``Complete``: the launch failed before any container existed
+    (its workflow's status is ``Failed (...)`` and ``details`` says why: a command resolution failure, a missing
+    image...), or the container ended ``Failed`` (a non-zero exit, outputs that could not be uploaded), or was
+    killed. ``status`` stays the HTTP status (None here); the container's own is ``container_status``.
+
+    A retry launches the wrapper again (a failed container is never adopted), so whether one is worth it depends on
+    the pipeline: ``xnat_retry_policy`` leaves this class to the task's ``retries``; the launch operator raises a
+    fail-fast subclass unless told otherwise (``retry_failed_container``)."""
+
+    def __init__(self, message: str, *, container_id: str | None = None, workflow_id: str | None = None,
+                 container_status: str | None = None, exit_code: str | None = None, killed: bool = False,
+                 details: str | None = None, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.container_id = container_id
+        self.workflow_id = workflow_id
+        self.container_status = container_status
+        self.exit_code = exit_code
+        self.killed = killed
+        self.details = details
+
+
 class RedactedCause(Exception):
     """A stand-in for what the HTTP library raised, set as the ``__cause__`` of the client's error in its place.
 

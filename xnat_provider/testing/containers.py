@@ -520,6 +520,7 @@ class Container:
     command_line: str
     work_dir: Path
     token_alias: str | None = None
+    container_inputs: list[dict] = field(default_factory=list)  # Container.maskedInputs(): raw, then resolved
     status: str | None = None
     status_time: float | None = None
     history: list[dict] = field(default_factory=list)
@@ -578,7 +579,7 @@ class Containers:
         self.workflows: dict[int, Workflow] = {}
         self.containers: dict[int, Container] = {}
         self._ids = {"command": 0, "wrapper": 0, "workflow": 10000, "container": 0, "history": 0, "mount": 0,
-                     "output": 0}
+                     "input": 0, "output": 0}
         self._launch_failures: list[str] = []
         self.resolution_failures: list[str] = []  # launches that failed without a workflow to tell it
         # Scratch space of the previous run (its containers are gone with it): mounts and saved logs.
@@ -961,7 +962,7 @@ class Containers:
             self._fail_launch(workflow, "Failed (Container launch)",
                               f"Status 404: {{\"message\":\"No such image: {cmd['image']}\"}}")
             return
-        container = self._create_container(cmd, wrapper, resolved, root, project, user, workflow)
+        container = self._create_container(cmd, wrapper, resolved, root, project, user, workflow, params)
         self._pause()
         for event in ("create", "start"):  # the Docker events the status updater turns into history
             self._add_history(container, event, "event")
@@ -976,7 +977,7 @@ class Containers:
         self._set_workflow(workflow, status, details)
 
     def _create_container(self, cmd: dict, wrapper: dict, resolved: dict, root: XnatObject, project: str,
-                          user: str, workflow: Workflow | None) -> Container:
+                          user: str, workflow: Workflow | None, params: dict[str, str] | None = None) -> Container:
         cid = self._next("container")
         work = self.data_dir / "containers" / str(cid)
         mounts, mount_paths = [], {}
@@ -1017,13 +1018,33 @@ class Containers:
             line = line.replace(key, values.get(ci["name"], ""))
         c = Container(cid, secrets.token_hex(32), cmd, wrapper, workflow, user, project, root,
                       dict(resolved["objects"]), values, mounts, outputs, env, labels, line, work,
-                      token_alias=token["alias"])
+                      token_alias=token["alias"],
+                      container_inputs=self._container_inputs(cmd, wrapper, resolved, params or {}))
         with self._lock:
             self.containers[cid] = c
             if workflow is not None:
                 workflow.comments = c.container_id  # updateWorkflowWithContainer: the backend's id
         self._add_history(c, CREATED, "user", user)  # HibernateContainerEntityService.save
         return c
+
+    def _container_inputs(self, cmd: dict, wrapper: dict, resolved: dict, params: dict[str, str]) -> list[dict]:
+        """``Container.maskedInputs`` (the container's ``inputs``): the launch's parameters as given (type ``raw``,
+        ``Builder.addRawInputs``), then the resolved values (``addResolvedInputs``: ``command``,
+        ``wrapper-external``, ``wrapper-derived``; a missing value is the text ``null``). A sensitive input's value
+        is ``*****``, and when any input is sensitive the raw inputs are left out altogether."""
+        values = resolved["values"]
+        resolved_inputs = [("command", i) for i in cmd["inputs"]] + \
+            [("wrapper-external", i) for i in wrapper["external-inputs"]] + \
+            [("wrapper-derived", i) for i in wrapper["derived-inputs"]]
+        sensitive = any(bool(i.get("sensitive")) for _, i in resolved_inputs)
+        out = [] if sensitive else [{"id": self._next("input"), "type": "raw", "name": k, "value": v,
+                                     "sensitive": False} for k, v in params.items()]
+        for kind, i in resolved_inputs:
+            value = values.get(i["name"])
+            out.append(drop_none({"id": self._next("input"), "type": kind, "name": i["name"],
+                                  "value": "*****" if i.get("sensitive") else ("null" if value is None else value),
+                                  "sensitive": i.get("sensitive")}))
+        return out
 
     def _copy_files(self, obj: XnatObject, dest: Path) -> None:
         """An input mount's files: a session's folder (``SCANS/{id}/{label}/...``, ``RESOURCES/{label}/...``), a
@@ -1220,8 +1241,8 @@ class Containers:
                     "status-time": java_date(c.status_time) if c.status_time else None, "wrapper-id": c.wrapper["id"],
                     "user-id": c.user, "project": c.project, "backend": "docker", "docker-image": c.command["image"],
                     "command-line": "[REDACTED]" if c.command_line else "", "env": {}, "ports": {}, "mounts": [],
-                    "outputs": [], "history": [], "log-paths": [], "container-labels": {}, "secrets": [],
-                    "swarm": False})
+                    "inputs": [], "outputs": [], "history": [], "log-paths": [], "container-labels": {},
+                    "secrets": [], "swarm": False})
             env = {k: ("******" if k == "XNAT_PASS" else v) for k, v in c.env.items()}  # scrubPasswordEnv
             return drop_none({
                 "id": c.id, "command-id": c.command["id"], "status": c.status,
@@ -1232,7 +1253,8 @@ class Containers:
                 "override-entrypoint": bool(c.command.get("override-entrypoint", False)),
                 "working-directory": c.command.get("working-directory"), "subtype": c.command.get("type", "docker"),
                 "env": env, "ports": dict(c.command.get("ports") or {}), "mounts": copy.deepcopy(c.mounts),
-                "outputs": copy.deepcopy(c.outputs), "history": copy.deepcopy(c.history),
+                "inputs": copy.deepcopy(c.container_inputs), "outputs": copy.deepcopy(c.outputs),
+                "history": copy.deepcopy(c.history),
                 "log-paths": list(c.log_paths), "container-labels": dict(c.labels), "secrets": [], "swarm": False})
 
     def listing(self, user: str, project: str | None = None, nonfinalized: bool = False) -> list[dict]:
