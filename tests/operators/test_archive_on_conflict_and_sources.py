@@ -1,5 +1,6 @@
-"""``XnatArchiveOperator`` after a code review: ``on_conflict="append"`` merges in one archive request, and
-sessions given as project/timestamp/folder dicts."""
+"""``XnatArchiveOperator``: ``on_conflict="append"`` merges in one archive request (no first try left in
+CONFLICT), the ``overwrite`` sent for each ``on_conflict``, and prearchive sessions given as
+project/timestamp/folder dicts."""
 
 from __future__ import annotations
 
