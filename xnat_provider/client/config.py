@@ -75,6 +75,8 @@ class ClientConfig:
     CA bundle path. ``retries`` counts attempts of an idempotent request; ``backoff`` is the first wait in
     seconds, doubled each time up to ``backoff_max``. ``settle_seconds`` is how long to look for the effect of an
     import or archive whose answer was lost before sending it again (XNAT may still be working on it).
+    ``progress_interval`` is the least time in seconds between two progress lines of a long transfer (a line also
+    needs another tenth of the total done; ``math.inf``: summaries only, see :mod:`.progress`).
     ``on_secret`` is called with every secret the client
     learns (password, token secrets, session ids) so that a host, such as Airflow, can mask it in logs.
 
@@ -95,6 +97,7 @@ class ClientConfig:
     backoff_max: float = 60.0
     workers: int = 4
     settle_seconds: float = 30.0
+    progress_interval: float = 10.0
     user_agent: str = f"airflow-provider-xnat/{__version__}"
     on_secret: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -106,6 +109,8 @@ class ClientConfig:
             _check_number(name, getattr(self, name), positive=True)
         for name in ("backoff", "backoff_max", "settle_seconds"):
             _check_number(name, getattr(self, name), minimum=0)
+        if self.progress_interval != math.inf:
+            _check_number("progress_interval", self.progress_interval, minimum=0)
         if not isinstance(self.verify, bool):
             if not isinstance(self.verify, str) or not self.verify.strip():
                 raise XnatBadInputError(f"verify must be True, False or the path of a CA bundle, not {self.verify!r}"

@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import tenacity
 
@@ -88,6 +88,42 @@ def redirected_base(base_url: str, final_url: str) -> str | None:
     m = re.match(r"(.*?)/(?:app|data)/", final_url)
     new_base = (m.group(1) if m else final_url).rstrip("/")
     return new_base if new_base and new_base != base_url else None
+
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_SITE_MOVES = 3  # a redirect loop between bases is an error, not an endless chase
+
+
+def login_redirect(base_url: str, status: int, location: str | None) -> str | None:
+    """The server URL to log in at instead, when the login (``POST {base_url}/data/services/auth``) was answered
+    with a redirect to another base (http to https, a path prefix, another host); None for any other answer, or a
+    redirect within the same base (XNAT's own login page, for instance), which stays the login's failure.
+
+    The client sends no probe ahead of its login: a site URL that moved costs requests only where it did move.
+    Never from https to http: the login would carry the password in clear."""
+    if status not in REDIRECTS or not location:
+        return None
+    new_base = redirected_base(base_url, urljoin(base_url + LOGIN_PATH, location.strip()))
+    return None if new_base is None or downgrade(base_url, new_base) else new_base
+
+
+def downgrade(base_url: str, new_base: str) -> bool:
+    return urlsplit(base_url).scheme == "https" and urlsplit(new_base).scheme != "https"
+
+
+def moved_base(base_url: str, requested: str, final: str) -> str | None:
+    """The new server URL when a request to ``requested`` (``base_url`` + a path) was redirected to the same path
+    under another base (``final``): the site moved since the login. None for any other redirect (a 303 to another
+    path, as the archive service answers), which says nothing about the site."""
+    if not requested.startswith(base_url + "/"):
+        return None
+    rest = urlsplit(requested[len(base_url):]).path
+    moved = urlsplit(final)
+    if not rest or rest == "/" or not moved.path.endswith(rest):
+        return None
+    new_base = f"{moved.scheme}://{moved.netloc}{moved.path[:len(moved.path) - len(rest)]}".rstrip("/")
+    ok = new_base != base_url and moved.scheme in ("http", "https") and not downgrade(base_url, new_base)
+    return new_base if ok else None
 
 
 def session_gone(status: int, text: str) -> bool:

@@ -3,6 +3,10 @@
 Why each rule:
 - **One login.** XNAT creates an HTTP session for every basic-auth request that has no cookie, and warns that
   this can exhaust Tomcat; so the client logs in once (``/data/services/auth``) and rides on ``JSESSIONID``.
+  Nothing is sent before it: a fresh client's first call costs two requests, the login and the call. A site URL
+  that moved is followed where it shows: a login answered with a redirect to another base (http to https, a path
+  prefix, another host; never https to http) is sent again there, a login answered 404 looks once at where the
+  site's root redirects, and a later answer redirected to the same path under another base moves the client there.
 - **Re-login once on 401.** Sessions expire after 15 idle minutes; long jobs must survive that. Several
   threads may see the 401 at once: only the first logs in again (a generation counter tells the others the
   cookie is fresh). A second 401 is an :class:`XnatAuthError`, never a loop of logins: XNAT locks accounts
@@ -108,8 +112,11 @@ class XnatSession:
         self.http.headers["User-Agent"] = config.user_agent
         self.http.verify = config.verify
         self.http.cookies.set_policy(core.SessionCookiePolicy())
+        # One pooled connection per worker thread (requests keeps 10 by default and drops the rest after use).
+        pool = max(10, config.workers)
+        for prefix in ("http://", "https://"):
+            self.http.mount(prefix, requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool))
         self._lock = threading.Lock()  # held around every use of the login state
-        self._rebased = False
         self.secrets = Secrets(config.on_secret)
         self.add_secret, self.redact = self.secrets.add, self.secrets.redact
         self._state = core.LoginState(config, self.secrets)
@@ -149,9 +156,30 @@ class XnatSession:
                 self._login_locked()
 
     def _login_locked(self) -> None:
+        """The login: ``POST /data/services/auth``, sent first (no probe of the site ahead of it). Only when XNAT (or
+        a proxy in front of it) answers it with a redirect to another base (http to https, a path prefix, another
+        host) is the login sent there, and that base used from then on; a 404 (a site root that only redirects
+        there, such as ``https://host`` for ``https://host/xnat``) costs one ``GET /`` to look for such a move."""
         form = self._state.begin()
-        if not self._rebased:
-            self._follow_site_redirect()
+        looked_at_root = False
+        for moves in range(core.MAX_SITE_MOVES + 1):
+            status, location, text = self._post_login(form)
+            new_base = core.login_redirect(self.base_url, status, location)
+            if new_base is None and status in (404, 405) and not looked_at_root:
+                looked_at_root = True
+                new_base = self._site_root_redirect()
+            if new_base is None or moves == core.MAX_SITE_MOVES:
+                break
+            self._rebase(new_base)
+        sid = self._state.finish(status, text)
+        if not self.http.cookies.get(core.SESSION_COOKIE):
+            host = urlsplit(self.base_url).hostname or ""
+            self.http.cookies.set(core.SESSION_COOKIE, sid, domain=host, path="/")
+        self._state.established(self.base_url)
+
+    def _post_login(self, form: dict[str, str]) -> tuple[int, str | None, str]:
+        """One login request, redirects not followed (a POST's body is not resent by a redirect): status,
+        ``Location`` and body, or the ambiguous error for a login that got no whole answer."""
         failure = None
         try:
             resp = self.http.post(self.base_url + core.LOGIN_PATH, data=form, allow_redirects=False,
@@ -162,24 +190,22 @@ class XnatSession:
         if failure is not None:
             raise failure  # outside the except block: the library's exception is not even its context
         self.requests_sent += 1
-        sid = self._state.finish(resp.status_code, text)
-        if not self.http.cookies.get(core.SESSION_COOKIE):
-            host = urlsplit(self.base_url).hostname or ""
-            self.http.cookies.set(core.SESSION_COOKIE, sid, domain=host, path="/")
-        self._state.established(self.base_url)
+        return resp.status_code, resp.headers.get("Location"), text
 
-    def _follow_site_redirect(self) -> None:
-        """A server URL that redirects (http to https, a moved path) is followed once and used from then on."""
-        self._rebased = True
+    def _site_root_redirect(self) -> str | None:
+        """Where ``GET /`` of the site ends up, when that is another base; None otherwise (or unreachable: the
+        login's own answer is then the error to report)."""
         try:
             resp = self.http.get(self.base_url + "/", timeout=(self.config.connect_timeout, 30), allow_redirects=True)
+            resp.close()
         except TRANSPORT_ERRORS:
-            return  # the login request reports the connection problem
+            return None
         self.requests_sent += 1 + len(resp.history)
-        new_base = core.redirected_base(self.base_url, resp.url) if resp.history else None
-        if new_base:
-            log.warning("XNAT at %s redirects to %s; using that from now on", self.base_url, new_base)
-            self.base_url = new_base
+        return core.redirected_base(self.base_url, resp.url) if resp.history else None
+
+    def _rebase(self, new_base: str) -> None:
+        log.warning("XNAT at %s redirects to %s; using that from now on", self.base_url, new_base)
+        self.base_url = new_base
 
     def _relogin(self, generation: int, confirm: bool = False) -> bool:
         """Log in again unless another thread has since (then True at once). With ``confirm``, first ask XNAT
@@ -306,6 +332,11 @@ class XnatSession:
         resp = self.http.request(method, self.url(path), params=params, data=body, headers=headers, stream=stream,
                                  allow_redirects=allow_redirects,
                                  timeout=(self.config.connect_timeout, self.config.read_timeout))
-        self.requests_sent += 1
+        self.requests_sent += 1 + len(resp.history)
+        if resp.history:  # followed: if it was the site that moved (same path, another base), go there directly
+            moved = core.moved_base(self.base_url, self.url(path), resp.url)
+            if moved is not None:
+                with self._lock:
+                    self._rebase(moved)
         log.debug("%s %s -> %s in %.3f s", method, self.redact(path), resp.status_code, time.monotonic() - started)
         return resp

@@ -33,12 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-import requests
-
 from . import downloads
-from .downloads import BROKEN, CHUNK, THREADED_MD5_MIN, BackgroundMD5, DownloadMixin, check_relpath
+from .downloads import BROKEN, CHUNK, Body, DownloadMixin, check_relpath, receive
 from .errors import XnatBadInputError, XnatTransferError
 from .models import Manifest, RemoteFile
+from .progress import NO_PROGRESS, Progress
 from .session import chained, redacted_cause
 
 log = logging.getLogger("xnat_provider.client")
@@ -272,18 +271,26 @@ def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile,
         known.update(check_targets(mine))
     for parent in {t.parent for t in stored}:
         parent.makedirs()
+    if not pairs:
+        return Manifest()
+    progress = client._progress(f"Download to {client._where([t for _, t in pairs])}", pairs)
 
     def one(pair: tuple[RemoteFile, Target]) -> dict:
         remote, target = pair
         if isinstance(target, Path):
-            return client._download_one(remote, target)
-        return download_one(client, remote, target, known)
+            return client._download_one(remote, target, progress)
+        return download_one(client, remote, target, known, progress)
 
+    limit = max(1, min(len(pairs), workers or client.session.config.workers))
+    if limit == 1:
+        results = [one(p) for p in pairs]
+    else:
+        with ThreadPoolExecutor(max_workers=limit) as pool:
+            results = list(pool.map(one, pairs))
     manifest = Manifest()
-    with ThreadPoolExecutor(max_workers=max(1, workers or client.session.config.workers)) as pool:
-        results = list(pool.map(one, pairs))
     for (remote, _), entry in zip(pairs, results, strict=True):
         manifest.add(entry["path"], entry["size"], entry["md5"], entry["skipped"], uri=remote.uri)
+    progress.finish()
     return manifest
 
 
@@ -295,7 +302,10 @@ def download_file_to_storage(client: DownloadMixin, remote: RemoteFile, target: 
     check_folder(target.parent, f"Cannot download {target.name}: its folder")
     known = check_targets([target])
     target.parent.makedirs()
-    return download_one(client, remote, target, known)
+    progress = client._progress(f"Download of {target}", [(remote, target)])
+    entry = download_one(client, remote, target, known, progress)
+    progress.finish()
+    return entry
 
 
 def _known(target: FsPath, known: Mapping[str, int] | None) -> int | None:
@@ -308,14 +318,23 @@ def _known(target: FsPath, known: Mapping[str, int] | None) -> int | None:
 class _PartWriter:
     """The open upload stream onto ``<name>.part``. Kept open across a broken transfer in one try, so the rest
     of the file (a Range request) is written after what came before, on any file system; closed and removed
-    when its bytes are wrong, closed and kept when it may be resumed by a later try."""
+    when its bytes are wrong, closed and kept when it may be resumed by a later try. ``counted``: the bytes of it
+    counted as done in the call's progress."""
 
-    def __init__(self, part: FsPath, have: int):
-        self.part, self.have = part, have
+    def __init__(self, part: FsPath, have: int, progress: Progress = NO_PROGRESS):
+        self.part, self.have, self.progress, self.counted = part, have, progress, 0
         self.fh: IO[bytes] | None = part.open_write(append=have > 0)
+
+    def write(self, view: memoryview) -> None:
+        assert self.fh is not None
+        self.fh.write(bytes(view))  # a copy: a file system may keep what it is given, and the buffer is reused
+        self.have += len(view)
+        self.counted += len(view)
 
     def restart(self) -> None:
         self.drop()
+        self.progress.credit(-self.counted)
+        self.counted = 0
         self.fh, self.have = self.part.open_write(), 0
 
     def commit(self, target: FsPath) -> None:
@@ -348,13 +367,14 @@ class _PartWriter:
 
 
 def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
-                 known: Mapping[str, int] | None = None) -> dict:
+                 known: Mapping[str, int] | None = None, progress: Progress = NO_PROGRESS) -> dict:
     """One listed file to ``target`` on storage, verified; skipped when already there with the catalog's MD5.
 
     ``known``: sizes of the files already there, from :func:`check_targets` (else each is looked up)."""
     size = _known(target, known)
     if size is not None and (remote.size is None or size == remote.size) and remote.digest \
             and md5_fs(target) == remote.digest:
+        progress.file_done(skipped_bytes=size)
         return {"path": str(target), "size": size, "md5": remote.digest, "skipped": True}
     part = target.with_name(target.name + ".part")
     h = hashlib.md5()
@@ -365,13 +385,15 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
                 h.update(chunk)
     else:
         have = 0
-    out = _PartWriter(part, have)
+    out = _PartWriter(part, have, progress)
+    progress.credit(have)
+    out.counted = have
     attempts = client.session.config.retries
     broke: XnatTransferError | None = None
     try:
         for attempt in range(attempts):
             try:
-                h = _receive(client, remote, out, h)
+                h = _receive(client, remote, out, h, progress)
             except BROKEN as exc:
                 if attempt + 1 < attempts:
                     log.warning("Download of %s broke (%s); resuming", remote.uri, type(exc).__name__)
@@ -386,6 +408,7 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
             problem = client._check_download(remote, out.have, h.hexdigest())
             if problem is None:
                 out.commit(target)
+                progress.file_done()
                 return {"path": str(target), "size": out.have, "md5": h.hexdigest(), "skipped": False}
             if attempt + 1 >= attempts:
                 out.drop()
@@ -400,8 +423,10 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
     raise broke  # outside the except block: the library's exception is not its context
 
 
-def _receive(client: DownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any) -> Any:
-    """One request: the rest of the file (from ``out.have``) into ``out``; returns the MD5 of everything written.
+def _receive(client: DownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any,
+             progress: Progress = NO_PROGRESS) -> Any:
+    """One request: the rest of the file (from ``out.have``) into ``out``; returns the MD5 of everything written
+    (the same pipeline as a local download: :func:`~.downloads.receive`).
 
     A server that ignores Range (200) or refuses it (416) sends the whole file: ``out`` starts again."""
     headers = {"Range": f"bytes={out.have}-"} if out.have else None
@@ -412,23 +437,9 @@ def _receive(client: DownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any
             out.restart()
             h = hashlib.md5()
             if resp.status_code == 416:  # nothing left to fetch, or a bad range: start over
-                return _receive(client, remote, out, h) if had else h
-        expected = resp.headers.get("Content-Length")
-        big = expected is not None and expected.isdigit() and int(expected) >= THREADED_MD5_MIN
-        digest = BackgroundMD5(h) if big else h
-        got = 0
-        try:
-            assert out.fh is not None
-            for chunk in resp.iter_content(CHUNK):
-                out.fh.write(chunk)
-                digest.update(chunk)
-                out.have += len(chunk)
-                got += len(chunk)
-        finally:
-            if big:
-                digest.close()  # type: ignore[union-attr]
-        if expected is not None and got != int(expected):
-            raise requests.exceptions.ChunkedEncodingError(f"short body: {got} of {expected} bytes")
+                return _receive(client, remote, out, h, progress) if had else h
+        body = Body(resp)
+        receive(body, out.write, h, body.length, progress)
     return h
 
 

@@ -16,6 +16,7 @@ its file system as the request body, with the size from one listing, and every c
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -24,15 +25,18 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from .downloads import CHUNK, THREADED_MD5_MIN, BackgroundMD5, check_relpath, md5_of
+from .downloads import THREADED_MD5_MIN, Hasher, check_relpath, md5_of
 from .errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatTransferError
 from .models import Manifest, RemoteFile
+from .progress import NO_PROGRESS, Progress
 from .protocol import q, qpath
 from .session import XnatSession
 from .storage import FsPath, Target, as_target, md5_fs, open_read, storage_files
 
 log = logging.getLogger("xnat_provider.client")
 POLICIES = ("skip_identical", "overwrite", "fail")
+# The progress of the upload call running in this thread (or task), for each file it sends (see _put).
+_PROGRESS: contextvars.ContextVar[Progress] = contextvars.ContextVar("xnat_upload_progress", default=NO_PROGRESS)
 
 
 def local_files(source: Path, remote_dir: str = "") -> list[tuple[Path, str]]:
@@ -231,19 +235,34 @@ class UploadMixin:
         params = {k: v for k, v in (("format", format), ("content", content), ("tags", tags)) if v}
         if overwrite == "overwrite":
             params["overwrite"] = "true"
+        sending = [(src, extract_name(src))] if extract and todo else [(p, rel) for p, rel in pairs if rel in todo]
+        progress = Progress(f"Upload to {self.session.redact(res_path)}", sum(size_of(p) for p, _ in sending),
+                            len(sending), interval=self.session.config.progress_interval)
+        token = _PROGRESS.set(progress)  # the call's progress, for each _put
+        try:
+            kept = self._send_all(res_path, sending, expected, params, extract)
+        finally:
+            _PROGRESS.reset(token)
+        manifest = self._check_upload(res_path, expected, skipped, kept)
+        if sending:
+            progress.finish()
+        return manifest
+
+    def _send_all(self, res_path: str, sending: list[tuple[Target, str]], expected: dict[str, tuple[int, str]],
+                  params: dict[str, str], extract: bool) -> set[str]:
+        """PUT each file (or the zip, to extract), one at a time; the paths XNAT kept its own copy of
+        (``duplicates``). The MD5 of each file sent is filled into ``expected`` where it was not known."""
         kept: set[str] = set()
-        if extract:
-            if todo:
-                dups, _ = self._put(res_path, src, extract_name(src), {**params, "extract": "true"})
-                kept = {rel for rel in expected if rel in dups}
-        else:
-            for local, rel in pairs:
-                if rel in todo:
-                    dups, sent_md5 = self._put(res_path, local, rel, params)
-                    kept |= dups
-                    if not expected[rel][1]:
-                        expected[rel] = (expected[rel][0], sent_md5)
-        return self._check_upload(res_path, expected, skipped, kept)
+        for local, rel in sending:
+            if extract:
+                dups, _ = self._put(res_path, local, rel, {**params, "extract": "true"})
+                kept |= {r for r in expected if r in dups}
+                continue
+            dups, sent_md5 = self._put(res_path, local, rel, params)
+            kept |= dups
+            if not expected[rel][1]:
+                expected[rel] = (expected[rel][0], sent_md5)
+        return kept
 
     @staticmethod
     def _zip_entries(archive: Target) -> dict[str, tuple[int, str]]:
@@ -287,15 +306,17 @@ class UploadMixin:
         """PUT one file; returns the paths XNAT said it already had and kept (its ``duplicates`` answer) and
         the MD5 of the bytes sent, computed while sending them. A storage file streams from its file system."""
         url = f"{res_path}/files/{qpath(rel)}"
+        progress = _PROGRESS.get()
         readers: list[_HashingReader] = []
         with open_read(local) as fh:
 
             def body() -> object:  # a retry sends the file again from its start, hashing it afresh
                 for r in readers:
                     r.close()
+                    progress.credit(-r.sent)
                 fh.seek(0)
                 size = local.size() if isinstance(local, FsPath) else os.fstat(fh.fileno()).st_size
-                readers.append(_HashingReader(fh, size))
+                readers.append(_HashingReader(fh, size, progress))
                 return readers[-1]
 
             try:
@@ -305,6 +326,7 @@ class UploadMixin:
             finally:
                 for r in readers:
                     r.close()
+        progress.file_done()
         answer = resp.text.strip()
         if not answer.startswith("{"):
             return set(), sent_md5
@@ -342,30 +364,46 @@ class UploadMixin:
 
 
 class _HashingReader:
-    """A file body for ``requests`` that computes the MD5 of what is read, in 1 MiB blocks.
+    """A file body for ``requests`` that computes the MD5 of what is read.
 
-    ``__len__`` gives ``requests`` the Content-Length (no chunked encoding); urllib3 sends whatever ``read``
-    returns, so blocks of 1 MiB (rather than its 16 KiB) keep the per-block Python overhead small. Big files are
-    hashed on a helper thread, in parallel with sending.
+    ``__len__`` gives ``requests`` the Content-Length (no chunked encoding). Each ``read`` fills one buffer of a
+    small recycled pool (``readinto``: no new bytes object per block) and returns a view of it, which urllib3 sends
+    before it reads again; the buffer goes to the MD5 (a helper thread for big files, in parallel with sending) and
+    back to the pool once hashed. Blocks of :data:`~.downloads.BUFFER` (256 KiB) rather than urllib3's 16 KiB keep
+    the per-block Python overhead small, and stay in the CPU's cache from the file through MD5 to the socket.
     """
 
-    def __init__(self, fh: IO[bytes], size: int):
+    def __init__(self, fh: IO[bytes], size: int, progress: Progress = NO_PROGRESS):
         self._fh = fh
         self._size = size
-        self._md5 = BackgroundMD5() if size >= THREADED_MD5_MIN else hashlib.md5()
+        self._progress = progress
+        self._hasher = Hasher(hashlib.md5(), threaded=size >= THREADED_MD5_MIN)
+        self._readinto = getattr(fh, "readinto", None)
+        self.sent = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def read(self, n: int = -1) -> bytes:
-        chunk = self._fh.read(max(n, CHUNK) if n is not None and n >= 0 else -1)  # type: ignore[attr-defined]
-        if chunk:
-            self._md5.update(chunk)
-        return chunk
+    def read(self, n: int = -1) -> memoryview | bytes:
+        buf = self._hasher.take()
+        view = memoryview(buf)
+        if self._readinto is not None:
+            got = self._readinto(view)
+        else:  # a file object without readinto
+            data = self._fh.read(len(view))
+            got = len(data)
+            view[:got] = data
+        if not got:
+            self._hasher.put_back(buf)
+            return b""
+        self._hasher.give(buf, got)
+        self.sent += got
+        self._progress.add(got)
+        return view[:got]
 
     def close(self) -> None:
-        if isinstance(self._md5, BackgroundMD5):
-            self._md5.close()
+        self._hasher.close()
 
     def hexdigest(self) -> str:
-        return self._md5.hexdigest()
+        self._hasher.close()
+        return str(self._hasher.h.hexdigest())
