@@ -35,8 +35,9 @@ def put_session_as(emu, tmp_path: Path, label: str, auth: tuple[str, str]) -> di
 class Watcher:
     """Runs a trigger in the background, collecting its events, as the triggerer would."""
 
-    def __init__(self, store: FakeAssetStore | None, **kwargs) -> None:
+    def __init__(self, store: FakeAssetStore | None, emu=None, **kwargs) -> None:
         kwargs.setdefault("project", "P1")
+        self.emu, self.listing = emu, rf"^/data/prearchive/projects/{kwargs['project']}$"
         self.trigger = XnatPrearchiveEventTrigger(poll_interval=0.05, **kwargs)
         self.trigger.asset_state_store = store
         self.events: list[dict] = []
@@ -65,9 +66,16 @@ class Watcher:
             await asyncio.sleep(0.05)
         return self.events
 
-    async def polls(self, n: int = 5) -> None:
-        """Let it poll ``n`` more times."""
-        await asyncio.sleep(n * 0.05 + 0.2)
+    async def polls(self, n: int = 5, timeout: float = 15.0) -> None:
+        """Let it poll ``n`` more times: counted on the emulator, so a slow machine only makes it wait longer."""
+        assert self.emu is not None, "Watcher(store, emu) counts polls on the emulator"
+        target = self.emu.request_count("GET", self.listing) + n
+        deadline = time.monotonic() + timeout
+        while self.emu.request_count("GET", self.listing) < target:
+            assert self.task is not None and not self.task.done(), "the watcher stopped"
+            assert time.monotonic() < deadline, f"fewer than {n} polls in {timeout} s"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # the last answer reaches the trigger
 
 
 async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path) -> None:
@@ -76,7 +84,7 @@ async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path)
     a = await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1")
     b = await asyncio.to_thread(put_session, emu, tmp_path, "S02_MR1", "S02")
     hold(emu, b, "RECEIVING")
-    async with Watcher(store) as w:
+    async with Watcher(store, emu) as w:
         events = await w.until(1)
         await w.polls()
         assert [e["prearchive_session"]["name"] for e in w.events] == ["S01_MR1"]  # not S02, still RECEIVING
@@ -91,7 +99,7 @@ async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path)
 
     # "Triggerer restart": a new instance, the same asset state store. Nothing is announced again.
     before = emu.request_count("GET", r"/data/prearchive/projects/P1")
-    async with Watcher(store) as w2:
+    async with Watcher(store, emu) as w2:
         await w2.polls(8)
         assert emu.request_count("GET", r"/data/prearchive/projects/P1") > before  # it did poll
         assert w2.events == []
@@ -110,7 +118,7 @@ async def test_fires_once_per_ready_session_across_restarts(xnat_conn, tmp_path)
 
 async def test_without_a_store_it_remembers_in_memory(xnat_conn, tmp_path) -> None:
     await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
-    async with Watcher(None) as w:
+    async with Watcher(None, xnat_conn) as w:
         await w.until(1)
         await w.polls(6)
         assert len(w.events) == 1
@@ -121,7 +129,7 @@ async def test_quiet_period_and_failed_sessions(xnat_conn, tmp_path) -> None:
     hold(xnat_conn, bad, "CONFLICT")
     await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
     t0 = time.monotonic()
-    async with Watcher(FakeAssetStore(), quiet_period=0.6) as w:
+    async with Watcher(FakeAssetStore(), xnat_conn, quiet_period=0.6) as w:
         await w.until(1)
         assert time.monotonic() - t0 >= 0.6
         await w.polls()
@@ -199,7 +207,7 @@ async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_
     caplog.set_level(logging.DEBUG, logger="xnat_provider.triggers")
     emu = xnat_conn
     emu.auth.max_failed_logins = 3
-    async with Watcher(FakeAssetStore(), permanent_error_interval=0.2) as w:
+    async with Watcher(FakeAssetStore(), emu, permanent_error_interval=0.2) as w:
         await w.polls(4)
         assert emu.request_count("POST", LOGIN) == 1
         emu.add_user("admin", "Rotated-Password-2", admin=True)
@@ -208,7 +216,7 @@ async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_
         assert emu.request_count("POST", LOGIN) == 2  # one failed re-login, then silence
         assert len(loud(caplog)) == 1
         await asyncio.to_thread(put_session_as, emu, tmp_path, "S01_MR1", ("admin", "Rotated-Password-2"))
-        await w.polls(4)
+        await asyncio.sleep(0.5)  # it sends nothing now, so there are no polls to count
         assert w.events == []
         connect(monkeypatch, emu, "Rotated-Password-2")
         events = await w.until(1)
