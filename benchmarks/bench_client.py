@@ -125,7 +125,7 @@ def worker(mode: str, a: dict) -> dict:
             seconds = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
-            requests_sent = c.session.requests_sent
+            requests_sent = c.transport.requests_sent
         return {"seconds": seconds, "bytes": size, "requests_sent": requests_sent, "cpu_s": cpu,
                 "user_s": ru1.ru_utime - ru0.ru_utime, "system_s": ru1.ru_stime - ru0.ru_stime,
                 "memory": _peak(mem)}

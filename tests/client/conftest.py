@@ -28,7 +28,7 @@ def client(request: pytest.FixtureRequest, emulator: XnatEmulator, secrets: list
     emulator.add_user(user, password, admin=True)
     with XnatClient(emulator.url, user, password, backoff=0.01, on_secret=secrets.append) as c:
         yield c
-        cookie = c.session.session_id
+        cookie = c.transport.session_id
     assert password in secrets
     assert cookie is None or cookie in secrets  # the JSESSIONID cookie is a known secret too
     assert_no_secret(caplog.text, secrets)

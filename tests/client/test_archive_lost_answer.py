@@ -35,7 +35,7 @@ def labels(http: requests.Session, emulator: XnatEmulator, project: str = "P1") 
 def archive_posts_sent_by(client: XnatClient, monkeypatch: pytest.MonkeyPatch, before_send: dict[int, Any]) -> list:
     """Count the client's archive POSTs; ``before_send[n]()`` runs just before its n-th one (1-based) is sent."""
     sent: list[int] = []
-    original = client.session.request
+    original = client.transport.request
 
     def request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         if method == "POST" and path == ARCHIVE:
@@ -44,7 +44,7 @@ def archive_posts_sent_by(client: XnatClient, monkeypatch: pytest.MonkeyPatch, b
                 before_send[len(sent)]()
         return original(method, path, *args, **kwargs)
 
-    monkeypatch.setattr(client.session, "request", request)
+    monkeypatch.setattr(client.transport, "request", request)
     return sent
 
 

@@ -72,14 +72,14 @@ def client(emulator: XnatEmulator, caplog: pytest.LogCaptureFixture) -> Iterator
 def zips(client: XnatClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths of the zip GETs the client sends (``params={"format": "zip"}``)."""
     sent: list[str] = []
-    real = client.session.request
+    real = client.transport.request
 
     def spy(method: str, path: str, **kw):
         if (kw.get("params") or {}).get("format") == "zip":
             sent.append(path)
         return real(method, path, **kw)
 
-    monkeypatch.setattr(client.session, "request", spy)
+    monkeypatch.setattr(client.transport, "request", spy)
     return sent
 
 

@@ -112,7 +112,7 @@ class Spy:
 
     def __init__(self, client: XnatClient, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[tuple[str, str, str | None, int]] = []
-        real = client.session.http.request
+        real = client.transport.http.request
 
         def request(method: str, url: str, **kw):
             resp = real(method, url, **kw)
@@ -120,7 +120,7 @@ class Spy:
                                resp.status_code))
             return resp
 
-        monkeypatch.setattr(client.session.http, "request", request)
+        monkeypatch.setattr(client.transport.http, "request", request)
 
     def of(self, name: str) -> list[tuple[str | None, int]]:
         return [(rng, status) for m, n, rng, status in self.calls if m == "GET" and n == name]
@@ -312,7 +312,7 @@ def test_read_header_reads_only_the_start_of_a_large_file(client: XnatClient, se
 
     received: list[int] = []
     statuses: list[int] = []
-    real = client.session.http.request
+    real = client.transport.http.request
 
     def request(method: str, url: str, **kw):
         resp = real(method, url, **kw)
@@ -327,7 +327,7 @@ def test_read_header_reads_only_the_start_of_a_large_file(client: XnatClient, se
         resp.raw.read = counted
         return resp
 
-    monkeypatch.setattr(client.session.http, "request", request)
+    monkeypatch.setattr(client.transport.http, "request", request)
     header = client.read_header(remote, max_bytes=1 << 20)
     assert header.SOPInstanceUID == ds.SOPInstanceUID and header.SeriesDescription == "T1"
     assert "PixelData" not in header
@@ -362,7 +362,7 @@ def test_truncated_body_fails_then_a_rerun_finishes(client: XnatClient, blobs: d
 def test_session_expiry_mid_download_logs_in_once_more(client: XnatClient, session: Session,
                                                        emulator: XnatEmulator, tmp_path: Path) -> None:
     files = client.list_files(f"{base_path(experiment=session.id, scan='2')}/resources/DICOM")
-    assert client.session.login_attempts == 1
+    assert client.transport.login_attempts == 1
     slow = files[0].path
     emulator.delay("GET", slow.replace(".", r"\."), seconds=0.5)
 
@@ -378,7 +378,7 @@ def test_session_expiry_mid_download_logs_in_once_more(client: XnatClient, sessi
     t.join()
     assert tree(tmp_path / "out") == session.scan_tree("1", "2", "3")
     assert manifest.transferred == 6
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     assert emulator.request_count("POST", "/data/services/auth") == 2
 
 

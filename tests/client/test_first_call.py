@@ -62,7 +62,7 @@ def test_a_fresh_clients_first_call_is_the_login_and_the_call(emulator: XnatEmul
     with XnatClient(emulator.url, "admin", "admin") as c:
         assert c.list_projects() == ["P1", "P2"]
         assert emulator.request_count() == 2
-        assert c.session.requests_sent == 2
+        assert c.transport.requests_sent == 2
         assert emulator.requests_sent("airflow-provider-xnat/")[-2:] == [
             ("POST", "/data/services/auth"), ("GET", "/data/projects")]
         assert c.base_url == emulator.url
@@ -144,7 +144,7 @@ def test_a_site_that_moved_to_another_base_is_followed_at_the_login(emulator: Xn
             assert c.base_url == emulator.url
             assert door.seen == [("POST", "/data/services/auth")]
             assert emulator.request_count() == 2  # the login and the call, both at the new base
-            assert c.session.requests_sent == 3
+            assert c.transport.requests_sent == 3
             assert c.list_projects() == ["P1", "P2"]
         assert door.seen == [("POST", "/data/services/auth")]
 

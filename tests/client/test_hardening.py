@@ -236,14 +236,14 @@ def test_no_secret_in_the_chain_of_a_token_call_that_fails(tmp_path: Path, failu
         # One attempt: a resent invalidate would find the token gone (404), which is its goal reached.
         c = XnatClient(config(emu, retries=1, read_timeout=0.3, on_secret=secrets.append, url=forwarder.url))
         token = c.issue_token()
-        sid = c.session.session_id
+        sid = c.transport.session_id
         inject(emu, failure, "tokens/", forwarder)
         with pytest.raises(XnatError) as info:
             if call == "validate":
                 c.validate_token(token)
             else:
                 c.invalidate_token(token)
-        c.session.http.close()
+        c.transport.http.close()
         forwarder.close()
     text = chain_text(info.value)
     assert "tokens/" in text  # the error still says where it failed...

@@ -722,12 +722,12 @@ def test_import_survives_session_expiry_with_one_relogin(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path
 ) -> None:
     client.import_dicom(study_zip, "P1")
-    assert client.session.login_attempts == 1
+    assert client.transport.login_attempts == 1
     emulator.expire_sessions()
 
     refs = client.import_dicom(study_zip, "P1")
 
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     assert len(refs) == 1 and len(rows(http, emulator)) == 2
 
 
@@ -739,7 +739,7 @@ def test_no_secret_in_logs_or_errors(
     errors: list[str] = []
     with XnatClient(emulator.url, "ops", SECRET, backoff=0.01, retries=3) as client:
         client.import_dicom(study_zip, "P1")
-        sid = client.session.session_id
+        sid = client.transport.session_id
         assert sid
         emulator.succeed_then_504("POST", IMPORT)
         client.import_dicom(study_zip, "P1", settle_seconds=5)

@@ -89,7 +89,7 @@ class Spy:
 
     def __init__(self, client: XnatClient, monkeypatch: pytest.MonkeyPatch):
         self.calls: list[tuple[str, str | None, int]] = []
-        real = client.session.http.request
+        real = client.transport.http.request
 
         def request(method: str, url: str, **kw: Any) -> requests.Response:
             resp = real(method, url, **kw)
@@ -97,7 +97,7 @@ class Spy:
                 self.calls.append((url.rsplit("/", 1)[-1], (kw.get("headers") or {}).get("Range"), resp.status_code))
             return resp
 
-        monkeypatch.setattr(client.session.http, "request", request)
+        monkeypatch.setattr(client.transport.http, "request", request)
 
     def of(self, name: str) -> list[tuple[str | None, int]]:
         return [(rng, status) for n, rng, status in self.calls if n == name]

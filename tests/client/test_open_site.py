@@ -65,7 +65,7 @@ def test_a_valid_session_costs_no_extra_request(client: XnatClient, site: XnatEm
     for _ in range(3):
         assert client.list_projects() == ["P1", "PUB"]
         assert len(client.list_experiments("P1")) == 1
-    assert client.session.login_attempts == 1 and auth_checks(site) == 0
+    assert client.transport.login_attempts == 1 and auth_checks(site) == 0
 
 
 def test_listings_after_expiry_are_whole_with_one_relogin(client: XnatClient, site: XnatEmulator) -> None:
@@ -73,13 +73,13 @@ def test_listings_after_expiry_are_whole_with_one_relogin(client: XnatClient, si
     site.expire_sessions()
     # As guest, XNAT answers 200 with only the public project: a silent partial listing, not an error.
     assert client.list_projects() == ["P1", "PUB"]
-    assert client.session.login_attempts == 2 and auth_checks(site) == 1
+    assert client.transport.login_attempts == 2 and auth_checks(site) == 1
     site.expire_sessions()
     # As guest, the private project's experiments are a 404.
     assert [e.project for e in client.list_experiments("P1")] == ["P1"]
-    assert client.session.login_attempts == 3 and auth_checks(site) == 2
+    assert client.transport.login_attempts == 3 and auth_checks(site) == 2
     # The jar holds the session of the last login, never one of the guest sessions XNAT offered meanwhile.
-    assert site.auth.session_user(client.session.session_id) == "alice"
+    assert site.auth.session_user(client.transport.session_id) == "alice"
 
 
 def test_session_replaced_and_auth_user() -> None:
@@ -102,7 +102,7 @@ def test_download_after_expiry_gets_every_file_with_one_relogin(client: XnatClie
     manifest = client.download_scans("P1", exp, tmp_path / "out")
     assert len(manifest.files) == 4
     assert all((tmp_path / "out" / f["path"]).stat().st_size == f["size"] for f in manifest.files)
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
 
 
 def test_upload_after_expiry_is_stored_with_one_relogin(client: XnatClient, site: XnatEmulator,
@@ -115,7 +115,7 @@ def test_upload_after_expiry_is_stored_with_one_relogin(client: XnatClient, site
     site.expire_sessions()
     manifest = client.upload(src, client.experiment_path("P1", exp), "NOTES")
     assert sorted(f["path"] for f in manifest.files) == ["a.txt", "b.txt"]
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     stored = requests.get(f"{site.url}/data/experiments/{exp.id}/resources/NOTES/files/b.txt",
                           auth=("admin", "admin"))
     assert stored.content == b"beta" * 1000
@@ -132,7 +132,7 @@ def test_upload_into_a_public_project_after_expiry(client: XnatClient, site: Xna
     site.expire_sessions()
     manifest = client.upload(src, path, "R")
     assert [f["path"] for f in manifest.files] == ["one.txt"]
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
 
 
 def test_concurrent_threads_share_one_check_and_one_relogin(client: XnatClient, site: XnatEmulator) -> None:
@@ -146,7 +146,7 @@ def test_concurrent_threads_share_one_check_and_one_relogin(client: XnatClient, 
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(call, range(8))) == [1] * 8
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     assert auth_checks(site) == 1
 
 
@@ -156,10 +156,10 @@ def test_a_post_refused_to_the_guest_is_resent_once(client: XnatClient, site: Xn
     refs = client.import_dicom(zip_files(study.files, tmp_path / "second.zip"), project="P1")
     site.expire_sessions()
     src = refs[0].uri.removeprefix("/data")
-    resp = client.session.request("POST", "/data/services/prearchive/rebuild", params={"src": src, "format": "json"},
+    resp = client.transport.request("POST", "/data/services/prearchive/rebuild", params={"src": src, "format": "json"},
                                   retry=False)
     assert [r["folderName"] for r in resp.json()["ResultSet"]["Result"]] == [refs[0].label]
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     assert site.request_count("POST", r"/data/services/prearchive/rebuild") == 2  # the guest's 403, then ours
 
 
@@ -168,10 +168,10 @@ def test_a_post_answered_to_the_guest_is_not_resent(client: XnatClient, site: Xn
     client.list_projects()
     site.expire_sessions()
     with pytest.raises(XnatServerError) as info:
-        client.session.request("POST", "/data/JSESSION", retry=False)
+        client.transport.request("POST", "/data/JSESSION", retry=False)
     assert is_ambiguous(info.value) and "served the request as the guest user" in str(info.value)
     assert site.request_count("POST", r"/data/JSESSION") == 1
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     assert client.whoami() == "alice"  # the session was renewed all the same
 
 
@@ -183,7 +183,7 @@ def test_guest_again_after_the_relogin_is_an_auth_error_not_a_loop(client: XnatC
     with pytest.raises(XnatAuthError) as info:
         client.list_experiments("P1")
     assert "even after logging in again" in str(info.value)
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
 
 
 def test_sites_that_require_a_login_keep_the_401_path(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_sites_that_require_a_login_keep_the_401_path(tmp_path: Path) -> None:
             assert c.list_projects() == ["P1", "PUB"]
             emu.expire_sessions()
             assert len(c.list_experiments("P1")) == 1
-            assert c.session.login_attempts == 2
+            assert c.transport.login_attempts == 2
             assert auth_checks(emu) == 0  # a 401 needs no check
     finally:
         emu.stop()

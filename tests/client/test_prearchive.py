@@ -668,7 +668,7 @@ def test_wrong_password_is_one_login_attempt(emulator: XnatEmulator, caplog: pyt
     with XnatClient(emulator.url, "ops", wrong, backoff=0.01) as client:
         with pytest.raises(XnatAuthError) as err:
             client.list_prearchive("P1")
-        assert client.session.login_attempts == 1
+        assert client.transport.login_attempts == 1
     assert failed_logins(emulator, "ops") == 1
     assert emulator.request_count("POST", "/data/services/auth") == 1
     assert err.value.status == 401 and "Login attempt failed" in str(err.value)
@@ -684,7 +684,7 @@ def test_wrong_password_on_archive_is_one_login_attempt(
     with XnatClient(emulator.url, "alice", "not-alice-pw", backoff=0.01) as client:
         with pytest.raises(XnatAuthError):
             client.archive(ref)
-        assert client.session.login_attempts == 1
+        assert client.transport.login_attempts == 1
     assert failed_logins(emulator, "alice") == 1
     assert emulator.request_count("POST", ARCHIVE) == 0
     assert [r["status"] for r in rows(http, emulator)] == ["READY"]
@@ -694,16 +694,16 @@ def test_session_expiry_between_calls_is_one_relogin(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, study: Study
 ) -> None:
     [ref] = client.import_dicom(study.files[0].parent, "P1")
-    assert client.session.login_attempts == 1
+    assert client.transport.login_attempts == 1
     emulator.expire_sessions()
 
     assert client.get_prearchive(ref).status == "READY"
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
     emulator.expire_sessions()
 
     archived = client.archive(ref)
 
-    assert archived.label == "S01_MR1" and client.session.login_attempts == 3
+    assert archived.label == "S01_MR1" and client.transport.login_attempts == 3
     assert emulator.request_count("POST", ARCHIVE) == 1
     assert [e["label"] for e in experiments(http, emulator)] == ["S01_MR1"]
 
@@ -714,7 +714,7 @@ def test_no_secret_in_logs_or_errors(emulator: XnatEmulator, tmp_path: Path, cap
     errors: list[str] = []
     with XnatClient(emulator.url, "ops", SECRET, backoff=0.01) as client:
         _first, ref = _conflict(client, tmp_path)
-        sid = client.session.session_id
+        sid = client.transport.session_id
         assert sid
         for call in (
             lambda: client.archive(ref),

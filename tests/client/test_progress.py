@@ -204,6 +204,6 @@ def test_progress_lines_hold_no_secret(emulator: XnatEmulator, tmp_path: Path,
         source = tmp_path / "s.bin"
         source.write_bytes(os.urandom(3000))
         c.upload(source, base_path("P1"), "S")
-        sid = c.session.session_id
+        sid = c.transport.session_id
     assert sid and sid not in caplog.text and "admin:admin" not in caplog.text
 

@@ -74,7 +74,7 @@ def test_one_login_serves_whoami_version_and_project_lookups(client: XnatClient,
     assert re.match(r"^\d+\.\d+", client.version()), client.version()
     assert client.project_exists(server.project) is True
     assert client.project_exists(f"NO_SUCH_PROJECT_{RUN_ID}") is False
-    assert client.session.login_attempts == 1  # the session cookie carries every later call
+    assert client.transport.login_attempts == 1  # the session cookie carries every later call
 
 
 # ---- import and archive ---------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_logout_ends_the_server_session(server: ContractServer) -> None:
     server until its idle timeout."""
     c = server.client()
     assert c.whoami() == server.user
-    cookie = c.session.session_id
+    cookie = c.transport.session_id
     assert cookie
     with requests.Session() as probe:
         probe.headers["User-Agent"] = "airflow-provider-xnat-contract-tests"
@@ -241,8 +241,8 @@ def test_expired_session_is_renewed_by_one_login(client: XnatClient, server: Con
                                                  needs_emulator: NeedsEmulator) -> None:
     emulator = needs_emulator("it expires sessions on demand; a real XNAT only after its idle timeout")
     assert client.whoami() == server.user
-    logins = client.session.login_attempts
+    logins = client.transport.login_attempts
     emulator.expire_sessions()
     assert client.whoami() == server.user
     assert client.list_projects()
-    assert client.session.login_attempts == logins + 1
+    assert client.transport.login_attempts == logins + 1

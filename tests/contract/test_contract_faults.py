@@ -49,10 +49,10 @@ def test_a_session_expired_mid_download_is_renewed_by_one_login(
         return resp
 
     monkeypatch.setattr(requests.Session, "request", request)
-    logins, server_logins = client.session.login_attempts, emulator.request_count("POST", LOGIN)
+    logins, server_logins = client.transport.login_attempts, emulator.request_count("POST", LOGIN)
     manifest = client.download_scans(server.project, study.session, tmp_path / "out", scans="ALL", workers=4)
     assert expired.is_set()
     assert (len(manifest.files), manifest.transferred) == (len(study.files), len(study.files))
     assert instances(Path(f["path"]) for f in manifest.files) == instances(study.files)
-    assert client.session.login_attempts == logins + 1
+    assert client.transport.login_attempts == logins + 1
     assert emulator.request_count("POST", LOGIN) == server_logins + 1

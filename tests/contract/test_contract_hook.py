@@ -19,8 +19,8 @@ def test_hook_client_is_the_connection_user_on_the_scratch_project(server: Contr
                                                                    xnat_conn_id: str) -> None:
     with XnatHook(xnat_conn_id) as hook:
         xnat = hook.get_conn()
-        assert xnat.session.base_url == server.url
+        assert xnat.transport.base_url == server.url
         assert xnat.whoami() == server.user
         assert xnat.project_exists(server.project)
         assert hook.get_conn() is xnat  # one client, one login, for everything the task does
-        assert xnat.session.login_attempts == 1
+        assert xnat.transport.login_attempts == 1

@@ -116,7 +116,7 @@ def test_secrets_are_handed_to_airflow_masking(conn_env, monkeypatch) -> None:
     hook.get_conn().list_projects()
     token = hook.issue_token()
     assert "admin" in masked  # the password
-    assert hook.get_conn().session.session_id in masked
+    assert hook.get_conn().transport.session_id in masked
     assert token.secret in masked
     hook.close()
 
@@ -133,7 +133,7 @@ def test_close_logs_out(conn_env) -> None:
     hook = XnatHook()
     client = hook.get_conn()
     client.list_projects()
-    sid = client.session.session_id
+    sid = client.transport.session_id
     hook.close()
     assert sid not in conn_env.auth.sessions
 

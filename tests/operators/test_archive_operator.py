@@ -196,7 +196,7 @@ def test_quarantine_and_trigger_pipelines_reach_the_archive_service(xnat_conn, s
     upstream = imported(study_zip)
     op = XnatArchiveOperator(task_id="archive", prearchive_sessions=upstream, quarantine=True, trigger_pipelines=False)
     sent: list[dict] = []
-    http = op.hook.get_conn().session.http
+    http = op.hook.get_conn().transport.http
     original = http.request
 
     def spy(method, url, **kw):

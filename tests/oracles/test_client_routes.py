@@ -21,7 +21,7 @@ from tests.support import wait_for
 from xnat_provider.client import XnatClient
 from xnat_provider.client.async_client import AsyncXnatClient
 from xnat_provider.client.import_body import plan_import
-from xnat_provider.client.session import ClientConfig
+from xnat_provider.client.transport import ClientConfig
 from xnat_provider.testing import XnatEmulator, xnat_routes
 from xnat_provider.testing.containers import hang_until_killed
 from xnat_provider.testing.containers_api import is_container_service_route

@@ -23,21 +23,21 @@ from .protocol import (
     scans_from_rows,
     scans_lookup,
 )
-from .session import XnatSession
+from .transport import XnatTransport
 
 SESSION_TYPES = ("xnat:mrSessionData", "xnat:ctSessionData", "xnat:petSessionData", "xnat:otherDicomSessionData")
 
 
 class ArchiveMixin:
-    session: XnatSession
+    transport: XnatTransport
 
     # ---- reading -----------------------------------------------------------------------------------
     def _rows(self, path: str, **params: Any) -> list[dict[str, str]]:
-        resp = self.session.request("GET", path, params={"format": "json", **params})
+        resp = self.transport.request("GET", path, params={"format": "json", **params})
         return result_rows(resp.content, "GET", path)
 
     def _item(self, path: str) -> dict[str, Any]:
-        resp = self.session.request("GET", path, params={"format": "json"})
+        resp = self.transport.request("GET", path, params={"format": "json"})
         return first_item(resp.content, "GET", path)
 
     def list_projects(self) -> list[str]:
@@ -56,16 +56,16 @@ class ArchiveMixin:
     def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
         """A project's (or a subject's) experiments, in the server's order; each with its ``insert_date``
         (see :func:`~xnat_provider.client.protocol.latest_experiment`)."""
-        return self.session.read(experiments_lookup(project, subject))
+        return self.transport.read(experiments_lookup(project, subject))
 
     def get_experiment(self, project: str, experiment: str) -> Experiment:
         """An experiment by label or ID within its project, subject label included (a second GET: the object
         document only has the subject's ID); :class:`XnatNotFoundError` if absent."""
-        return self.session.read(experiment_lookup(project, experiment))
+        return self.transport.read(experiment_lookup(project, experiment))
 
     def find_experiment(self, project: str, label: str) -> Experiment | None:
         """As :meth:`get_experiment`, or None when the experiment (or the project) is absent."""
-        return self.session.read(or_none(experiment_lookup(project, label)))
+        return self.transport.read(or_none(experiment_lookup(project, label)))
 
     def experiment_path(self, project: str, experiment: str | Experiment, subject: str | None = None) -> str:
         """The path under which XNAT routes an experiment's scans, assessors and files.
@@ -75,7 +75,7 @@ class ArchiveMixin:
         form is used as given, with no request; an :class:`Experiment` gives its ID; a label (or ID) within the
         project costs one GET of the experiment to learn its ID. :class:`XnatNotFoundError` if absent.
         """
-        return self.session.read(experiment_path_lookup(project, experiment, subject))
+        return self.transport.read(experiment_path_lookup(project, experiment, subject))
 
     def object_path(self, project: str, subject: str | None = None, experiment: str | Experiment | None = None,
                     scan: str | None = None, assessor: str | None = None) -> str:
@@ -93,7 +93,7 @@ class ArchiveMixin:
 
     def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
         """An experiment's scans (``experiment``: a label or ID within ``project``, or an :class:`Experiment`)."""
-        return self.session.read(scans_lookup(project, experiment))
+        return self.transport.read(scans_lookup(project, experiment))
 
     def scans_at(self, experiment_path: str) -> list[Scan]:
         """The scans of the experiment at ``experiment_path`` (from :meth:`experiment_path`)."""
@@ -107,7 +107,7 @@ class ArchiveMixin:
     def create_subject(self, project: str, label: str) -> str:
         """Create a subject (or find it); returns its ID."""
         check_label(label, "subject")
-        return self.session.request("PUT", base_path(project, label)).text.strip()
+        return self.transport.request("PUT", base_path(project, label)).text.strip()
 
     def create_experiment(self, project: str, subject: str, label: str, xsi_type: str = "xnat:mrSessionData",
                           **attributes: str) -> str:
@@ -117,7 +117,7 @@ class ArchiveMixin:
         if xsi_type not in SESSION_TYPES:
             raise XnatBadInputError(f"Unsupported session xsiType {xsi_type!r}; expected one of {SESSION_TYPES}")
         params = {"xsiType": xsi_type, **{f"{xsi_type}/{k}": v for k, v in attributes.items()}}
-        return self.session.request("PUT", base_path(project, subject, label), params=params).text.strip()
+        return self.transport.request("PUT", base_path(project, subject, label), params=params).text.strip()
 
     # ---- custom fields -----------------------------------------------------------------------------
     def _field_target(self, project: str, subject: str | None, experiment: str | None) -> tuple[str, str]:
@@ -129,7 +129,7 @@ class ArchiveMixin:
         return base_path(project), "xnat:projectData"
 
     def get_fields(self, project: str, subject: str | None = None, experiment: str | None = None) -> dict[str, str]:
-        return self.session.read(fields_lookup(project, subject, experiment))
+        return self.transport.read(fields_lookup(project, subject, experiment))
 
     def set_fields(self, project: str, fields: dict[str, Any], subject: str | None = None,
                    experiment: str | None = None) -> dict[str, str]:
@@ -148,7 +148,7 @@ class ArchiveMixin:
             wanted[str(name).lower()] = str(value)
         path, xsi = self._field_target(project, subject, experiment)
         params = {"xsiType": xsi, **{custom_field_param(xsi, k): v for k, v in wanted.items()}}
-        self.session.request("PUT", path, params=params)
+        self.transport.request("PUT", path, params=params)
         stored = {k.lower(): v for k, v in fields_from_item(self._item(path)).items()}
         wrong = {k: (v, stored.get(k)) for k, v in wanted.items() if stored.get(k) != v}
         if wrong:
@@ -163,7 +163,7 @@ class ArchiveMixin:
         for n in names:
             params[custom_field_param(xsi, n.lower())] = "NULL"
             params[f"{xsi}/fields/field[name={n.lower()}]/name"] = "NULL"
-        self.session.request("PUT", path, params=params)
+        self.transport.request("PUT", path, params=params)
         left = {k.lower() for k in fields_from_item(self._item(path))} & {n.lower() for n in names}
         if left:
             raise XnatServerError(f"PUT {path}: XNAT answered success but kept the fields {sorted(left)}",
@@ -180,12 +180,12 @@ class ArchiveMixin:
         """
         path = "/data/services/tokens/issue" + (f"/user/{q(user)}" if user else "")
         try:
-            resp = self.session.request("GET", path, retry=False)
+            resp = self.transport.request("GET", path, retry=False)
         except XnatPermissionError as exc:
             raise _token_refused(exc, f"{user!r} is another user and this login is not a site administrator's",
                                  f"issue the token with {user!r}'s own login or a site administrator's") from exc
         token = AliasToken.from_json(json_answer(resp.content, "GET", path))
-        self.session.add_secret(token.secret)
+        self.transport.add_secret(token.secret)
         return token
 
     def validate_token(self, token: AliasToken | str, secret: str | None = None) -> str | None:
@@ -200,10 +200,10 @@ class ArchiveMixin:
         alias, secret = (token.alias, token.secret) if isinstance(token, AliasToken) else (token, secret)
         if not secret:
             raise XnatBadInputError("validate_token needs the token's secret.")
-        self.session.add_secret(secret)
+        self.transport.add_secret(secret)
         try:
             path = f"/data/services/tokens/validate/{q(alias)}/{q(secret)}"
-            data = json_answer(self.session.request("GET", path).content, "GET", self.session.redact(path))
+            data = json_answer(self.transport.request("GET", path).content, "GET", self.transport.redact(path))
         except XnatNotFoundError:
             return None
         except XnatPermissionError as exc:
@@ -220,7 +220,7 @@ class ArchiveMixin:
         """
         alias = token.alias if isinstance(token, AliasToken) else token
         try:
-            self.session.request("GET", f"/data/services/tokens/invalidate/{q(alias)}")
+            self.transport.request("GET", f"/data/services/tokens/invalidate/{q(alias)}")
         except XnatNotFoundError:
             pass  # already gone: the goal is reached
         except XnatPermissionError as exc:
@@ -235,7 +235,7 @@ class ArchiveMixin:
         src = f"/archive/projects/{q(project)}/experiments/{q(experiment)}" + (f"/scans/{q(scan)}" if scan else "")
         params: list[tuple[str, str]] = [("src", src), ("format", "json")]
         params += [("field", f) for f in fields or []]
-        resp = self.session.request("GET", "/data/services/dicomdump", params=params)
+        resp = self.transport.request("GET", "/data/services/dicomdump", params=params)
         return result_rows(resp.content, "GET", "/data/services/dicomdump")
 
 

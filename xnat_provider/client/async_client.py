@@ -97,7 +97,7 @@ class AsyncXnatClient:
 
     async def login(self) -> None:
         """Log in unless logged in. Called explicitly, it also sends once more credentials that XNAT refused
-        earlier (requests never do: see the sync client's ``XnatSession.login``)."""
+        earlier (requests never do: see the sync client's ``XnatTransport.login``)."""
         async with self._lock:
             self._state.allow_again()
             if not self._state.logged_in:
@@ -165,7 +165,7 @@ class AsyncXnatClient:
         return resp
 
     async def _read(self, lookup: Lookup[T]) -> T:
-        """The result of a lookup of :mod:`.protocol`, as the sync client's ``XnatSession.read``."""
+        """The result of a lookup of :mod:`.protocol`, as the sync client's ``XnatTransport.read``."""
         run = core.Runner(lookup)
         while (step := run.step()) is not None:
             with run.replying():

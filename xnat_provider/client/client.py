@@ -8,15 +8,16 @@
         xnat.download_scans("P1", archived.label, "out/", scans=["T1w"])
 
 Each capability lives in its own module (auth and retries decided in ``core`` and carried out over requests in
-``session``, then ``archive``, ``prearchive``, ``imports``, ``downloads``, ``uploads``, and ``containers`` for the
+``transport``, then ``archive``, ``prearchive``, ``imports``, ``downloads``, ``uploads``, and ``containers`` for the
 Container Service); this class only puts them
 together over one login. Code outside the client (the Airflow layer) uses this class's public members only
-(``base_url``, ``redact``, ``config`` and the calls), never ``session``, the transport.
+(``base_url``, ``redact``, ``config`` and the calls), never ``transport``.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from .imports import ImportMixin
 from .models import RemoteFile
 from .prearchive import PrearchiveMixin
 from .protocol import json_answer
-from .session import XnatSession
+from .transport import XnatTransport
 from .uploads import UploadMixin
 
 
@@ -42,45 +43,52 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
                  **options: Any):
         config = url if isinstance(url, ClientConfig) else ClientConfig(url=url, user=user, password=password,
                                                                          **options)
-        self.session = XnatSession(config)
+        self.transport = XnatTransport(config)
+
+    @property
+    def session(self) -> XnatTransport:
+        """Deprecated name of :attr:`transport` ("session" now means what it means in XNAT: an experiment)."""
+        warnings.warn("XnatClient.session is deprecated: use XnatClient.transport (or, better, the client's own "
+                      "calls)", DeprecationWarning, stacklevel=2)
+        return self.transport
 
     @property
     def config(self) -> ClientConfig:
-        return self.session.config
+        return self.transport.config
 
     @property
     def base_url(self) -> str:
         """The server's URL as the client uses it: the configured one, or where it redirected at the first login
         (http to https, a moved path). Links and messages should name this one."""
-        return self.session.base_url
+        return self.transport.base_url
 
     @property
     def redact(self) -> Callable[[str], str]:
         """``client.redact(text)``: ``text`` with every secret this client has learnt (password, token secrets,
         session ids) replaced by ``***``, for messages built outside the client (its own errors are redacted).
         A property, not a method: it sends nothing, so the route checks of public calls need not cover it."""
-        return self.session.redact
+        return self.transport.redact
 
     def _settle(self, seconds: float | None) -> float:
-        return self.session.config.settle_seconds if seconds is None else seconds
+        return self.transport.config.settle_seconds if seconds is None else seconds
 
     def login(self) -> None:
-        self.session.login()
+        self.transport.login()
 
     def whoami(self) -> str:
         """The user XNAT says is logged in (``GET /data/auth``)."""
-        text = self.session.request("GET", "/data/auth").text.strip()
+        text = self.transport.request("GET", "/data/auth").text.strip()
         return text.removeprefix("User '").split("'", 1)[0]
 
     def version(self) -> str:
         """XNAT's version, from ``/xapi/siteConfig/buildInfo`` (``/data/version`` is gone in 1.8)."""
         path = "/xapi/siteConfig/buildInfo"
-        info = json_answer(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
+        info = json_answer(self.transport.request("GET", path, params={"format": "json"}).content, "GET", path)
         return str(info.get("version", "")) if isinstance(info, dict) else ""
 
     def close(self) -> None:
         """Log out (``DELETE /data/JSESSION``) and release connections."""
-        self.session.logout()
+        self.transport.logout()
 
     def __enter__(self) -> XnatClient:
         return self
@@ -91,7 +99,7 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
     def read_header(self, remote: RemoteFile | str, max_bytes: int = 1 << 20) -> pydicom.Dataset:
         """One file's DICOM header without its pixel data, reading only the first bytes of the file."""
         uri = remote.uri if isinstance(remote, RemoteFile) else remote
-        resp = self.session.request("GET", uri, stream=True, headers={"Range": f"bytes=0-{max_bytes - 1}"},
+        resp = self.transport.request("GET", uri, stream=True, headers={"Range": f"bytes=0-{max_bytes - 1}"},
                                     ok_statuses=(206,))
         buf = io.BytesIO()
         broken: BaseException | None = None

@@ -53,7 +53,7 @@ from .errors import (
 )
 from .models import Experiment, RemoteFile
 from .protocol import Lookup, Rows, experiment_lookup, is_ambiguous, json_answer, q, raise_for_answer, scans_lookup
-from .session import XnatSession
+from .transport import XnatTransport
 
 TERMINAL_PREFIXES = ("Complete", "Failed", "Killed")  # ContainerUtils.statusIsTerminal: startsWith
 SUCCESS = "Complete"
@@ -705,10 +705,10 @@ def failure_of(c: Container, workflow_id: str | None = None) -> XnatContainerFai
 class ContainerMixin:
     """The Container Service calls of :class:`~xnat_provider.client.XnatClient`."""
 
-    session: XnatSession
+    transport: XnatTransport
 
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        return json_answer(self.session.request("GET", path, params=dict(params or {})).content, "GET", path)
+        return json_answer(self.transport.request("GET", path, params=dict(params or {})).content, "GET", path)
 
     # ---- commands and wrappers ------------------------------------------------------------------------------
     def list_commands(self, name: str | None = None, image: str | None = None,
@@ -763,7 +763,7 @@ class ContainerMixin:
                 raise XnatBadInputError(f"wrapper_id must be a number, not {wrapper_id!r}") from None
             found = [w for c in self.list_commands() for w in c.wrappers if w.id == wid]
             if not found:
-                raise XnatBadInputError(f"XNAT at {self.session.base_url} has no command wrapper with id {wid}")
+                raise XnatBadInputError(f"XNAT at {self.transport.base_url} has no command wrapper with id {wid}")
             return found
         commands = self.list_commands(name=command)
         found = [w for c in commands for w in c.wrappers if w.name == wrapper]
@@ -772,7 +772,7 @@ class ContainerMixin:
                 names = ", ".join(sorted({w.name for c in commands for w in c.wrappers})) or "none"
                 raise XnatBadInputError(f"Command {command!r} has no wrapper {wrapper!r} (its wrappers: {names})")
             everything = ", ".join(sorted({c.name for c in self.list_commands()})) or "none"
-            raise XnatBadInputError(f"XNAT at {self.session.base_url} has no command {command!r} (its commands: "
+            raise XnatBadInputError(f"XNAT at {self.transport.base_url} has no command {command!r} (its commands: "
                                     f"{everything})")
         return found
 
@@ -795,11 +795,11 @@ class ContainerMixin:
     def launch_target(self, project: str, experiment: str | Experiment, scan: str | None = None) -> LaunchTarget:
         """The object to launch on: an experiment (label or ID within ``project``, or an :class:`Experiment`), or
         one of its scans. :class:`XnatNotFoundError` when it does not exist."""
-        exp = experiment if isinstance(experiment, Experiment) else self.session.read(
+        exp = experiment if isinstance(experiment, Experiment) else self.transport.read(
             experiment_lookup(project, str(experiment)))
         if scan in (None, ""):
             return LaunchTarget(project, exp.id, exp.label, exp.xsi_type)
-        scans = self.session.read(scans_lookup(project, exp))
+        scans = self.transport.read(scans_lookup(project, exp))
         found = next((s for s in scans if s.id == str(scan)), None)
         if found is None:
             raise XnatNotFoundError(f"Experiment {exp.label} in {project} has no scan {scan!r} (its scans: "
@@ -887,7 +887,7 @@ class ContainerMixin:
                 "/launch")
         known = {c.id for c in (before if before is not None else self.find_containers(plan, include_failed=True))}
         try:
-            resp = self.session.request("POST", path, data=json.dumps(plan.params), headers=JSON_HEADERS,
+            resp = self.transport.request("POST", path, data=json.dumps(plan.params), headers=JSON_HEADERS,
                                         ok_statuses=(500,))
         except XnatServerError as exc:
             if not is_ambiguous(exc):
@@ -908,10 +908,10 @@ class ContainerMixin:
         except ValueError:
             data = None
         if isinstance(data, dict) and data.get("status") == "failure":
-            message = self.session.redact(_text(data.get("message")) or "no reason given")
+            message = self.transport.redact(_text(data.get("message")) or "no reason given")
             raise XnatServerError(f"POST {path}: XNAT refused the launch before queueing it (nothing was launched): "
                                   f"{message}", method="POST", path=path, status=500, xnat_message=message)
-        raise_for_answer("POST", path, 500, body.decode("utf-8", "replace"), self.session.redact)
+        raise_for_answer("POST", path, 500, body.decode("utf-8", "replace"), self.transport.redact)
 
     def find_launched(self, plan: LaunchPlan, known: Iterable[str] = (),
                       settle_seconds: float | None = None) -> Container | None:
@@ -919,7 +919,7 @@ class ContainerMixin:
         (default: the client's ``settle_seconds``): the effect of a launch whose answer was lost, which XNAT may
         still be resolving (its container exists only then). None if none came; the newest if several."""
         known = set(known)
-        settle = self.session.config.settle_seconds if settle_seconds is None else settle_seconds
+        settle = self.transport.config.settle_seconds if settle_seconds is None else settle_seconds
         deadline = time.monotonic() + settle
         while True:
             try:
@@ -950,7 +950,7 @@ class ContainerMixin:
                                         "inputs")
         path = f"/xapi/projects/{q(first.project)}/wrappers/{first.wrapper.id}/root/{q(root)}/bulklaunch"
         body = {root: json.dumps([p.params[root] for p in plans]), **common}
-        resp = self.session.request("POST", path, data=json.dumps(body), headers=JSON_HEADERS)
+        resp = self.transport.request("POST", path, data=json.dumps(body), headers=JSON_HEADERS)
         data = json_answer(resp.content, "POST", path)
         if not isinstance(data, dict):
             raise XnatServerError(f"POST {path}: not a bulk launch report", method="POST", path=path)
@@ -960,16 +960,16 @@ class ContainerMixin:
     # ---- workflows and containers ---------------------------------------------------------------------------
     def get_workflow(self, workflow_id: str | int) -> Workflow:
         """A launch's workflow (``GET /data/workflows/{id}?format=json``)."""
-        return self.session.read(workflow_lookup(workflow_id))
+        return self.transport.read(workflow_lookup(workflow_id))
 
     def workflow_container(self, workflow_id: str | int) -> str | None:
         """The container a launch's workflow leads to (its backend id), None while the launch is queued or being
         resolved, :class:`XnatContainerFailedError` when it failed before any container existed."""
-        return self.session.read(workflow_container_lookup(workflow_id))
+        return self.transport.read(workflow_container_lookup(workflow_id))
 
     def get_container(self, container_id: str | int) -> Container:
         """A container by database id or backend id (``GET /xapi/containers/{id}``)."""
-        return self.session.read(container_lookup(container_id))
+        return self.transport.read(container_lookup(container_id))
 
     def list_containers(self, project: str | None = None, nonfinalized: bool = False) -> list[Container]:
         """The containers the login may see (launched by it, or all for an administrator), of ``project`` or of
@@ -992,7 +992,7 @@ class ContainerMixin:
         if stream not in ("stdout", "stderr"):
             raise XnatBadInputError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         path = f"/xapi/containers/{q(_check_id(container_id, 'container id'))}/logs/{stream}"
-        resp = self.session.request("GET", path, stream=True)
+        resp = self.transport.request("GET", path, stream=True)
         buf, dropped, broken = bytearray(), 0, None
         with resp:
             try:
@@ -1009,7 +1009,7 @@ class ContainerMixin:
         if tail_bytes is not None and len(buf) > tail_bytes:
             dropped += len(buf) - tail_bytes
             del buf[:len(buf) - tail_bytes]
-        text = self.session.redact(buf.decode("utf-8", "replace"))
+        text = self.transport.redact(buf.decode("utf-8", "replace"))
         return f"[... {dropped} earlier bytes not shown]\n{text}" if dropped else text
 
     def kill_container(self, container_id: str | int, project: str | None = None) -> str:
@@ -1019,7 +1019,7 @@ class ContainerMixin:
         key = q(_check_id(container_id, "container id"))
         path = f"/xapi/projects/{q(project)}/containers/{key}/kill" if project else f"/xapi/containers/{key}/kill"
         try:
-            return self.session.request("POST", path).text.strip()
+            return self.transport.request("POST", path).text.strip()
         except XnatError as exc:
             message = exc.xnat_message or ""
             if (exc.status == 500 and "is not running" in message) or \

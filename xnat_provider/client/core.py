@@ -1,6 +1,6 @@
 """The sans-I/O core of both clients: what to send, what an answer means, and what to do next.
 
-The sync client (requests, :mod:`.session`) and the async client (httpx, :mod:`.async_client`) differ only in how
+The sync client (requests, :mod:`.transport`) and the async client (httpx, :mod:`.async_client`) differ only in how
 they move bytes and how they wait (threads and a ``threading.Lock``, or an event loop and an ``asyncio.Lock``).
 Every decision of XNAT's protocol is made here, once, from plain values (a status, headers, a body, the login
 state), so that the two transports cannot drift apart and each rule can be tested without a server:
@@ -13,7 +13,7 @@ state), so that the two transports cannot drift apart and each rule can be teste
 - :class:`LibraryErrors`, :func:`transport_failure`, :func:`retry_policy`: what a failure of the HTTP library
   means (typed, redacted, ambiguous or not), and which failures are retried.
 
-The rules themselves are described in :mod:`.session`'s docstring.
+The rules themselves are described in :mod:`.transport`'s docstring.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from .errors import XnatBadInputError, XnatError, XnatNotFoundError, XnatTransfe
 from .models import Experiment, Manifest, RemoteFile, Scan
 from .progress import NO_PROGRESS, Progress
 from .protocol import looks_like_html, q, raise_for_answer, result_rows
-from .session import XnatSession, chained, redacted_cause
+from .transport import XnatTransport, chained, redacted_cause
 from .zip_stream import ForwardZip, ZipStreamError
 
 log = logging.getLogger("xnat_provider.client")
@@ -625,7 +625,7 @@ def is_link(info: zipfile.ZipInfo) -> bool:
 
 
 class DownloadMixin:
-    session: XnatSession
+    transport: XnatTransport
     #: The zip fast path of :meth:`download_scans` and :meth:`download_session` is taken for a scan resource of
     #: at least ``ZIP_MIN_FILES`` files whose mean size is below ``ZIP_MAX_MEAN_SIZE`` bytes, when none of its
     #: files (nor a ``.part`` of one) is on disk yet; ``ZIP_FAST_PATH = False`` turns it off.
@@ -636,7 +636,7 @@ class DownloadMixin:
     def list_files(self, path: str) -> list[RemoteFile]:
         """Files under an archive path ending in ``/resources/{R}`` or ``/scans/{S}`` etc., from the catalog."""
         url = f"{path}/files"
-        rows = result_rows(self.session.request("GET", url, params={"format": "json"}).content, "GET", url)
+        rows = result_rows(self.transport.request("GET", url, params={"format": "json"}).content, "GET", url)
         files = []
         for r in rows:
             uri = r.get("URI", "")
@@ -651,7 +651,7 @@ class DownloadMixin:
         """The progress of one call over ``pairs`` (see :mod:`.progress`); totals from the listing."""
         sizes = [f.size for f, _ in pairs]
         total = sum(s for s in sizes if s is not None) if all(s is not None for s in sizes) else None
-        return Progress(what, total, len(pairs), interval=self.session.config.progress_interval)
+        return Progress(what, total, len(pairs), interval=self.transport.config.progress_interval)
 
     @staticmethod
     def _where(targets: list[Any]) -> str:
@@ -684,18 +684,18 @@ class DownloadMixin:
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
         state = PartState()
-        attempts = self.session.config.retries
+        attempts = self.transport.config.retries
         for attempt in range(attempts):
             broke: XnatTransferError | None = None
             try:
                 size, md5 = self._fetch(remote, part, state, progress)
             except BROKEN as exc:
                 if attempt + 1 >= attempts:
-                    where = self.session.redact(remote.uri)
+                    where = self.transport.redact(remote.uri)
                     broke = chained(XnatTransferError(  # type: ignore[assignment]
                         f"GET {where}: transfer broke {attempts} times ({type(exc).__name__}); "
                         f"{part.stat().st_size if part.exists() else 0} bytes kept in {part} for the next attempt",
-                        method="GET", path=where), redacted_cause(exc, self.session.redact))
+                        method="GET", path=where), redacted_cause(exc, self.transport.redact))
                 else:
                     log.warning("Download of %s broke (%s); resuming", remote.uri, type(exc).__name__)
                     continue
@@ -729,7 +729,7 @@ class DownloadMixin:
             part.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else None
-        resp = self.session.request("GET", remote.uri, headers=headers, stream=True, ok_statuses=(206, 416))
+        resp = self.transport.request("GET", remote.uri, headers=headers, stream=True, ok_statuses=(206, 416))
         with resp:
             if resp.status_code == 416:  # nothing left to fetch, or a bad range: start over
                 part.unlink(missing_ok=True)
@@ -769,7 +769,7 @@ class DownloadMixin:
         return manifest
 
     def _download_each(self, pairs: list[Pair], workers: int | None, progress: Progress) -> Manifest:
-        limit = max(1, min(len(pairs), workers or self.session.config.workers))
+        limit = max(1, min(len(pairs), workers or self.transport.config.workers))
         if limit == 1:
             results = [self._download_one(remote, target, progress) for remote, target in pairs]
         else:
@@ -889,7 +889,7 @@ class DownloadMixin:
         chosen = [(path, idx) for path, idx in zips if self._zip_eligible([pairs[i] for i in idx])]
         from_zip: dict[int, dict] = {}  # index into pairs -> manifest entry
         if chosen:
-            limit = max(1, min(len(chosen), workers or self.session.config.workers))
+            limit = max(1, min(len(chosen), workers or self.transport.config.workers))
             if limit == 1:
                 results = [self._zip_fast_path(path, [pairs[i] for i in idx], progress) for path, idx in chosen]
             else:
@@ -936,16 +936,16 @@ class DownloadMixin:
         """
         out: list[dict | None] = [None] * len(pairs)
         url = f"{path}/files"
-        shown = self.session.redact(url)
+        shown = self.transport.redact(url)
         labels = {f.resource for f, _ in pairs if f.resource} | {unquote(path.rstrip("/").rsplit("/", 1)[-1])}
         zipped = _ZipExtraction(pairs, [f"/resources/{label}/files/" for label in labels], progress)
         try:
-            resp = self.session.request("GET", url, params={"format": "zip"}, stream=True)
+            resp = self.transport.request("GET", url, params={"format": "zip"}, stream=True)
             with resp:
                 head = self._zip_head(resp, url)
                 zipped.run(ForwardZip(Body(resp, head).read))
         except (XnatError, *BROKEN) as exc:
-            reason = self.session.redact(str(exc))[:300] if isinstance(exc, XnatError) else \
+            reason = self.transport.redact(str(exc))[:300] if isinstance(exc, XnatError) else \
                 f"transfer broke: {type(exc).__name__}"
             log.warning("Zip download of %s failed (%s); downloading its %d files one by one", shown, reason,
                         len(pairs))
@@ -970,7 +970,7 @@ class DownloadMixin:
         head = resp.raw.read(64 * 1024, decode_content=True)
         text = head.decode("utf-8", "replace")
         if looks_like_html(text):
-            raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
+            raise_for_answer("GET", path, resp.status_code, text, self.transport.redact)
         return bytes(head)
 
     # ---- zips --------------------------------------------------------------------------------------
@@ -1000,7 +1000,7 @@ class DownloadMixin:
 
         An HTML error page answered with 200 raises its typed error; a broken transfer removes ``part`` and
         raises :class:`XnatTransferError`."""
-        resp = self.session.request("GET", path, params={"format": "zip"}, stream=True)
+        resp = self.transport.request("GET", path, params={"format": "zip"}, stream=True)
         head = b""
         broke: XnatError | None = None
         try:
@@ -1009,7 +1009,7 @@ class DownloadMixin:
                 text = head.decode("utf-8", "replace")
                 if looks_like_html(text):
                     resp.close()
-                    raise_for_answer("GET", path, resp.status_code, text, self.session.redact)
+                    raise_for_answer("GET", path, resp.status_code, text, self.transport.redact)
             with resp, open(part, "wb") as out:
                 out.write(head)  # bytes already read to look for an error page belong to the zip
                 for chunk in resp.iter_content(CHUNK):
@@ -1017,9 +1017,9 @@ class DownloadMixin:
         except BROKEN as exc:
             resp.close()
             part.unlink(missing_ok=True)
-            where = self.session.redact(path)
+            where = self.transport.redact(path)
             broke = chained(XnatTransferError(f"GET {where}?format=zip: transfer broke ({type(exc).__name__})",
-                                              method="GET", path=where), redacted_cause(exc, self.session.redact))
+                                              method="GET", path=where), redacted_cause(exc, self.transport.redact))
         if broke is not None:
             raise broke  # outside the except block: the library's exception is not its context
         return re.search(r'filename="?([^";/\\]+)"?', resp.headers.get("Content-Disposition", ""))

@@ -34,7 +34,7 @@ from .protocol import (
     q,
     session_refs,
 )
-from .session import XnatSession
+from .transport import XnatTransport
 
 __all__ = ["ImportMixin", "ImportPlan", "ImportSnapshot", "check_import_flags", "check_import_source", "plan_import",
            "zip_stream"]
@@ -100,7 +100,7 @@ def _reached_server(exc: XnatError) -> bool:
 
 
 class ImportMixin:
-    session: XnatSession
+    transport: XnatTransport
 
     def import_dicom(
         self,
@@ -169,7 +169,7 @@ class ImportMixin:
                 return []
         if check_project and not self.project_exists(project):  # type: ignore[attr-defined]
             raise XnatBadInputError(
-                f"Project {project!r} does not exist on {self.session.base_url} (XNAT would "
+                f"Project {project!r} does not exist on {self.transport.base_url} (XNAT would "
                 "silently route the data by its DICOM headers instead)."
             )
         params: dict[str, str] = {
@@ -185,10 +185,10 @@ class ImportMixin:
         before = snapshot if snapshot is not None else self.import_snapshot(project, plan)
         pending = plan.studies
         found: list[SessionRef] = []
-        for attempt in range(self.session.config.retries):
+        for attempt in range(self.transport.config.retries):
             entries = [e for e in plan.entries if e.study_uid in pending]
             try:
-                resp = self.session.request(
+                resp = self.transport.request(
                     "POST",
                     "/data/services/import",
                     params=params,
@@ -216,7 +216,7 @@ class ImportMixin:
                 raise
             except XnatError as exc:
                 ambiguous = is_ambiguous(exc)
-                if not ambiguous or attempt + 1 >= self.session.config.retries:
+                if not ambiguous or attempt + 1 >= self.transport.config.retries:
                     raise
                 if _reached_server(exc):
                     arrived = self.import_arrived(project, plan, before, destination=destination, studies=pending,
@@ -227,7 +227,7 @@ class ImportMixin:
                         log.warning("Import answered %s but took effect; not resending", exc.status)
                         return found
                 log.warning("Import failed (%s); resending %d of %d studies", exc, len(pending), len(plan.studies))
-                time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
+                time.sleep(min(self.transport.config.backoff * 2**attempt, self.transport.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _import_archive_failure(self, exc: XnatBadInputError, project: str, studies: Collection[str],

@@ -34,7 +34,7 @@ from .protocol import (
     result_rows,
     uri_list,
 )
-from .session import XnatSession
+from .transport import XnatTransport
 
 log = logging.getLogger("xnat_provider.client")
 OVERWRITE_MODES = (None, "none", "append", "delete")
@@ -57,31 +57,31 @@ def _typed(exc: XnatError) -> XnatError:
 
 
 class PrearchiveMixin:
-    session: XnatSession
+    transport: XnatTransport
 
     def list_prearchive(
         self, project: str | None = None, status: str | Iterable[str] | None = None, study_uid: str | None = None
     ) -> list[PrearchiveSession]:
         """Prearchive sessions, optionally of one project, in some statuses, or of one study."""
-        return self.session.read(prearchive_lookup(project, status, study_uid))
+        return self.transport.read(prearchive_lookup(project, status, study_uid))
 
     def get_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession:
         """A prearchive session's row; :class:`XnatNotFoundError` when XNAT has none."""
-        return self.session.read(prearchive_row_lookup(session))
+        return self.transport.read(prearchive_row_lookup(session))
 
     def find_prearchive(self, session: PrearchiveSession | SessionRef | str) -> PrearchiveSession | None:
-        return self.session.read(or_none(prearchive_row_lookup(session)))
+        return self.transport.read(or_none(prearchive_row_lookup(session)))
 
     def list_prearchive_files(self, session: PrearchiveSession | SessionRef | str,
                               first_per_scan: bool = False) -> dict[str, list[RemoteFile]]:
         """A built prearchive session's DICOM files by scan ID (``first_per_scan`` keeps one per scan)."""
         src = prearchive_src(session)
-        scans = result_rows(self.session.request("GET", f"{src}/scans", params={"format": "json"}).content,
+        scans = result_rows(self.transport.request("GET", f"{src}/scans", params={"format": "json"}).content,
                             "GET", f"{src}/scans")
         out: dict[str, list[RemoteFile]] = {}
         for scan in scans:
             path = f"{src}/scans/{q(scan['ID'])}/resources/DICOM/files"
-            rows = result_rows(self.session.request("GET", path, params={"format": "json"}).content, "GET", path)
+            rows = result_rows(self.transport.request("GET", path, params={"format": "json"}).content, "GET", path)
             files = [RemoteFile(path=r["Name"], size=int(r["Size"]) if r.get("Size", "").isdigit() else None,
                                 digest="", uri=r["URI"], resource="DICOM") for r in rows]
             out[scan["ID"]] = files[:1] if first_per_scan else files
@@ -91,7 +91,7 @@ class PrearchiveMixin:
         """XNAT's last log message for a session: why it is in CONFLICT or ERROR ('' when there is none)."""
         src = prearchive_src(session)
         try:
-            return self.session.request("GET", f"{src}/logs/last").text.strip()
+            return self.transport.request("GET", f"{src}/logs/last").text.strip()
         except XnatError:
             return ""
 
@@ -146,9 +146,9 @@ class PrearchiveMixin:
                       settle: float, before: PrearchiveSession) -> SessionRef:
         """POST the archive request, and after an ambiguous failure look before sending it again (one loop: each
         attempt's decision depends on whether an earlier request may still be at work)."""
-        for attempt in range(self.session.config.retries):
+        for attempt in range(self.transport.config.retries):
             try:
-                resp = self.session.request("POST", "/data/services/archive", params=params, retry=False,
+                resp = self.transport.request("POST", "/data/services/archive", params=params, retry=False,
                                             allow_redirects=False, ok_statuses=(301, 302, 303))
             except XnatError as exc:
                 typed = _typed(exc)
@@ -159,7 +159,7 @@ class PrearchiveMixin:
                         log.warning("Archive of %s answered %s on a resend, but the first request archived it",
                                     src, exc.status)
                         return found
-                if not is_ambiguous(exc) or attempt + 1 >= self.session.config.retries:
+                if not is_ambiguous(exc) or attempt + 1 >= self.transport.config.retries:
                     if typed is exc:
                         raise
                     raise typed from exc
@@ -168,7 +168,7 @@ class PrearchiveMixin:
                     log.warning("Archive of %s answered %s but took effect; not resending", src, exc.status)
                     return found
                 log.warning("Archive of %s failed (%s) without effect; archiving again", src, exc)
-                time.sleep(min(self.session.config.backoff * 2**attempt, self.session.config.backoff_max))
+                time.sleep(min(self.transport.config.backoff * 2**attempt, self.transport.config.backoff_max))
                 continue
             return archived_ref_from_answer(resp.status_code, resp.headers.get("Location"), resp.text, src)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -254,7 +254,7 @@ class PrearchiveMixin:
         path = f"/data/services/prearchive/{op}"
         before = self.find_prearchive(src)  # a missing row: the request below answers 404
         try:
-            resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
+            resp = self.transport.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         except XnatError as exc:
             if not is_ambiguous(exc):
                 typed = _typed(exc)
@@ -267,7 +267,7 @@ class PrearchiveMixin:
                 raise _locked_error(op, path, src, row, status=exc.status) from exc
             if row is None or row.status.startswith(("QUEUED_", "_")):
                 return row
-            resp = self.session.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
+            resp = self.transport.request("POST", path, params={"src": src, "format": "json", **extra}, retry=False)
         rows = result_rows(resp.content, "POST", path)
         row = PrearchiveSession.from_row(rows[0]) if rows else None
         if row is not None and _refused_as_locked(before, row):

@@ -38,7 +38,7 @@ from .downloads import BROKEN, CHUNK, Body, DownloadMixin, check_relpath, receiv
 from .errors import XnatBadInputError, XnatTransferError
 from .models import Manifest, RemoteFile
 from .progress import NO_PROGRESS, Progress
-from .session import chained, redacted_cause
+from .transport import chained, redacted_cause
 
 log = logging.getLogger("xnat_provider.client")
 
@@ -281,7 +281,7 @@ def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile,
             return client._download_one(remote, target, progress)
         return download_one(client, remote, target, known, progress)
 
-    limit = max(1, min(len(pairs), workers or client.session.config.workers))
+    limit = max(1, min(len(pairs), workers or client.transport.config.workers))
     if limit == 1:
         results = [one(p) for p in pairs]
     else:
@@ -388,7 +388,7 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
     out = _PartWriter(part, have, progress)
     progress.credit(have)
     out.counted = have
-    attempts = client.session.config.retries
+    attempts = client.transport.config.retries
     broke: XnatTransferError | None = None
     try:
         for attempt in range(attempts):
@@ -398,12 +398,12 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
                 if attempt + 1 < attempts:
                     log.warning("Download of %s broke (%s); resuming", remote.uri, type(exc).__name__)
                     continue
-                where = client.session.redact(remote.uri)
+                where = client.transport.redact(remote.uri)
                 then = (f"{out.have} bytes kept in {part} for the next attempt" if out.end()
                         else "the next attempt downloads it again from its first byte")
                 broke = chained(XnatTransferError(  # type: ignore[assignment]
                     f"GET {where}: transfer broke {attempts} times ({type(exc).__name__}); {then}",
-                    method="GET", path=where), redacted_cause(exc, client.session.redact))
+                    method="GET", path=where), redacted_cause(exc, client.transport.redact))
                 break
             problem = client._check_download(remote, out.have, h.hexdigest())
             if problem is None:
@@ -430,7 +430,7 @@ def _receive(client: DownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any
 
     A server that ignores Range (200) or refuses it (416) sends the whole file: ``out`` starts again."""
     headers = {"Range": f"bytes={out.have}-"} if out.have else None
-    resp = client.session.request("GET", remote.uri, headers=headers, stream=True, ok_statuses=(206, 416))
+    resp = client.transport.request("GET", remote.uri, headers=headers, stream=True, ok_statuses=(206, 416))
     with resp:
         if resp.status_code == 416 or (out.have and resp.status_code != 206):
             had = out.have

@@ -30,8 +30,8 @@ from .errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, Xna
 from .models import Manifest, RemoteFile
 from .progress import NO_PROGRESS, Progress
 from .protocol import q, qpath
-from .session import XnatSession
 from .storage import FsPath, Target, as_target, md5_fs, open_read, storage_files
+from .transport import XnatTransport
 
 log = logging.getLogger("xnat_provider.client")
 POLICIES = ("skip_identical", "overwrite", "fail")
@@ -180,14 +180,14 @@ def extract_name(archive: Target) -> str:
 
 
 class UploadMixin:
-    session: XnatSession
+    transport: XnatTransport
 
     def ensure_resource(self, path: str, resource: str, format: str | None = None,
                         content: str | None = None) -> None:
         """Create ``{path}/resources/{resource}`` unless it exists (409 means it does)."""
         params = {k: v for k, v in (("format", format), ("content", content)) if v}
         try:
-            self.session.request("PUT", f"{path}/resources/{q(resource)}", params=params, ok_statuses=(409,))
+            self.transport.request("PUT", f"{path}/resources/{q(resource)}", params=params, ok_statuses=(409,))
         except XnatNotFoundError as exc:
             raise XnatNotFoundError(f"Cannot create resource {resource!r}: {exc}", method=exc.method,
                                     path=exc.path, status=404) from exc
@@ -236,8 +236,8 @@ class UploadMixin:
         if overwrite == "overwrite":
             params["overwrite"] = "true"
         sending = [(src, extract_name(src))] if extract and todo else [(p, rel) for p, rel in pairs if rel in todo]
-        progress = Progress(f"Upload to {self.session.redact(res_path)}", sum(size_of(p) for p, _ in sending),
-                            len(sending), interval=self.session.config.progress_interval)
+        progress = Progress(f"Upload to {self.transport.redact(res_path)}", sum(size_of(p) for p, _ in sending),
+                            len(sending), interval=self.transport.config.progress_interval)
         token = _PROGRESS.set(progress)  # the call's progress, for each _put
         try:
             kept = self._send_all(res_path, sending, expected, params, extract)
@@ -320,7 +320,7 @@ class UploadMixin:
                 return readers[-1]
 
             try:
-                resp = self.session.request("PUT", url, params=params, data=body,
+                resp = self.transport.request("PUT", url, params=params, data=body,
                                             headers={"Content-Type": "application/octet-stream"})
                 sent_md5 = readers[-1].hexdigest()
             finally:

@@ -14,7 +14,7 @@ Why each rule:
 - **Credentials XNAT refused are not sent again.** When a login is refused (401: a wrong or changed password,
   a revoked or expired alias token, a locked account), the client remembers it: every request waiting for that
   login and every later one fails with :class:`XnatAuthError` at once, without a request. So one expiry met by
-  many threads costs one failed login, not one per thread or per request. An explicit :meth:`XnatSession.login`
+  many threads costs one failed login, not one per thread or per request. An explicit :meth:`XnatTransport.login`
   (or a new client) tries again.
 - **Re-login once when served as guest.** A site that does not require a login (``requireLogin=false``) never
   answers 401: a request whose session has expired is served as the ``guest`` user, so private data reads as
@@ -58,7 +58,7 @@ from .core import chained, redacted_cause
 from .protocol import Lookup
 
 # Importable from here as before: the transfer modules chain their errors with these.
-__all__ = ["ClientConfig", "XnatSession", "chained", "redacted_cause"]
+__all__ = ["ClientConfig", "XnatTransport", "chained", "redacted_cause"]
 
 log = logging.getLogger("xnat_provider.client")
 T = TypeVar("T")
@@ -102,7 +102,7 @@ class _HttpSession(requests.Session):
         return settings
 
 
-class XnatSession:
+class XnatTransport:
     """An authenticated connection to one XNAT server, safe to share between threads."""
 
     def __init__(self, config: ClientConfig):

@@ -40,7 +40,7 @@ def client(emu):
 def test_one_login_serves_every_call(client, emu) -> None:
     for _ in range(5):
         assert client.list_projects() == ["P1"]
-    assert client.session.login_attempts == 1
+    assert client.transport.login_attempts == 1
     assert emu.auth.logins == 1  # the server saw credentials once; the rest rode on the cookie
     assert client.whoami() == "alice"
     assert client.version().startswith("1.8")
@@ -49,7 +49,7 @@ def test_one_login_serves_every_call(client, emu) -> None:
 def test_user_agent_is_ours_not_a_browser(client, emu) -> None:
     """XNAT redirects browser-like agents to its login page; ours must never look like one."""
     client.list_projects()
-    agent = client.session.http.headers["User-Agent"]
+    agent = client.transport.http.headers["User-Agent"]
     assert agent.startswith("airflow-provider-xnat/") and "Mozilla" not in agent
 
 
@@ -57,7 +57,7 @@ def test_relogin_once_after_session_expiry(client, emu) -> None:
     client.list_projects()
     emu.expire_sessions()
     assert client.list_projects() == ["P1"]
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
 
 
 def test_concurrent_threads_share_one_relogin(client, emu) -> None:
@@ -71,7 +71,7 @@ def test_concurrent_threads_share_one_relogin(client, emu) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert all(r == ["P1"] for r in pool.map(call, range(8)))
-    assert client.session.login_attempts == 2  # not one per thread
+    assert client.transport.login_attempts == 2  # not one per thread
 
 
 def test_wrong_password_is_one_attempt_and_a_clear_error(emu, caplog) -> None:
@@ -79,7 +79,7 @@ def test_wrong_password_is_one_attempt_and_a_clear_error(emu, caplog) -> None:
     with XnatClient(emu.url, "alice", "wrong-password-123", backoff=0.01) as c:
         with pytest.raises(XnatAuthError) as info:
             c.list_projects()
-        assert c.session.login_attempts == 1
+        assert c.transport.login_attempts == 1
     assert "Login attempt failed" in str(info.value)
     assert emu.store.one("SELECT failed_logins FROM users WHERE login='alice'")["failed_logins"] == 1
     assert_no_secret(str(info.value) + caplog.text, ["wrong-password-123"])
@@ -90,7 +90,7 @@ def test_a_401_that_survives_relogin_is_an_auth_error_not_a_loop(client, emu) ->
     emu.fail_next("GET", r"^/data/projects$", status=401, count=2)
     with pytest.raises(XnatAuthError, match="even after logging in again"):
         client.list_projects()
-    assert client.session.login_attempts == 2
+    assert client.transport.login_attempts == 2
 
 
 def test_503_bursts_are_retried_for_idempotent_calls(client, emu) -> None:
@@ -120,7 +120,7 @@ def test_post_is_never_resent_blindly(client, emu) -> None:
     client.list_projects()
     emu.fail_next("POST", r"^/data/services/prearchive/delete$", status=503)
     with pytest.raises(XnatServerError):
-        client.session.request("POST", "/data/services/prearchive/delete", params={"src": "/x"}, retry=False)
+        client.transport.request("POST", "/data/services/prearchive/delete", params={"src": "/x"}, retry=False)
     assert emu.request_count("POST", r"^/data/services/prearchive/delete$") == 1
 
 
@@ -178,7 +178,7 @@ def test_redirecting_server_url_is_followed_once(emu) -> None:
     try:
         with XnatClient(f"http://127.0.0.1:{srv.server_address[1]}", "alice", PASSWORD) as c:
             assert c.list_projects() == ["P1"]
-            assert c.session.base_url == emu.url
+            assert c.transport.base_url == emu.url
     finally:
         srv.shutdown()
 
@@ -209,7 +209,7 @@ def test_no_secret_in_logs_or_errors(emu, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     with XnatClient(emu.url, "alice", PASSWORD, backoff=0.01) as c:
         c.list_projects()
-        sid = c.session.session_id
+        sid = c.transport.session_id
         assert sid
         token = c.issue_token()
         emu.fail_next("GET", "tokens/validate", status=500, count=10)
@@ -223,6 +223,6 @@ def test_no_secret_in_logs_or_errors(emu, caplog) -> None:
 def test_logout_ends_the_session(emu) -> None:
     c = XnatClient(emu.url, "alice", PASSWORD)
     c.list_projects()
-    sid = c.session.session_id
+    sid = c.transport.session_id
     c.close()
     assert requests.get(emu.url + "/data/auth", cookies={"JSESSIONID": sid}).status_code == 401
