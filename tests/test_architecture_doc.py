@@ -72,7 +72,7 @@ def resolve(dotted: str) -> Any:
 def test_the_page_names_what_it_should() -> None:
     names = spans()
     for expected in ("xnat_provider/client/core.py", "xnat_provider/client/protocol.py",
-                     "xnat_provider/client/session.py", "xnat_provider/client/async_client.py",
+                     "xnat_provider/client/transport.py", "xnat_provider/client/async_client.py",
                      "xnat_provider/testing/registry.py", "tests/oracles/test_client_routes.py"):
         assert expected in names
 
