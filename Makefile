@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: demo standalone test test-distributed lint lock bench bench-client clean venv
+.PHONY: demo standalone test test-distributed lint lock bench bench-client bench-triggerer clean venv
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ bench: $(STAMP)
 
 bench-client: $(STAMP)
 	$(BIN)/python benchmarks/bench_client.py --size-mib 1024 --rounds 3 --files 500
+
+# N deferred prearchive and experiment sensors in one event loop, as the triggerer runs them (BENCHMARKS.md).
+bench-triggerer: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_triggerer.py --n 10 100 1000 --interval 2 --rounds 5
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/bench_triggerer.py --n 1000 --interval 30 --rounds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,15 @@ def uri(row: dict[str, str]) -> str:
 def archive(emu: XnatEmulator, row: dict[str, str]) -> requests.Response:
     return requests.post(f"{emu.url}/data/services/archive", auth=AUTH, params={"src": uri(row)}, timeout=30)
 
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """Wait until ``check()`` is true (polled every 20 ms), or fail saying ``what`` did not happen in ``timeout``
+    seconds: a slow machine only makes the test wait longer."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
 
 
 async def first_event(trigger: Any, timeout: float = 10.0) -> dict[str, Any]:

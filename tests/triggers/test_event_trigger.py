@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.sensors.support import FakeAssetStore, archive, hold, put_session, uri
+from tests.sensors.support import FakeAssetStore, archive, hold, put_session, until, uri
 from xnat_provider.triggers.events import SEEN_KEY, XnatPrearchiveEventTrigger
 
 pytestmark = pytest.mark.timeout(60)
@@ -171,6 +171,16 @@ def connect(monkeypatch, emu, password: str = "admin", conn_id: str = "XNAT_DEFA
         "extra": {"backoff": 0.05, "retries": 3}}))
 
 
+def refusals(caplog) -> int:
+    """The watcher's looks at a connection XNAT refused (logged loudly once, then at DEBUG; nothing is sent)."""
+    return sum("stopped logging in" in r.getMessage() for r in caplog.records if r.name == "xnat_provider.triggers")
+
+
+def unusable(caplog) -> int:
+    """The watcher's looks at a connection that cannot be used (missing, or a bad setting)."""
+    return sum("cannot be used" in r.getMessage() for r in caplog.records if r.name == "xnat_provider.triggers")
+
+
 def loud(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name == "xnat_provider.triggers" and r.levelno >= logging.ERROR]
@@ -186,7 +196,7 @@ async def test_refused_credentials_are_sent_once_until_the_connection_changes(xn
     listed = emu.request_count("GET", r"/data/prearchive")
     connect(monkeypatch, emu, "Wrong-Password-1")
     async with Watcher(FakeAssetStore(), permanent_error_interval=0.2) as w:
-        await asyncio.sleep(2.5)  # some 50 poll intervals, a dozen long ones
+        await until(lambda: refusals(caplog) >= 12, "a dozen long looks at the refused connection")
         assert w.events == []
         assert emu.request_count("POST", LOGIN) == 1
         assert emu.request_count("GET", r"/data/prearchive") == listed
@@ -212,11 +222,12 @@ async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_
         assert emu.request_count("POST", LOGIN) == 1
         emu.add_user("admin", "Rotated-Password-2", admin=True)
         emu.expire_sessions()
-        await asyncio.sleep(2.0)
+        await until(lambda: refusals(caplog) >= 8, "several long looks after the refused re-login")
         assert emu.request_count("POST", LOGIN) == 2  # one failed re-login, then silence
         assert len(loud(caplog)) == 1
         await asyncio.to_thread(put_session_as, emu, tmp_path, "S01_MR1", ("admin", "Rotated-Password-2"))
-        await asyncio.sleep(0.5)  # it sends nothing now, so there are no polls to count
+        looked = refusals(caplog)
+        await until(lambda: refusals(caplog) >= looked + 3, "three more looks (it sends nothing to count)")
         assert w.events == []
         connect(monkeypatch, emu, "Rotated-Password-2")
         events = await w.until(1)
@@ -228,9 +239,10 @@ async def test_a_password_rotated_on_xnat_costs_one_failed_login(xnat_conn, tmp_
 async def test_other_permanent_errors_back_off_to_the_long_interval(xnat_conn, tmp_path, monkeypatch) -> None:
     """No such project (or no permission): polled again only every permanent_error_interval, then it works."""
     emu = xnat_conn
+    t0 = time.monotonic()
     async with Watcher(FakeAssetStore(), permanent_error_interval=0.5, project="P9") as w:
-        await asyncio.sleep(1.3)
-        assert 2 <= emu.request_count("GET", r"^/data/prearchive/projects/P9$") <= 3  # not every 0.05 s
+        await until(lambda: emu.request_count("GET", r"^/data/prearchive/projects/P9$") >= 3, "three looks")
+        assert time.monotonic() - t0 >= 0.95  # two long intervals between three looks: not every 0.05 s
         emu.add_project("P9")
         await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1", "S01", "P9")
         events = await w.until(1)
@@ -238,7 +250,8 @@ async def test_other_permanent_errors_back_off_to_the_long_interval(xnat_conn, t
 
 
 async def test_a_missing_or_bad_connection_is_read_again_each_long_interval(xnat_conn, tmp_path,
-                                                                            monkeypatch) -> None:
+                                                                            monkeypatch, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="xnat_provider.triggers")
     emu = xnat_conn
     await asyncio.to_thread(put_session, emu, tmp_path, "S01_MR1")
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_LATER", json.dumps({
@@ -246,13 +259,14 @@ async def test_a_missing_or_bad_connection_is_read_again_each_long_interval(xnat
         "extra": {"verify_ssl": "perhaps"}}))
     sent = emu.request_count()
     async with Watcher(FakeAssetStore(), permanent_error_interval=0.2, xnat_conn_id="xnat_later") as w:
-        await asyncio.sleep(1.0)
+        await until(lambda: unusable(caplog) >= 4, "four looks at the bad connection")
         assert w.events == [] and emu.request_count() == sent
         connect(monkeypatch, emu, "admin", "XNAT_LATER")
         await w.until(1)
     monkeypatch.delenv("AIRFLOW_CONN_XNAT_LATER")
+    looked = unusable(caplog)
     async with Watcher(FakeAssetStore(), permanent_error_interval=0.2, xnat_conn_id="xnat_later") as w:
-        await asyncio.sleep(0.6)
+        await until(lambda: unusable(caplog) >= looked + 3, "three looks at the missing connection")
         assert w.events == []
         connect(monkeypatch, emu, "admin", "XNAT_LATER")
         await w.until(1)

@@ -147,13 +147,31 @@ async def running(trigger: Any, comms: TriggererComms):
                 await asyncio.wait_for(task, 10)
 
 
-async def until(events: list[dict], n: int, timeout: float = 20.0) -> None:
-    """Wait for ``n`` events, then for a few more polls (the trigger records an event after it was taken)."""
+async def until(events: list[dict], n: int, timeout: float = 60.0) -> None:
+    """Wait for ``n`` events."""
     deadline = time.monotonic() + timeout
     while len(events) < n:
         assert time.monotonic() < deadline, f"{len(events)} events after {timeout} s, wanted {n}"
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+
+
+async def until_stored(comms: TriggererComms, names: Any, uris: list[str], timeout: float = 60.0) -> None:
+    """Wait until every asset's store holds ``uris`` (the trigger writes it after its event was taken)."""
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while sorted(await stored(comms, name) or []) != sorted(uris):
+            assert time.monotonic() < deadline, f"{name}: {await stored(comms, name)} after {timeout} s"
+            await asyncio.sleep(0.05)
+
+
+async def polls(emu: Any, n: int = 5, timeout: float = 60.0) -> None:
+    """Let ``n`` more polls of P1's prearchive happen (counted on the emulator)."""
+    listing = r"^/data/prearchive/projects/P1$"
+    target = emu.request_count("GET", listing) + n
+    deadline = time.monotonic() + timeout
+    while emu.request_count("GET", listing) < target:
+        assert time.monotonic() < deadline, f"fewer than {n} polls in {timeout} s"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("names", [("xnat_one_a",), ("xnat_two_a", "xnat_two_b")], ids=["one-asset", "two-assets"])
@@ -170,7 +188,8 @@ async def test_the_real_asset_state_store_for_one_and_two_assets(airflow_db, xna
     trigger = as_the_triggerer_builds_it(*rows[0])
     async with running(trigger, comms) as events:
         await until(events, 1)
-        await asyncio.sleep(0.3)  # more polls: nothing again
+        await until_stored(comms, rows[0][2], [uri(a)])
+        await polls(xnat_conn)  # more polls: nothing again
     assert [e["prearchive_session"]["name"] for e in events] == ["S01_MR1"]
     assert "SetAssetStateStoreByName" in comms.sent  # the real store was written
     watched = rows[0][2]
@@ -181,10 +200,11 @@ async def test_the_real_asset_state_store_for_one_and_two_assets(airflow_db, xna
     # session fires once.
     again = as_the_triggerer_builds_it(*(await asyncio.to_thread(triggers_of, set(names)))[0])
     async with running(again, comms) as events:
-        await asyncio.sleep(0.6)
+        await polls(xnat_conn)
         assert events == []
         b = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S02_MR1", "S02")
         await until(events, 1)
+        await until_stored(comms, watched, [uri(a), uri(b)])
     assert [e["prearchive_session"]["name"] for e in events] == ["S02_MR1"]
     for name in watched:
         assert sorted(await stored(comms, name)) == sorted([uri(a), uri(b)])
@@ -213,14 +233,16 @@ async def test_an_asset_joining_a_shared_watcher_is_not_told_old_sessions(airflo
     a = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
     async with running(as_the_triggerer_builds_it(*triggers_of({"xnat_join_a"})[0]), comms) as events:
         await until(events, 1)
+        await until_stored(comms, ["xnat_join_a"], [uri(a)])
     pause("dag_join", tmp_path, {"xnat_join_a": kwargs})
     sync_dag(tmp_path, "dag_join", {"xnat_join_a": kwargs, "xnat_join_b": kwargs})  # unpaused with both
     rows = triggers_of({"xnat_join_a", "xnat_join_b"})
     assert len(rows) == 1
     async with running(as_the_triggerer_builds_it(*rows[0]), comms) as events:
-        await asyncio.sleep(0.6)
+        await polls(xnat_conn)
         b = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S02_MR1", "S02")
         await until(events, 1)
+        await until_stored(comms, ["xnat_join_a", "xnat_join_b"], [uri(a), uri(b)])
     assert [e["prearchive_session"]["name"] for e in events] == ["S02_MR1"]  # S01 was not announced again
     for name in ("xnat_join_a", "xnat_join_b"):
         assert sorted(await stored(comms, name)) == sorted([uri(a), uri(b)])

@@ -17,7 +17,7 @@ from airflow.models.trigger import Trigger
 from airflow.serialization.decoders import smart_decode_trigger_kwargs
 
 from tests.airflow_helpers import context
-from tests.sensors.support import first_event, put_session
+from tests.sensors.support import first_event, put_session, until
 from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
 from xnat_provider.triggers.experiment import XnatExperimentTrigger
@@ -46,8 +46,10 @@ async def test_an_experiment_trigger_stored_under_the_old_classpath_runs(xnat_co
         trigger = as_the_triggerer_builds_it(OLD_CLASSPATH, OLD_KWARGS)
     assert isinstance(trigger, XnatExperimentTrigger)
     assert trigger.criteria["experiment"] == "S01_MR1" and "session" not in trigger.criteria
-    waiting = asyncio.ensure_future(first_event(trigger, timeout=20))
-    await asyncio.sleep(0.3)
+    listings = r"^/data/projects/P1/experiments$"
+    before = xnat_conn.request_count("GET", listings)
+    waiting = asyncio.ensure_future(first_event(trigger, timeout=60))
+    await until(lambda: xnat_conn.request_count("GET", listings) >= before + 2, "two polls")
     assert not waiting.done()  # not archived yet: it polls
     await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1", archive=True)
     event = await waiting

@@ -12,7 +12,7 @@ from airflow.sdk._shared.module_loading import import_string
 from airflow.sdk.exceptions import AirflowFailException
 
 from tests.airflow_helpers import context
-from tests.sensors.support import archive, first_event, hold, put_session, status_of, uri
+from tests.sensors.support import archive, first_event, hold, put_session, status_of, until, uri
 from xnat_provider.sensors.experiment import XnatExperimentSensor
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
 from xnat_provider.triggers.events import XnatPrearchiveEventTrigger
@@ -67,15 +67,17 @@ async def test_prearchive_trigger_fires_when_ready(xnat_conn, tmp_path) -> None:
     row = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
     hold(xnat_conn, row, "RECEIVING")
     trigger = XnatPrearchiveTrigger(criteria=criteria(quiet_period=0.3), poll_interval=0.1)
-    task = asyncio.ensure_future(first_event(trigger, timeout=15))
-    await asyncio.sleep(0.5)
+    listings = r"/data/prearchive/projects/P1"
+    before = xnat_conn.request_count("GET", listings)
+    t0 = time.monotonic()
+    task = asyncio.ensure_future(first_event(trigger, timeout=60))
+    await until(lambda: xnat_conn.request_count("GET", listings) >= before + 4, "four polls")
+    assert time.monotonic() - t0 >= 0.3  # three intervals between four polls: on its interval, not a busy loop
     assert not task.done()  # RECEIVING keeps it polling
     xnat_conn.release_prearchive(row["project"], row["timestamp"], row["folderName"], "READY")
     event = await task
     assert event["status"] == "success"
     assert [(s["name"], s["status"]) for s in event["sessions"]] == [("S01_MR1", "READY")]
-    polls = xnat_conn.request_count("GET", r"/data/prearchive/projects/P1")
-    assert 4 <= polls < 100  # polled on its interval, not in a busy loop
     assert XnatPrearchiveSensor(task_id="w", project="P1").execute_complete(context(), event)[0]["name"] == "S01_MR1"
 
 
@@ -158,10 +160,12 @@ async def test_prearchive_trigger_stall_rebuild_cycle(xnat_conn, tmp_path) -> No
 async def test_session_trigger(xnat_conn, tmp_path) -> None:
     c = {"project": "P1", "experiment": "S01_MR1", "subject": None, "min_scans": 2, "resource": "DICOM",
          "field_name": None, "field_value": None}
-    task = asyncio.ensure_future(first_event(XnatExperimentTrigger(criteria=c, poll_interval=0.1), timeout=20))
+    listings = r"^/data/projects/P1/experiments$"
+    before = xnat_conn.request_count("GET", listings)
+    task = asyncio.ensure_future(first_event(XnatExperimentTrigger(criteria=c, poll_interval=0.1), timeout=60))
     row = await asyncio.to_thread(put_session, xnat_conn, tmp_path, "S01_MR1")
-    await asyncio.sleep(0.3)
-    assert not task.done()
+    await until(lambda: xnat_conn.request_count("GET", listings) >= before + 3, "three polls")
+    assert not task.done()  # in the prearchive, not archived: still waiting
     assert (await asyncio.to_thread(archive, xnat_conn, row)).ok
     event = await task
     assert event["status"] == "success" and event["experiment"]["label"] == "S01_MR1"

@@ -4,7 +4,8 @@ Triggers run in the triggerer's event loop and must never block it, so they use 
 transport under the same sans-I/O core as the sync client (:mod:`.core`: login, re-login, the refused-login
 memory, retries, error mapping) and runs the same lookups (:mod:`.protocol`), so it follows the same rules: one
 login reused, one re-login on 401 or when an open site serves an expired session as guest (never a loop),
-credentials XNAT refused never sent again (until an explicit :meth:`AsyncXnatClient.login`), retries with
+credentials XNAT refused never sent again (until an explicit :meth:`AsyncXnatClient.login`), a site URL that
+redirects followed where it does (at the login, or a later answer moved to another base), retries with
 backoff only for idempotent calls on connection errors, timeouts, answers cut mid-body, 429, 502, 503 and 504,
 typed errors, secrets redacted (messages, and the :class:`~xnat_provider.client.errors.RedactedCause` chained
 in place of httpx's exception).
@@ -109,18 +110,50 @@ class AsyncXnatClient:
                 await self._login_locked()
 
     async def _login_locked(self) -> None:
+        """The login, as the sync client's ``XnatTransport._login_locked``: ``POST /data/services/auth`` first (no
+        probe ahead of it); sent again at another base only when XNAT (or a proxy) answers it with a redirect there
+        (http to https, a path prefix, another host; never https to http: :func:`~.core.login_redirect`), or,
+        when it answers 404 or 405, where one ``GET /`` of the site ends up."""
         form = self._state.begin()
+        looked_at_root = False
+        for moves in range(core.MAX_SITE_MOVES + 1):
+            status, location, text = await self._post_login(form)
+            new_base = core.login_redirect(self.base_url, status, location)
+            if new_base is None and status in (404, 405) and not looked_at_root:
+                looked_at_root = True
+                new_base = await self._site_root_redirect()
+            if new_base is None or moves == core.MAX_SITE_MOVES:
+                break
+            self._rebase(new_base)
+        sid = self._state.finish(status, text)
+        if not self.http.cookies.get(core.SESSION_COOKIE):
+            self.http.cookies.set(core.SESSION_COOKIE, sid)
+        self._state.established(self.base_url)
+
+    async def _post_login(self, form: dict[str, str]) -> tuple[int, str | None, str]:
+        """One login request, redirects not followed (a redirected POST would not carry its form again): status,
+        ``Location`` and body, or the ambiguous error for a login that got no whole answer."""
         failure = None
         try:
-            resp = await self.http.post(self.base_url + core.LOGIN_PATH, data=form)
+            resp = await self.http.post(self.base_url + core.LOGIN_PATH, data=form, follow_redirects=False)
         except HTTPX_ERRORS.broken as exc:
             failure = core.login_failure(self.base_url, exc, HTTPX_ERRORS, self.redact)
         if failure is not None:
             raise failure  # outside the except block: httpx's exception is not even its context
-        sid = self._state.finish(resp.status_code, resp.text)
-        if not self.http.cookies.get(core.SESSION_COOKIE):
-            self.http.cookies.set(core.SESSION_COOKIE, sid)
-        self._state.established(self.base_url)
+        return resp.status_code, resp.headers.get("Location"), resp.text
+
+    async def _site_root_redirect(self) -> str | None:
+        """Where ``GET /`` of the site ends up, when that is another base; None otherwise (or unreachable: the
+        login's own answer is then the error to report)."""
+        try:
+            resp = await self.http.get(self.base_url + "/", follow_redirects=True)
+        except HTTPX_ERRORS.broken:
+            return None
+        return core.redirected_base(self.base_url, str(resp.url)) if resp.history else None
+
+    def _rebase(self, new_base: str) -> None:
+        log.warning("XNAT at %s redirects to %s; using that from now on", self.base_url, new_base)
+        self.base_url = new_base
 
     async def _relogin(self, generation: int, confirm: bool = False) -> bool:
         """As the sync client's: True when the session was renewed (here or by a concurrent call); with
@@ -161,6 +194,10 @@ class AsyncXnatClient:
                 run.reply = await self._relogin(step.generation, step.confirm)
             else:
                 resp = await self.http.request(method, self.base_url + path, params=params)
+                if resp.history:  # followed: if the site moved (same path, another base), go there directly
+                    moved = core.moved_base(self.base_url, self.base_url + path, str(resp.url))
+                    if moved is not None:
+                        self._rebase(moved)
                 run.reply = _answer(resp)
         return resp
 

@@ -1,7 +1,8 @@
 """What the XNAT triggers share: an async client built from the Airflow connection, and error reporting.
 
 Triggers only wait and report: they poll with the async client (never blocking the triggerer's event loop),
-and turn every outcome, including errors, into a JSON-safe event that the deferring task acts on.
+and turn every outcome, including errors, into a JSON-safe event that the deferring task acts on. The triggers of
+one triggerer share their logins and their reads (:mod:`.shared_poll`); each judges what it reads on its own.
 
 Errors are of two kinds. Transient ones (:class:`XnatServerError`: XNAT restarting, a gateway's 5xx) are ridden
 out with the same login. Permanent ones (:data:`PERMANENT`: refused credentials, no permission, no such project,
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -33,12 +34,12 @@ from ..client.errors import (
 )
 from ..conditions import Outage
 from ..hooks.xnat import client_config_from_connection, missing_connection
+from .shared_poll import Fetch, Subscription, shared_client, subscription
 
 log = logging.getLogger("xnat_provider.triggers")
 T = TypeVar("T")
 
 PERMANENT = (XnatAuthError, XnatPermissionError, XnatNotFoundError, XnatBadInputError)
-
 
 
 async def connection_config(xnat_conn_id: str) -> ClientConfig:
@@ -53,8 +54,20 @@ async def connection_config(xnat_conn_id: str) -> ClientConfig:
 
 @asynccontextmanager
 async def async_client(xnat_conn_id: str) -> AsyncIterator[AsyncXnatClient]:
-    async with AsyncXnatClient(await connection_config(xnat_conn_id)) as client:
+    """The client of the connection's shared login in this event loop (see :mod:`.shared_poll`): every trigger of
+    a triggerer on one connection logs in once, and the last one to finish logs out."""
+    async with shared_client(xnat_conn_id, await connection_config(xnat_conn_id)) as client:
         yield client
+
+
+@asynccontextmanager
+async def shared_read(xnat_conn_id: str, read: tuple[Hashable, Fetch], poll_interval: float
+                      ) -> AsyncIterator[Subscription]:
+    """A subscription to the read every trigger of this event loop on the same connection shares (a project's
+    prearchive or experiments: :func:`~.shared_poll.prearchive_listing`), at ``poll_interval`` seconds or less."""
+    what, fetch = read
+    async with subscription(xnat_conn_id, await connection_config(xnat_conn_id), what, fetch, poll_interval) as sub:
+        yield sub
 
 
 def error_event(exc: BaseException) -> dict:
@@ -71,10 +84,28 @@ def transient(exc: BaseException) -> bool:
 
 async def poll(observe: Callable[[], Awaitable[T]], poll_interval: float, transient_error_timeout: float | None,
                what: str, failing_since: float | None = None) -> AsyncIterator[T]:
-    """Yield ``observe()`` every ``poll_interval`` seconds, riding out transient server errors for up to
-    ``transient_error_timeout`` seconds in a row (None: no limit), counted from ``failing_since`` (a wall-clock
-    time: an outage the task saw before it deferred) or from the first failure; a longer outage is raised as
-    :class:`XnatServerError`, any other error at once."""
+    """Yield ``observe()`` every ``poll_interval`` seconds, riding out transient server errors as
+    :func:`ride_out` does. For a trigger whose reads are its own (a container); a trigger whose read others share
+    waits on a :mod:`.shared_poll` subscription instead, which paces itself."""
+    looked = False
+
+    async def paced() -> T:
+        nonlocal looked
+        if looked:
+            await asyncio.sleep(poll_interval)
+        looked = True
+        return await observe()
+
+    async for value in ride_out(paced, transient_error_timeout, what, failing_since):
+        yield value
+
+
+async def ride_out(observe: Callable[[], Awaitable[T]], transient_error_timeout: float | None, what: str,
+                   failing_since: float | None = None) -> AsyncIterator[T]:
+    """Yield ``observe()`` again and again (``observe`` waits for its own next round), riding out transient server
+    errors for up to ``transient_error_timeout`` seconds in a row (None: no limit), counted from ``failing_since``
+    (a wall-clock time: an outage the task saw before it deferred) or from the first failure; a longer outage is
+    raised as :class:`XnatServerError`, any other error at once."""
     outage = Outage(transient_error_timeout, failing_since)
     while True:
         try:
@@ -85,4 +116,3 @@ async def poll(observe: Callable[[], Awaitable[T]], poll_interval: float, transi
         else:
             outage.answered()
             yield value
-        await asyncio.sleep(poll_interval)

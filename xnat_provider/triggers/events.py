@@ -39,10 +39,10 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from ..client import ClientConfig
-from ..client.async_client import AsyncXnatClient
 from ..client.errors import XnatAuthError, XnatError
 from ..conditions import PrearchiveCriteria, PrearchiveWatch
 from .base import PERMANENT, connection_config, log
+from .shared_poll import Subscription, prearchive_listing, subscription
 
 SEEN_KEY = "announced"
 PERMANENT_ERROR_INTERVAL = 600.0
@@ -169,8 +169,9 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
                 if fingerprint == self._refused:
                     problems.report(f"refused {fingerprint}", self._refusal)  # not sent again
                 else:
-                    async with AsyncXnatClient(config) as xnat:
-                        async for event in self._watch(xnat, watch, problems):
+                    what, fetch = prearchive_listing(self.project)
+                    async with subscription(self.xnat_conn_id, config, what, fetch, self.poll_interval) as listing:
+                        async for event in self._watch(listing, watch, problems):
                             yield event
             except PERMANENT as exc:
                 if isinstance(exc, XnatAuthError) and config is not None:
@@ -182,18 +183,19 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
                 problems.report(f"{type(exc).__name__}: {exc}", self._explain(exc, config))
             await asyncio.sleep(self.permanent_error_interval)
 
-    async def _watch(self, xnat: AsyncXnatClient, watch: PrearchiveWatch,
+    async def _watch(self, listing: Subscription, watch: PrearchiveWatch,
                      problems: ProblemLog) -> AsyncIterator[TriggerEvent]:
-        """Poll with one login until a permanent error (raised). Transient XNAT errors, and errors reading or
-        writing the asset state store, are logged and polled through."""
+        """Judge each round of the project's shared prearchive listing (the triggerer's other triggers on this
+        connection and project read the same round: :mod:`.shared_poll`) until a permanent error (raised).
+        Transient XNAT errors, and errors reading or writing the asset state store, are logged and polled
+        through."""
         while True:
             try:
-                sessions = await xnat.list_prearchive(self.project)
+                sessions = await listing.next()
             except PERMANENT:
                 raise
             except XnatError as exc:
                 log.warning("XNAT prearchive poll for %s failed (%s); polling again", self.project, exc)
-                await asyncio.sleep(self.poll_interval)
                 continue
             problems.resolved(f"XNAT prearchive watcher for project {self.project}")
             try:
@@ -214,4 +216,3 @@ class XnatPrearchiveEventTrigger(BaseEventTrigger):
             except Exception as exc:
                 log.error("XNAT prearchive watcher for %s could not use the asset state store (%s: %s); "
                           "polling again", self.project, type(exc).__name__, exc)
-            await asyncio.sleep(self.poll_interval)

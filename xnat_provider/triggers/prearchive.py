@@ -8,7 +8,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ..conditions import DONE, FAIL, REBUILD, PrearchiveCriteria, PrearchiveWatch, criteria_dict
-from .base import async_client, error_event, log, poll
+from .base import error_event, log, ride_out, shared_read
+from .shared_poll import prearchive_listing
 
 
 class XnatPrearchiveTrigger(BaseTrigger):
@@ -24,6 +25,9 @@ class XnatPrearchiveTrigger(BaseTrigger):
     raises again: permanent ones (refused login, no permission, no such project, a bad connection) at once, with
     no second login; transient ones (:class:`~xnat_provider.client.errors.XnatServerError`) only once XNAT has
     kept failing for ``transient_error_timeout`` seconds in a row.
+
+    The triggers of one triggerer read each project's prearchive together: one login per connection and one
+    listing per round for all of them (:mod:`~xnat_provider.triggers.shared_poll`); each judges it on its own.
 
     A trigger serialized by an earlier version (criteria with ``session`` for ``experiment``) still runs.
 
@@ -54,11 +58,15 @@ class XnatPrearchiveTrigger(BaseTrigger):
             "failing_since": self.failing_since})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Judge each round of the project's shared prearchive listing (one request per round for every trigger
+        of the triggerer watching that project: :mod:`.shared_poll`) until a verdict ends the wait."""
         try:
             watch = PrearchiveWatch(PrearchiveCriteria.from_dict(self.criteria), self.state)
-            async with async_client(self.xnat_conn_id) as xnat:
-                async for sessions in poll(lambda: xnat.list_prearchive(watch.criteria.project), self.poll_interval,
-                                           self.transient_error_timeout, "prearchive", self.failing_since):
+            last = None
+            async with shared_read(self.xnat_conn_id, prearchive_listing(watch.criteria.project),
+                                   self.poll_interval) as listing:
+                async for sessions in ride_out(listing.next, self.transient_error_timeout, "prearchive",
+                                               self.failing_since):
                     verdict = watch.observe(sessions)
                     if verdict.action == DONE:
                         yield TriggerEvent({"status": "success", "message": verdict.message,
@@ -69,6 +77,8 @@ class XnatPrearchiveTrigger(BaseTrigger):
                                             "message": verdict.message, "sessions": verdict.found,
                                             "state": watch.state})
                         return
-                    log.info("%s", verdict.message)
+                    if verdict.message != last:  # a line when something changed, not one per poll for hours
+                        log.info("%s", verdict.message)
+                        last = verdict.message
         except Exception as exc:
             yield TriggerEvent(error_event(exc))
