@@ -106,29 +106,44 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 
 def worker(mode: str, a: dict) -> dict:
-    url = a["url"]
+    """One measurement in this (fresh) process: a big transfer, a scan download, or a first call."""
     if mode in ("download", "upload"):
-        from xnat_provider.client import XnatClient
+        return _transfer_worker(mode, a)
+    if mode.startswith("scan-"):
+        return _scan_worker(mode, a)
+    if mode.startswith("first-"):
+        return _first_call_worker(mode, a)
+    raise SystemExit(f"unknown worker mode {mode}")
 
-        mem = _baseline()
-        cpu0 = time.process_time()
-        ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        with XnatClient(url, LOGIN, PASSWORD) as c:
-            if mode == "download":
-                remote = next(f for f in c.list_files(a["resource"]) if f.path == a["name"])
-                entry = c.download_file(remote, a["target"])
-                size = entry["size"]
-            else:
-                manifest = c.upload(a["source"], f"/data/projects/{PROJECT}", a["resource_label"])
-                size = manifest.bytes
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
-            ru1 = resource.getrusage(resource.RUSAGE_SELF)
-            requests_sent = c.transport.requests_sent
-        return {"seconds": seconds, "bytes": size, "requests_sent": requests_sent, "cpu_s": cpu,
-                "user_s": ru1.ru_utime - ru0.ru_utime, "system_s": ru1.ru_stime - ru0.ru_stime,
-                "memory": _peak(mem)}
+
+def _transfer_worker(mode: str, a: dict) -> dict:
+    """The client's 1 GiB download or upload: time, CPU (user and system) and peak memory."""
+    from xnat_provider.client import XnatClient
+
+    mem = _baseline()
+    cpu0 = time.process_time()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    with XnatClient(a["url"], LOGIN, PASSWORD) as c:
+        if mode == "download":
+            remote = next(f for f in c.list_files(a["resource"]) if f.path == a["name"])
+            entry = c.download_file(remote, a["target"])
+            size = entry["size"]
+        else:
+            manifest = c.upload(a["source"], f"/data/projects/{PROJECT}", a["resource_label"])
+            size = manifest.bytes
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        requests_sent = c.transport.requests_sent
+    return {"seconds": seconds, "bytes": size, "requests_sent": requests_sent, "cpu_s": cpu,
+            "user_s": ru1.ru_utime - ru0.ru_utime, "system_s": ru1.ru_stime - ru0.ru_stime,
+            "memory": _peak(mem)}
+
+
+def _scan_worker(mode: str, a: dict) -> dict:
+    """One scan's files downloaded by this client, xnatpy or pyxnat: the time, and what landed (to compare)."""
+    url = a["url"]
     if mode == "scan-ours":
         from xnat_provider.client import XnatClient
 
@@ -153,49 +168,54 @@ def worker(mode: str, a: dict) -> dict:
         exp.scan(a["scan"]).resource("DICOM").get(a["dest"], extract=True)
         iface.disconnect()
         seconds = time.perf_counter() - t0
-    elif mode.startswith("first-"):
-        _get(f"{url}/__emulator__/requests", "DELETE")
-        t_import = time.perf_counter()
-        if mode == "first-ours":
-            from xnat_provider.client import XnatClient
-
-            t_call = time.perf_counter()
-            c = XnatClient(url, LOGIN, PASSWORD)
-            answer = c.list_projects()
-            t_end = time.perf_counter()
-        elif mode == "first-xnatpy":
-            import xnat
-
-            t_call = time.perf_counter()
-            c = xnat.connect(url, user=LOGIN, password=PASSWORD, loglevel="ERROR")
-            answer = list(c.projects.keys())
-            t_end = time.perf_counter()
-        else:
-            import pyxnat
-
-            t_call = time.perf_counter()
-            c = pyxnat.Interface(server=url, user=LOGIN, password=PASSWORD)
-            answer = c.select.projects().get()
-            t_end = time.perf_counter()
-        counts = json.loads(_get(f"{url}/__emulator__/faults"))["counts"]
-        with_close = getattr(c, "close", None) or getattr(c, "disconnect", None)
-        if with_close:
-            with_close()
-        return {
-            "answer": sorted(answer),
-            "python_startup_s": t_import - T_START,  # this script's stdlib imports; the same for all three
-            "import_s": t_call - t_import,
-            "connect_to_answer_s": t_end - t_call,
-            "nothing_to_answer_s": t_end - T_START,
-            "requests": sum(c["count"] for c in counts),
-            "by_path": counts,
-        }
     else:
         raise SystemExit(f"unknown worker mode {mode}")
     files = _tree_digest(Path(a["dest"]))
     return {"seconds": seconds, "files": len(files), "bytes": sum(p.stat().st_size for p in Path(a["dest"]).rglob("*")
                                                                    if p.is_file() and p.suffix != ".zip"),
             "digests": files}
+
+
+def _first_call_worker(mode: str, a: dict) -> dict:
+    """From nothing to the first answered call (a project listing) with this client, xnatpy or pyxnat: the
+    time of each step and the requests the emulator counted."""
+    url = a["url"]
+    _get(f"{url}/__emulator__/requests", "DELETE")
+    t_import = time.perf_counter()
+    if mode == "first-ours":
+        from xnat_provider.client import XnatClient
+
+        t_call = time.perf_counter()
+        c = XnatClient(url, LOGIN, PASSWORD)
+        answer = c.list_projects()
+        t_end = time.perf_counter()
+    elif mode == "first-xnatpy":
+        import xnat
+
+        t_call = time.perf_counter()
+        c = xnat.connect(url, user=LOGIN, password=PASSWORD, loglevel="ERROR")
+        answer = list(c.projects.keys())
+        t_end = time.perf_counter()
+    else:
+        import pyxnat
+
+        t_call = time.perf_counter()
+        c = pyxnat.Interface(server=url, user=LOGIN, password=PASSWORD)
+        answer = c.select.projects().get()
+        t_end = time.perf_counter()
+    counts = json.loads(_get(f"{url}/__emulator__/faults"))["counts"]
+    with_close = getattr(c, "close", None) or getattr(c, "disconnect", None)
+    if with_close:
+        with_close()
+    return {
+        "answer": sorted(answer),
+        "python_startup_s": t_import - T_START,  # this script's stdlib imports; the same for all three
+        "import_s": t_call - t_import,
+        "connect_to_answer_s": t_end - t_call,
+        "nothing_to_answer_s": t_end - T_START,
+        "requests": sum(c["count"] for c in counts),
+        "by_path": counts,
+    }
 
 
 def _get(url: str, method: str = "GET") -> str:
@@ -273,6 +293,9 @@ def curl_to(target: Path, url: str, be) -> dict:
 
 
 def big_round(n: int, blob: Path, work: Path, be, data: memoryview) -> dict:
+    """One round of the 1 GiB measurements, in the rotation that keeps them comparable (MD5, the downloads, the
+    uploads, with the syncs between them). Kept whole on purpose: the order of the steps is the method, and it
+    reads top to bottom as BENCHMARKS.md describes it."""
     data_dir = work / f"emulator-{n}"
     log = open(work / f"emulator-{n}.log", "w")
     emu, url = be._start(emulator_cmd(be, data_dir), "XNAT emulator listening on", stderr=log)
@@ -459,6 +482,8 @@ def summarise(big: list[dict], other: dict, size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (a worker, or the whole benchmark): arguments, the rounds, the summary written to
+    RESULTS and printed. One function, as a script's entry point reads best in one place."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         print(json.dumps(worker(argv[1], json.loads(argv[2]))))

@@ -70,6 +70,8 @@ def get_provider_info() -> dict[str, Any]:
                                        "schema": {"type": ["number", "null"], "default": 30}},
                     "workers": {"label": "Parallel downloads",
                                 "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1}},
+                    "progress_interval": {"label": "Seconds between progress lines of a long transfer",
+                                          "schema": {"type": ["number", "null"], "default": 10, "minimum": 0}},
                 },
             }
         ],

@@ -10,7 +10,6 @@ import hashlib
 import io
 import os
 import threading
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,26 +359,32 @@ def test_truncated_body_fails_then_a_rerun_finishes(client: XnatClient, blobs: d
 
 
 def test_session_expiry_mid_download_logs_in_once_more(client: XnatClient, session: Session,
-                                                       emulator: XnatEmulator, tmp_path: Path) -> None:
-    files = client.list_files(f"{base_path(experiment=session.id, scan='2')}/resources/DICOM")
+                                                       emulator: XnatEmulator, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The login expires half-way through a download with two workers (as XNAT's idle timeout or a restart would):
+    the client logs in once more, for both workers, and every file arrives verified. The expiry comes just before
+    the third file is requested (counted, not timed: it cannot come too late on a slow machine)."""
+    client.list_files(f"{base_path(experiment=session.id, scan='2')}/resources/DICOM")
     assert client.transport.login_attempts == 1
-    slow = files[0].path
-    emulator.delay("GET", slow.replace(".", r"\."), seconds=0.5)
+    real = client.transport.http.request
+    file_gets: list[str] = []
+    lock = threading.Lock()
 
-    def expire_while_it_waits() -> None:
-        deadline = time.monotonic() + 10
-        while emulator.request_count("GET", slow.replace(".", r"\.")) == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        emulator.expire_sessions()
+    def request(method: str, url: str, **kw):  # type: ignore[no-untyped-def]
+        if method == "GET" and "/files/" in url:
+            with lock:
+                file_gets.append(url)
+                if len(file_gets) == 3:  # two files asked for, four to go
+                    emulator.expire_sessions()
+        return real(method, url, **kw)
 
-    t = threading.Thread(target=expire_while_it_waits)
-    t.start()
+    monkeypatch.setattr(client.transport.http, "request", request)
     manifest = client.download_scans("P1", session.label, tmp_path / "out", workers=2)
-    t.join()
     assert tree(tmp_path / "out") == session.scan_tree("1", "2", "3")
     assert manifest.transferred == 6
     assert client.transport.login_attempts == 2
     assert emulator.request_count("POST", "/data/services/auth") == 2
+    assert len(file_gets) >= 7  # the file asked for after the expiry was asked for again
 
 
 def test_bursts_of_503_on_file_gets_are_retried(client: XnatClient, session: Session, emulator: XnatEmulator,

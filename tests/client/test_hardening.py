@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import assert_no_secret
@@ -234,9 +235,11 @@ def test_no_secret_in_the_chain_of_a_token_call_that_fails(tmp_path: Path, failu
         forwarder = Forwarder(emu.port)
         secrets: list[str] = []
         # One attempt: a resent invalidate would find the token gone (404), which is its goal reached.
-        c = XnatClient(config(emu, retries=1, read_timeout=0.3, on_secret=secrets.append, url=forwarder.url))
+        c = XnatClient(config(emu, retries=1, read_timeout=30, on_secret=secrets.append, url=forwarder.url))
         token = c.issue_token()
         sid = c.transport.session_id
+        if failure == "timeout":  # short for the failing call only: the setup may be slow on a loaded machine
+            c.transport.config.read_timeout = 0.3
         inject(emu, failure, "tokens/", forwarder)
         with pytest.raises(XnatError) as info:
             if call == "validate":
@@ -262,10 +265,12 @@ async def test_no_secret_in_the_chain_of_an_async_call_that_fails(tmp_path: Path
             token = sync.issue_token()
         secrets: list[str] = []
         forwarder = Forwarder(emu.port)
-        xnat = AsyncXnatClient(config(emu, retries=2, read_timeout=0.3, on_secret=secrets.append, url=forwarder.url))
+        xnat = AsyncXnatClient(config(emu, retries=2, read_timeout=30, on_secret=secrets.append, url=forwarder.url))
         xnat.add_secret(token.secret)
         await xnat.login()
         sid = xnat.http.cookies.get("JSESSIONID")
+        if failure == "timeout":  # short for the failing call only: the login may be slow on a loaded machine
+            xnat.http.timeout = httpx.Timeout(0.3, connect=10)
         inject(emu, failure, "tokens/", forwarder)
         with pytest.raises(XnatError) as info:
             await xnat.request("GET", f"/data/services/tokens/validate/{token.alias}/{token.secret}")

@@ -219,10 +219,10 @@ def test_multi_study_directory_gives_one_ref_per_study(
     assert emulator.request_count("POST", IMPORT) == 1
 
 
-def test_import_with_subject_and_session_labels(
+def test_import_with_subject_and_experiment_labels(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path
 ) -> None:
-    refs = client.import_dicom(study_zip, "P1", subject="SUBJ_X", session="SESS_X")
+    refs = client.import_dicom(study_zip, "P1", subject="SUBJ_X", experiment="SESS_X")
 
     assert [r.label for r in refs] == ["SESS_X"]
     [row] = rows(http, emulator)
@@ -546,8 +546,8 @@ def test_unknown_project(client: XnatClient, emulator: XnatEmulator, http: reque
     "kwargs, what",
     [
         ({"subject": "bad label!"}, "subject"),
-        ({"session": "a/b"}, "session"),
-        ({"session": "Jürgen"}, "session"),
+        ({"experiment": "a/b"}, "session"),  # XNAT's parameter for the experiment's label is "session"
+        ({"experiment": "Jürgen"}, "session"),
         ({"project": "P 1"}, "project"),
     ],
 )
@@ -557,7 +557,8 @@ def test_labels_xnat_rejects(
     args = {"project": "P1", **kwargs}
     with pytest.raises(XnatBadInputError) as err:
         client.import_dicom(study_zip, **args)
-    assert f"Invalid {what} label" in str(err.value) and repr(args[what]) in str(err.value)
+    [given] = kwargs.values()
+    assert f"Invalid {what} label" in str(err.value) and repr(given) in str(err.value)
     assert emulator.request_count("POST", IMPORT) == 0
 
 

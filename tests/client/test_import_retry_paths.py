@@ -22,8 +22,9 @@ import requests
 
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatClient
+from xnat_provider.client.errors import XnatServerError
 from xnat_provider.client.import_body import plan_import, zip_stream
-from xnat_provider.client.imports import ImportSnapshot
+from xnat_provider.client.imports import ImportMemory, ImportSnapshot
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.samples import Study, make_study
 
@@ -220,3 +221,54 @@ def test_a_tar_member_header_is_read_without_rewinding_the_archive(
     b"".join(zip_stream(plan.entries))
     assert len(plan.entries) == 10
     assert rewinds == []
+
+
+# ---- across calls: the memory a retried caller keeps ------------------------------------------------------
+def test_a_call_with_an_earlier_calls_memory_sends_nothing_again(
+    client: XnatClient, emulator: XnatEmulator, tmp_path: Path
+) -> None:
+    """What the first call saved (JSON, as a task state store keeps it) makes the second call find its work."""
+    two_studies_one_split(tmp_path / "src")
+    saved: list[str] = []
+    memory = ImportMemory(save=lambda data: saved.append(json.dumps(data)))
+
+    first = client.import_dicom_retry_safe([tmp_path / "src"], "P1", memory=memory)
+
+    assert emulator.request_count("POST", IMPORT) == 1 and len(saved) == 1
+    again = client.import_dicom_retry_safe([tmp_path / "src"], "P1", memory=ImportMemory(json.loads(saved[-1])))
+    assert emulator.request_count("POST", IMPORT) == 1  # found, not sent again
+    assert sorted(s.ref.uri for s in again) == sorted(s.ref.uri for s in first)
+    assert {s.status for s in again} == {"READY"} and all(s.to_dict()["study_uid"] for s in again)
+    # Without the memory the same call is a new import.
+    client.import_dicom_retry_safe([tmp_path / "src"], "P1")
+    assert emulator.request_count("POST", IMPORT) == 2
+
+
+def test_the_memory_is_saved_before_the_post(client: XnatClient, emulator: XnatEmulator, tmp_path: Path) -> None:
+    """A try may die between the POST and its answer: the record of what it sends must already be saved."""
+    two_studies_one_split(tmp_path / "src")
+    posts_when_saved: list[int] = []
+    memory = ImportMemory(save=lambda data: posts_when_saved.append(emulator.request_count("POST", IMPORT)))
+    emulator.fail_next("POST", f"^{IMPORT}$", status=500)
+
+    with pytest.raises(XnatServerError):
+        client.import_dicom_retry_safe([tmp_path / "src"], "P1", memory=memory)
+
+    assert posts_when_saved == [0]
+    [record] = memory.data.values()
+    assert len(record["studies"]) == 2 and set(record["labels"]) == set(record["studies"])
+    # The refused POST did nothing: the next call with the memory sends both studies.
+    sessions = client.import_dicom_retry_safe([tmp_path / "src"], "P1", memory=memory)
+    assert sorted(s.ref.label for s in sessions) == ["A1", "A2", "B1"]
+    assert emulator.request_count("POST", IMPORT) == 2
+
+
+def test_session_is_the_deprecated_name_of_experiment(client: XnatClient, study_zip: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="'session' is deprecated, use 'experiment'"):
+        plan = plan_import(study_zip, session="OLD_MR1")
+    assert [label for _subject, label in plan.labels.values()] == ["OLD_MR1"]
+    with pytest.warns(DeprecationWarning, match="import_dicom: the argument 'session'"):
+        [ref] = client.import_dicom(study_zip, "P1", session="OLD_MR1", plan=plan)
+    assert ref.label == "OLD_MR1"
+    with pytest.raises(TypeError, match="both were given"):
+        client.import_dicom(study_zip, "P1", session="A", experiment="B")

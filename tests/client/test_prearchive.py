@@ -32,6 +32,7 @@ from xnat_provider.client import (
 )
 from xnat_provider.client.async_client import AsyncXnatClient
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 from xnat_provider.testing.samples import Study, make_study
 
 ARCHIVE = "/data/services/archive"
@@ -519,7 +520,8 @@ def test_archive_persistent_503_gives_up(emulator: XnatEmulator, http: requests.
 # ---- queued operations -------------------------------------------------------------------------------------
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[XnatEmulator]:
-    """Queued operations wait 0.4 s, then run for 0.4 s: long enough to see each status."""
+    """Queued operations wait 0.4 s, then run for 0.4 s, on a clock that moves only when ``_watch`` advances it:
+    each status is seen however slow the machine (a real 0.4 s could pass between two looks)."""
     with XnatEmulator(
         data_dir=tmp_path / "q",
         users=USERS,
@@ -527,22 +529,24 @@ def queue(tmp_path: Path) -> Iterator[XnatEmulator]:
         receiving_idle=0.5,
         build_seconds=0.2,
         queue_seconds=0.4,
+        clock=ManualClock(),
     ) as emu:
         yield emu
 
 
-def _watch(client: XnatClient, project: str, name: str, until: Callable[[list[PrearchiveSession]], bool]) -> list[str]:
-    """Every status a row shows until ``until`` holds (polled quickly)."""
+def _watch(client: XnatClient, project: str, name: str, until: Callable[[list[PrearchiveSession]], bool],
+           clock: Any) -> list[str]:
+    """Every status a row shows until ``until`` holds: a look, then the emulator's clock 0.04 s on (a tenth of a
+    queue step: a status lasts a whole step, so none is missed), up to 16 s of the emulator's time."""
     seen: list[str] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    for _ in range(400):
         listed = [s for s in client.list_prearchive(project) if s.name == name]
         if listed and (not seen or seen[-1] != listed[0].status):
             seen.append(listed[0].status)
         if until(listed):
             return seen
-        time.sleep(0.03)
-    raise AssertionError(f"timed out; saw {seen}")
+        clock.advance(0.04)
+    raise AssertionError(f"never done; saw {seen}")
 
 
 def test_move_queues_runs_then_completes(queue: XnatEmulator, tmp_path: Path) -> None:
@@ -553,7 +557,7 @@ def test_move_queues_runs_then_completes(queue: XnatEmulator, tmp_path: Path) ->
         queued = client.move_prearchive(ref, "P2")
 
         assert queued is not None and queued.status == "QUEUED_MOVING" and queued.uri == ref.uri
-        seen = _watch(client, "P1", "S01_MR1", lambda listed: not listed)
+        seen = _watch(client, "P1", "S01_MR1", lambda listed: not listed, queue.prearchive.clock)
         assert seen[0] == "QUEUED_MOVING" and "_MOVING" in seen
         [moved] = rows(http, queue, "P2")
         assert (moved["status"], moved["timestamp"], moved["folderName"]) == ("READY", ref.timestamp, "S01_MR1")
@@ -567,7 +571,8 @@ def test_rebuild_queues_runs_then_completes(queue: XnatEmulator, tmp_path: Path)
         queued = client.rebuild_prearchive(ref)
 
         assert queued is not None and queued.status == "QUEUED_BUILDING"
-        seen = _watch(client, "P1", "S01_MR1", lambda listed: bool(listed) and listed[0].status == "READY")
+        seen = _watch(client, "P1", "S01_MR1", lambda listed: bool(listed) and listed[0].status == "READY",
+                      queue.prearchive.clock)
         assert seen[0] == "QUEUED_BUILDING" and "_BUILDING" in seen and seen[-1] == "READY"
         assert client.archive(ref).label == "S01_MR1"  # and it archives as before
 
@@ -590,7 +595,7 @@ def test_delete_queues_runs_then_completes(queue: XnatEmulator, tmp_path: Path) 
         queued = client.delete_prearchive(ref)
 
         assert queued is not None and queued.status == "QUEUED_DELETING"
-        seen = _watch(client, "P1", "S01_MR1", lambda listed: not listed)
+        seen = _watch(client, "P1", "S01_MR1", lambda listed: not listed, queue.prearchive.clock)
         assert seen[0] == "QUEUED_DELETING" and "_DELETING" in seen
         assert rows(http, queue) == [] and client.find_prearchive(ref) is None
         assert experiments(http, queue) == []

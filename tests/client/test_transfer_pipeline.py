@@ -17,9 +17,10 @@ import pytest
 import requests
 
 from xnat_provider.client import XnatClient, base_path
-from xnat_provider.client import downloads as dl
+from xnat_provider.client import hashed_stream as dl
 from xnat_provider.client.models import RemoteFile
 from xnat_provider.client.progress import NO_PROGRESS
+from xnat_provider.client.zip_extraction import FileWriter, ZipExtraction
 from xnat_provider.client.zip_stream import ForwardZip, ZipStreamError
 from xnat_provider.testing import XnatEmulator
 
@@ -234,7 +235,7 @@ def test_extraction_renames_only_once_the_zip_has_ended_and_never_a_link(tmp_pat
     caplog.set_level(logging.INFO, logger="xnat_provider.client")
     link = "S/scans/1-T1/resources/DICOM/files/sub/b.dcm"
     pairs = pairs_for(tmp_path, FILES)
-    job = dl._ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
+    job = ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
     job.run(ForwardZip(reader(make_zip(zipfile.ZIP_DEFLATED, True, link=link))))
     assert not (tmp_path / "a.dcm").exists() and (tmp_path / "a.dcm.part").exists()  # not before commit
     out: list[dict | None] = [None] * len(pairs)
@@ -248,7 +249,7 @@ def test_extraction_renames_only_once_the_zip_has_ended_and_never_a_link(tmp_pat
 
 def test_a_zip_that_breaks_leaves_no_part_behind(tmp_path: Path) -> None:
     pairs = pairs_for(tmp_path, FILES)
-    job = dl._ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
+    job = ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
     data = make_zip(zipfile.ZIP_DEFLATED, True)
     with pytest.raises(ZipStreamError):
         job.run(ForwardZip(reader(data[:-30])))  # the central directory cut
@@ -262,7 +263,7 @@ def test_a_new_folder_is_filled_under_a_hidden_name_and_renamed_whole(tmp_path: 
     stale = tmp_path / "out" / "1" / ".DICOM.xnat-part"
     stale.mkdir(parents=True)
     (stale / "junk.dcm").write_bytes(b"left by a run that was killed")
-    job = dl._ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
+    job = ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
     job.run(ForwardZip(reader(make_zip(zipfile.ZIP_DEFLATED, True))))
     assert not top.exists()  # nothing under a final path before the zip has ended and been checked
     assert sorted(p.name for p in stale.rglob("*") if p.is_file()) == ["a.dcm", "b.dcm", "empty.dcm"]
@@ -276,7 +277,7 @@ def test_a_new_folder_is_filled_under_a_hidden_name_and_renamed_whole(tmp_path: 
 def test_a_new_folder_that_appears_meanwhile_gets_the_files_one_by_one(tmp_path: Path) -> None:
     top = tmp_path / "out"
     pairs = pairs_for(top, FILES)
-    job = dl._ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
+    job = ZipExtraction(pairs, ["/resources/DICOM/files/"], NO_PROGRESS)
     job.run(ForwardZip(reader(make_zip(zipfile.ZIP_DEFLATED, False))))
     top.mkdir()
     (top / "other.txt").write_bytes(b"someone else's")
@@ -288,7 +289,7 @@ def test_a_new_folder_that_appears_meanwhile_gets_the_files_one_by_one(tmp_path:
 
 def test_a_broken_zip_into_a_new_folder_leaves_nothing(tmp_path: Path) -> None:
     top = tmp_path / "out"
-    job = dl._ZipExtraction(pairs_for(top, FILES), ["/resources/DICOM/files/"], NO_PROGRESS)
+    job = ZipExtraction(pairs_for(top, FILES), ["/resources/DICOM/files/"], NO_PROGRESS)
     with pytest.raises(ZipStreamError):
         job.run(ForwardZip(reader(make_zip(zipfile.ZIP_DEFLATED, True)[:-30])))
     job.drop()
@@ -296,7 +297,7 @@ def test_a_broken_zip_into_a_new_folder_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_the_file_writer_writes_in_order_and_hands_its_error_to_the_caller(tmp_path: Path) -> None:
-    w = dl._FileWriter()
+    w = FileWriter()
     for i in range(50):
         w.open(tmp_path / "d" / f"{i}.bin")
         w.write(bytes([i]) * 1000)
@@ -306,7 +307,7 @@ def test_the_file_writer_writes_in_order_and_hands_its_error_to_the_caller(tmp_p
     assert all((tmp_path / "d" / f"{i}.bin").read_bytes() == bytes([i]) * 1000 + b"end" for i in range(50))
 
     (tmp_path / "file").write_bytes(b"in the way")
-    w = dl._FileWriter()
+    w = FileWriter()
     w.open(tmp_path / "file" / "x.bin")  # under a file: the writer fails, the caller hears of it
     with pytest.raises(OSError):
         for _ in range(10_000):
@@ -314,3 +315,22 @@ def test_the_file_writer_writes_in_order_and_hands_its_error_to_the_caller(tmp_p
         w.finish()
     with pytest.raises(OSError):
         w.finish()
+
+
+def test_what_downloads_and_containers_exported_before_their_split_still_imports_from_them() -> None:
+    """Code written against the modules before they were split (``from xnat_provider.client.downloads import
+    md5_of``) keeps working: the names are the same objects, re-exported."""
+    from xnat_provider.client import container_models, container_watch, containers, downloads, hashed_stream
+    from xnat_provider.client import destinations as dest
+
+    for name in ("BROKEN", "CHUNK", "BUFFER", "BUFFERS", "THREADED_MD5_MIN", "Body", "Hasher", "fill", "receive",
+                 "hash_file", "md5_of"):
+        assert getattr(downloads, name) is getattr(hashed_stream, name)
+    for name in ("check_relpath", "check_destination", "safe_join", "on_storage"):
+        assert getattr(downloads, name) is getattr(dest, name)
+    assert containers.Container is container_models.Container and containers.ContainerWatch is \
+        container_watch.ContainerWatch
+    used_elsewhere = {"DONE", "LAUNCH_FAILED", "Container", "ContainerWatch", "LaunchPlan", "Workflow", "failure_of",
+                      "container_of_workflow", "container_lookup", "workflow_lookup", "workflow_container_lookup"}
+    assert used_elsewhere <= set(containers.__all__) and all(hasattr(containers, n) for n in containers.__all__)
+

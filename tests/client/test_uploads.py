@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -248,24 +246,23 @@ def test_empty_files_go_through_a_zip(client: XnatClient, session: str, emulator
 
 # ---- the server's answers are checked ----------------------------------------------------------------------
 def test_duplicates_answer_is_never_taken_for_success(client: XnatClient, session: str, emulator: XnatEmulator,
-                                                      http: requests.Session, local: Path) -> None:
+                                                      http: requests.Session, local: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A real race on the server: another writer stores ``report.txt`` after the client listed the resource and
-    while its PUT is held up (a ``delay`` fault); XNAT then answers the client 200 ``{"duplicates": [...]}``."""
+    just before its PUT arrives; XNAT then answers the client 200 ``{"duplicates": [...]}``. (The other writer
+    runs when the client sends its PUT, not after a delay: the race is the same on a slow machine.)"""
     http.put(f"{emulator.url}{EXP}/resources/OUT")
-    emulator.delay("PUT", r"/OUT/files/report\.txt$", seconds=0.6)
     other = b"written by someone else\n"
+    real = client.transport.http.request
 
-    def other_writer() -> None:
-        deadline = time.monotonic() + 10
-        while emulator.request_count("PUT", r"/OUT/files/report\.txt$") == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        http.put(f"{emulator.url}{EXP}/resources/OUT/files/report.txt", data=other)
+    def request(method: str, url: str, **kw):  # type: ignore[no-untyped-def]
+        if method == "PUT" and url.endswith("/OUT/files/report.txt"):
+            assert http.put(f"{emulator.url}{EXP}/resources/OUT/files/report.txt", data=other).status_code == 200
+        return real(method, url, **kw)
 
-    t = threading.Thread(target=other_writer)
-    t.start()
+    monkeypatch.setattr(client.transport.http, "request", request)
     with pytest.raises(XnatTransferError) as err:
         client.upload(local / "report.txt", EXP, "OUT")
-    t.join()
     message = str(err.value)
     assert "not verified" in message and "report.txt" in message
     assert f"catalog lists {len(other)} bytes, local file has 9" in message

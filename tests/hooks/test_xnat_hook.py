@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import airflow
@@ -93,10 +95,10 @@ def test_extras_map_onto_the_client(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_X", json.dumps({
         "conn_type": "xnat", "host": "https://xnat.example.org", "login": "u", "password": "p",
         "extra": {"verify_ssl": True, "ca_bundle": str(ca), "connect_timeout": "3", "read_timeout": 30,
-                  "backoff": 0.5, "workers": 8}}))
+                  "backoff": 0.5, "workers": 8, "settle_seconds": "12", "progress_interval": "2.5"}}))
     cfg = XnatHook("xnat_x").client_config
     assert cfg.verify == str(ca) and cfg.connect_timeout == 3.0 and cfg.read_timeout == 30.0
-    assert cfg.backoff == 0.5 and cfg.workers == 8
+    assert cfg.backoff == 0.5 and cfg.workers == 8 and cfg.settle_seconds == 12.0 and cfg.progress_interval == 2.5
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_Y", json.dumps({
         "conn_type": "xnat", "host": "https://xnat.example.org", "extra": {"verify_ssl": "false"}}))
     assert XnatHook("xnat_y").client_config.verify is False
@@ -107,6 +109,27 @@ def test_extras_map_onto_the_client(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_EMPTY", json.dumps({"conn_type": "xnat"}))
     ok, message = XnatHook("xnat_empty").test_connection()
     assert not ok and "has no host" in message
+
+
+@pytest.mark.parametrize(("interval", "progress_lines"), [(0, True), (3600, False)])
+def test_the_progress_interval_extra_sets_how_often_a_transfer_logs(monkeypatch, emulator, tmp_path, caplog,
+                                                                    interval, progress_lines) -> None:
+    """What the task log shows of a long download: a line at every tenth with ``progress_interval`` 0; with an
+    interval longer than the download (an hour), no progress line and, for one file, no summary either."""
+    caplog.set_level(logging.INFO, logger="xnat_provider.client")
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(4 * 1024 * 1024))
+    with _conn(monkeypatch, "xnat_progress", emulator.url, progress_interval=interval).get_conn() as xnat:
+        xnat.upload(source, "/data/projects/P1", "R")
+        remote = next(f for f in xnat.list_files("/data/projects/P1/resources/R") if f.path == "big.bin")
+        caplog.clear()
+        xnat.download_file(remote, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"Download of {tmp_path}")]
+    if progress_lines:
+        assert len(shown) >= 3 and " done: 4.2 MB of 4.2 MB (100 %)" in shown[-1]
+    else:
+        assert shown == []
 
 
 def test_secrets_are_handed_to_airflow_masking(conn_env, monkeypatch) -> None:
@@ -255,6 +278,8 @@ def test_verify_with_the_lab_ca(monkeypatch, tls_xnat, value) -> None:
     ({"backoff": -1}, None, "extra 'backoff' must be at least 0"),
     ({"workers": "four"}, None, "extra 'workers' must be a whole number"),
     ({"settle_seconds": "inf"}, None, "extra 'settle_seconds' must be a number"),
+    ({"progress_interval": -1}, None, "extra 'progress_interval' must be at least 0"),
+    ({"progress_interval": "often"}, None, "extra 'progress_interval' must be a number"),
     ({"protocol": "ftp"}, "xnat.example.org", "extra 'protocol' must be http or https"),
     ({}, "", "has no host"),
     ({}, "ftp://xnat.example.org", "must start with http:// or https://"),

@@ -19,21 +19,23 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from typing import Any
-
-import pydicom
+from typing import TYPE_CHECKING, Any
 
 from .archive import ArchiveMixin
 from .config import ClientConfig
 from .containers import ContainerMixin
-from .downloads import BROKEN, DownloadMixin
+from .downloads import DownloadMixin
 from .errors import XnatTransferError
+from .hashed_stream import BROKEN
 from .imports import ImportMixin
 from .models import RemoteFile
 from .prearchive import PrearchiveMixin
 from .protocol import json_answer
 from .transport import XnatTransport
 from .uploads import UploadMixin
+
+if TYPE_CHECKING:
+    import pydicom
 
 
 class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, UploadMixin, ContainerMixin):
@@ -115,6 +117,8 @@ class XnatClient(ArchiveMixin, PrearchiveMixin, ImportMixin, DownloadMixin, Uplo
             raise XnatTransferError(f"GET {self.redact(uri)}: transfer broke after {buf.tell()} bytes "
                                     f"({type(broken).__name__})", method="GET", path=self.redact(uri))
         buf.seek(0)
+        import pydicom  # here, not at the top: it takes half a second and starts NumPy's threads at import
+
         try:
             return pydicom.dcmread(buf, stop_before_pixels=True, defer_size=1024)
         except Exception as exc:

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import pydicom
-
 from .errors import XnatBadInputError
 from .protocol import check_label
 from .storage import FsPath, Target, as_target
@@ -57,7 +55,7 @@ class ImportPlan:
     """What an import will send: entries by study, and the labels XNAT will give each study."""
 
     entries: list[Entry] = field(default_factory=list)
-    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # study UID -> (subject, session)
+    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # study UID -> (subject, experiment)
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -78,19 +76,21 @@ def _sanitise(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", value.strip()).strip("_")
 
 
-def _route(ds: Any, subject: str | None, session: str | None) -> tuple[str, str]:
-    """The subject and session labels XNAT derives (request parameters, comments, then patient tags)."""
+def _route(ds: Any, subject: str | None, experiment: str | None) -> tuple[str, str]:
+    """The subject and experiment labels XNAT derives (request parameters, comments, then patient tags)."""
     found: dict[str, str] = {}
     for tag in COMMENT_TAGS:
         for key, value in KV_RE.findall(str(ds.get(tag, "") or "")):
             found.setdefault(key.lower(), value)
     subj = subject or found.get("subject") or _sanitise(str(ds.get("PatientName", "") or ""))
-    sess = session or found.get("session") or _sanitise(str(ds.get("PatientID", "") or "")) or "dicom_upload"
+    sess = experiment or found.get("session") or _sanitise(str(ds.get("PatientID", "") or "")) or "dicom_upload"
     return subj, sess
 
 
 def _header(fh: IO[bytes]) -> Any:
     """The header, or None when the file is not DICOM (any parse failure, never an exception)."""
+    import pydicom  # here, not at the top: pydicom (and NumPy) cost half a second that only imports need
+
     try:
         ds = pydicom.dcmread(fh, stop_before_pixels=True)
         ds.get("SOPInstanceUID"), ds.get("SOPClassUID"), ds.get("StudyInstanceUID")  # values parse lazily
@@ -117,39 +117,96 @@ def check_import_source(source: str | os.PathLike[str]) -> None:
                                 "pipe, a socket or a device). Nothing was sent.")
 
 
+def experiment_argument(call: str, experiment: str | None, session: str | None) -> str | None:
+    """The value of ``experiment=``, which ``call`` still accepts under its old name ``session=`` (with a
+    ``DeprecationWarning``): "session" now means what XNAT means by it, an imaging session is an experiment.
+    Giving both is a ``TypeError``. The same rule as the operators' ``renamed_argument``, without Airflow."""
+    if session is None:
+        return experiment
+    if experiment is not None:
+        raise TypeError(f"{call}: give experiment= only; session= is its deprecated name, and both were given")
+    warnings.warn(f"{call}: the argument 'session' is deprecated, use 'experiment' (same value)",
+                  DeprecationWarning, stacklevel=3)
+    return session
+
+
 def plan_import(
     source: str | os.PathLike[str] | Any,
     *,
     subject: str | None = None,
-    session: str | None = None,
+    experiment: str | None = None,
     ignore_unparsable: bool = False,
+    session: str | None = None,
 ) -> ImportPlan:
     """Read every header of a zip, tar, DICOM file or directory and plan the import; raise on bad input.
 
-    ``source`` may be on object storage (an ``ObjectStoragePath``: see :mod:`.storage`)."""
+    ``source`` may be on object storage (an ``ObjectStoragePath``: see :mod:`.storage`). ``subject`` and
+    ``experiment`` are the labels the import will ask for (default: what XNAT derives from the headers);
+    ``session`` is ``experiment``'s deprecated name. Files that are not DICOM are refused, or skipped (listed in
+    the plan's ``skipped``) with ``ignore_unparsable``."""
+    experiment = experiment_argument("plan_import", experiment, session)
     src = as_target(source, "Import source")
     found = src.info() if isinstance(src, FsPath) else {"type": "directory"} if src.is_dir() else {}
     if found is None or (isinstance(src, Path) and not src.exists()):
         raise XnatBadInputError(f"Nothing to import: {src} does not exist.")
     if isinstance(src, Path):
         check_import_source(src)
-    is_dir = found.get("type") == "directory"
-    kind = None if is_dir else "zip" if _is_archive(src, zipfile.is_zipfile) else "tar" if _is_archive(
-        src, tarfile.is_tarfile) else None
-    plan = ImportPlan()
-    bad: list[str] = []
+    planner = _Planner(subject, experiment, ignore_unparsable)
+    _read_headers(src, found, planner.add)
+    return planner.checked(src)
 
-    def add(name: str, opener: Opener, size: int, archive: _Archive | None = None,
+
+class _Planner:
+    """Builds a plan one file at a time: the header read, the file kept, skipped or counted as bad."""
+
+    def __init__(self, subject: str | None, experiment: str | None, ignore_unparsable: bool) -> None:
+        self.subject, self.experiment, self.ignore_unparsable = subject, experiment, ignore_unparsable
+        self.plan = ImportPlan()
+        self.bad: list[str] = []
+
+    def add(self, name: str, opener: Opener, size: int, archive: _Archive | None = None,
             header: Opener | None = None) -> None:
+        """One file: ``header`` (default ``opener``) opens it for its header, ``opener`` for sending it."""
         with (header or opener)() as fh:
             ds = _header(fh)
         if ds is None or not ds.get("SOPInstanceUID") or not ds.get("SOPClassUID"):
-            (plan.skipped if ignore_unparsable and ds is None else bad).append(name)
+            (self.plan.skipped if self.ignore_unparsable and ds is None else self.bad).append(name)
             return
         uid = str(ds.get("StudyInstanceUID", ""))
-        plan.labels.setdefault(uid, _route(ds, subject, session))
-        plan.entries.append(Entry(name, opener, size, uid, archive))
+        self.plan.labels.setdefault(uid, _route(ds, self.subject, self.experiment))
+        self.plan.entries.append(Entry(name, opener, size, uid, archive))
 
+    def checked(self, src: Target) -> ImportPlan:
+        """The plan, or the reason XNAT would refuse it (files that are not DICOM, none at all, sizes its zip
+        reader refuses, labels it does not accept), before anything is sent."""
+        plan, bad = self.plan, self.bad
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise XnatBadInputError(
+                f"Not DICOM (or no SOP UIDs) in {src}: {', '.join(bad[:5])}{more}. "
+                "Remove them or import with ignore_unparsable=True."
+            )
+        if not plan.entries:
+            raise XnatBadInputError(f"No DICOM files found in {src}.")
+        too_big = [e.name for e in plan.entries if _unreadable_by_xnat(e.size)]
+        if too_big:
+            raise XnatBadInputError(
+                f"{len(too_big)} file(s) in {src} between 2 and 4 GiB ({', '.join(too_big[:5])}): XNAT's zip "
+                "reader (java.util.zip.ZipInputStream) refuses an entry of that size in a streamed zip, so XNAT "
+                "would refuse the import. Send such files to XNAT's DICOM receiver (C-STORE) instead."
+            )
+        for subj, sess in plan.labels.values():
+            check_label(subj, "subject")
+            check_label(sess, "session")
+        return plan
+
+
+def _read_headers(src: Target, found: dict[str, Any], add: Callable[..., None]) -> None:
+    """Hand every file of ``src`` to ``add``: a folder's files (hidden ones left out), a zip's or a tar's
+    members (each archive opened once for every header), or the one file."""
+    is_dir = found.get("type") == "directory"
+    kind = None if is_dir else "zip" if _is_archive(src, zipfile.is_zipfile) else "tar" if _is_archive(
+        src, tarfile.is_tarfile) else None
     if is_dir and isinstance(src, FsPath):  # listed once, each file streamed from the store
         for f in src.files():
             if not f.name.startswith("."):
@@ -174,26 +231,7 @@ def plan_import(
     elif isinstance(src, FsPath):
         add(src.name, src.open_read, int(found.get("size") or 0), header=lambda: src.open_read(HEADER_BLOCK))
     else:
-        add(src.name, lambda: open(src, "rb"), src.stat().st_size)
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise XnatBadInputError(
-            f"Not DICOM (or no SOP UIDs) in {src}: {', '.join(bad[:5])}{more}. "
-            "Remove them or import with ignore_unparsable=True."
-        )
-    if not plan.entries:
-        raise XnatBadInputError(f"No DICOM files found in {src}.")
-    too_big = [e.name for e in plan.entries if _unreadable_by_xnat(e.size)]
-    if too_big:
-        raise XnatBadInputError(
-            f"{len(too_big)} file(s) in {src} between 2 and 4 GiB ({', '.join(too_big[:5])}): XNAT's zip reader "
-            "(java.util.zip.ZipInputStream) refuses an entry of that size in a streamed zip, so XNAT would refuse "
-            "the import. Send such files to XNAT's DICOM receiver (C-STORE) instead."
-        )
-    for subj, sess in plan.labels.values():
-        check_label(subj, "subject")
-        check_label(sess, "session")
-    return plan
+        add(src.name, lambda: open(src, "rb"), src.stat().st_size)  # type: ignore[union-attr]
 
 
 def _is_archive(src: Target, test: Callable[[Any], bool]) -> bool:

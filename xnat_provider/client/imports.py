@@ -5,9 +5,14 @@ What is sent, and how it is read and streamed, is :mod:`~xnat_provider.client.im
 The import is a POST that may take effect even when its answer is lost. After an ambiguous failure the
 client looks, by study UID, for what this attempt created (prearchive rows of its studies that were not there
 before and that XNAT has finished receiving, or new or changed archive sessions), waits up to ``settle_seconds``
-for every study to settle, and resends only the studies that did not arrive. The same check is public
-(:meth:`ImportMixin.import_snapshot`, :meth:`ImportMixin.import_arrived`) so that a caller that retries across
-processes, such as :class:`~xnat_provider.operators.imports.XnatImportOperator`, can resend only what is missing.
+for every study to settle, and resends only the studies that did not arrive.
+
+A caller that retries across processes (an Airflow task retried on another worker) cannot keep that look in
+memory: :meth:`ImportMixin.import_dicom_retry_safe` writes what it is about to send and what the server held
+before (an :class:`ImportMemory`, JSON-safe) through a callback the caller gives, before the first POST; the
+caller stores it where its next try finds it and hands it back. The next call then sends only the studies that
+did not arrive. :class:`~xnat_provider.operators.imports.XnatImportOperator` keeps it in Airflow's task state
+store. The steps are public too (:meth:`ImportMixin.import_snapshot`, :meth:`ImportMixin.import_arrived`).
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from .errors import RedactedCause, XnatBadInputError, XnatConflictError, XnatError, XnatServerError
-from .import_body import ImportPlan, check_import_source, plan_import, zip_stream
+from .import_body import ImportPlan, check_import_source, experiment_argument, plan_import, zip_stream
 from .models import PrearchiveSession, SessionRef
 from .protocol import (
     archived_uri,
@@ -34,11 +40,13 @@ from .protocol import (
     q,
     session_refs,
 )
+from .storage import as_target
 from .transport import XnatTransport
 
-__all__ = ["ImportMixin", "ImportPlan", "ImportSnapshot", "check_import_flags", "check_import_source", "plan_import",
-           "zip_stream"]
+__all__ = ["ImportMemory", "ImportMixin", "ImportPlan", "ImportSnapshot", "ImportedSession", "check_import_flags",
+           "check_import_source", "plan_import", "zip_stream"]
 log = logging.getLogger("xnat_provider.client")
+IMPORT_PATH = "/data/services/import"
 
 
 @dataclass
@@ -65,6 +73,90 @@ class ImportSnapshot:
 def _jsonable(value: Any) -> Any:
     """``value`` as it comes back from JSON (tuples become lists), so that stored and fresh values compare."""
     return json.loads(json.dumps(value))
+
+@dataclass
+class ImportMemory:
+    """What earlier calls of one retried import sent, so that the next call sends only what did not arrive.
+
+    ``data`` is JSON-safe: by source, the study UIDs and labels it planned and the :class:`ImportSnapshot` taken
+    before its first POST. The client calls ``save(data)`` right after adding a source and before sending it (a
+    try may die between the POST and its answer, and its work must still be recognised); the caller keeps the
+    dict where its next try finds it (:class:`~xnat_provider.operators.imports.XnatImportOperator`: the task
+    state store, which survives a retry on another worker) and hands it back as ``ImportMemory(saved, save)``.
+    """
+
+    data: dict[str, Any] | None = None
+    save: Callable[[dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, dict):  # nothing saved yet (or something unreadable): a first try
+            self.data = {}
+
+    def snapshot(self, key: str) -> ImportSnapshot | None:
+        """What the server held before an earlier call first sent source ``key``, or None if none did."""
+        earlier = (self.data or {}).get(key)
+        if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
+            return ImportSnapshot.from_dict(earlier["before"])
+        return None
+
+    def remember(self, key: str, plan: ImportPlan, before: ImportSnapshot) -> None:
+        """Record that source ``key`` is about to be sent, and save: before the POST, never after."""
+        assert self.data is not None
+        self.data[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
+                          "before": before.to_dict()}
+        if self.save is not None:
+            self.save(self.data)
+
+
+@dataclass(frozen=True)
+class ImportedSession:
+    """One session of a retry-safe import (sent by this call or an earlier one), with what XNAT says of it now.
+
+    ``status`` is the prearchive row's (``READY``...; ``GONE`` when the row went away) or ``ARCHIVED``;
+    ``subject`` and ``study_uid`` are the row's (``study_uid`` is None for an archive session: the archive
+    listing carries none). :meth:`to_dict` is the JSON-safe form an Airflow task returns as its XCom.
+    """
+
+    source: str
+    ref: SessionRef
+    status: str
+    subject: str
+    study_uid: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        item: dict[str, Any] = {**self.ref.to_dict(), "status": self.status, "subject": self.subject}
+        if self.study_uid is not None:
+            item["study_uid"] = self.study_uid
+        return {**item, "source": self.source}
+
+
+def _source_key(source: Any) -> str:
+    """How :class:`ImportMemory` names a source: a local path resolved, a storage path as its URL."""
+    target = as_target(source, "Import source")
+    return str(target.resolve()) if isinstance(target, Path) else str(target)
+
+
+def check_import_args(project: str, destination: str, overwrite: str | None, quarantine: bool | None,
+                      trigger_pipelines: bool | None) -> None:
+    """An import's arguments, checked before anything is read or sent."""
+    if destination not in ("prearchive", "archive"):
+        raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {destination!r}")
+    if overwrite not in (None, "append", "delete"):
+        raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {overwrite!r}")
+    check_import_flags(destination, quarantine, trigger_pipelines)
+    check_label(project, "project")
+
+
+def _import_params(project: str, destination: str, subject: str | None, experiment: str | None,
+                   overwrite: str | None, ignore_unparsable: bool) -> dict[str, str]:
+    """The import service's query parameters (XNAT's names: ``session`` is the experiment's label)."""
+    params = {"import-handler": "DICOM-zip", "dest": f"/{destination}/projects/{project}", "project": project}
+    for key, value in (("subject", subject), ("session", experiment), ("overwrite", overwrite)):
+        if value:
+            params[key] = value
+    if ignore_unparsable:
+        params["Ignore-Unparsable"] = "true"
+    return params
 
 
 def check_import_flags(destination: str, quarantine: bool | None, trigger_pipelines: bool | None) -> None:
@@ -98,17 +190,17 @@ def _reached_server(exc: XnatError) -> bool:
         return cause.reached_server
     return not isinstance(cause, requests.exceptions.ConnectTimeout) and "NewConnectionError" not in repr(cause)
 
-
 class ImportMixin:
     transport: XnatTransport
 
+    # import_dicom is long only by its signature and docstring (XNAT's import semantics); its steps follow it.
     def import_dicom(
         self,
         source: str | os.PathLike[str] | Any,
         project: str,
         *,
         subject: str | None = None,
-        session: str | None = None,
+        experiment: str | None = None,
         destination: str = "prearchive",
         overwrite: str | None = None,
         quarantine: bool = False,
@@ -119,11 +211,16 @@ class ImportMixin:
         snapshot: ImportSnapshot | None = None,
         studies: Collection[str] | None = None,
         check_project: bool = True,
+        session: str | None = None,
     ) -> list[SessionRef]:
         """Import DICOM into ``project``'s prearchive or archive; one ref per session.
 
         ``source`` is a zip, a tar, a DICOM file or a folder: local, or on object storage (an
         ``ObjectStoragePath``, see :mod:`.storage`), whose files are streamed into the request body.
+
+        ``subject`` and ``experiment`` are the labels the data is filed under (XNAT's ``subject`` and ``session``
+        parameters); by default XNAT derives them from the DICOM headers (comments, then PatientName and
+        PatientID), as :func:`plan_import` predicts. ``session`` is ``experiment``'s deprecated name.
 
         ``destination="prearchive"``: XNAT builds each session at once and leaves it READY, even in a project
         set to auto-archive (``DicomZipImporter`` never archives on this path); archive it later with
@@ -150,77 +247,146 @@ class ImportMixin:
         to build after its idle time (and archive, if the project auto-archives).
 
         ``plan`` is a plan already made with :func:`plan_import` for ``source`` (with the same ``subject``,
-        ``session`` and ``ignore_unparsable``): the headers are then not read again. ``studies`` (study UIDs of
+        ``experiment`` and ``ignore_unparsable``): the headers are then not read again. ``studies`` (study UIDs of
         the plan) sends only those studies. ``snapshot`` is what :meth:`import_snapshot` saw before this import
         (or before an earlier attempt of it, which then counts as this import's work); without it one is taken.
         ``check_project=False`` skips the check that the project exists, for a caller that has made it.
         """
-        if destination not in ("prearchive", "archive"):
-            raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {destination!r}")
-        if overwrite not in (None, "append", "delete"):
-            raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {overwrite!r}")
-        check_import_flags(destination, quarantine, trigger_pipelines)
-        check_label(project, "project")
+        experiment = experiment_argument("import_dicom", experiment, session)
+        check_import_args(project, destination, overwrite, quarantine, trigger_pipelines)
         if plan is None:
-            plan = plan_import(source, subject=subject, session=session, ignore_unparsable=ignore_unparsable)
+            plan = plan_import(source, subject=subject, experiment=experiment, ignore_unparsable=ignore_unparsable)
         if studies is not None:
             plan = plan.only(studies)
             if not plan.entries:
                 return []
-        if check_project and not self.project_exists(project):  # type: ignore[attr-defined]
+        if check_project:
+            self._require_project(project)
+        params = _import_params(project, destination, subject, experiment, overwrite, ignore_unparsable)
+        before = snapshot if snapshot is not None else self.import_snapshot(project, plan)
+        settle = self._settle(settle_seconds)  # type: ignore[attr-defined]
+        return self._send_import(project, plan, params, before, destination, settle)
+
+    def import_dicom_retry_safe(
+        self,
+        sources: Sequence[str | os.PathLike[str] | Any],
+        project: str,
+        *,
+        memory: ImportMemory | None = None,
+        subject: str | None = None,
+        experiment: str | None = None,
+        destination: str = "prearchive",
+        overwrite: str | None = None,
+        quarantine: bool = False,
+        trigger_pipelines: bool | None = None,
+        ignore_unparsable: bool = False,
+        settle_seconds: float | None = None,
+    ) -> list[ImportedSession]:
+        """Import every source into ``project`` so that calling again after a failure never makes a second copy;
+        one :class:`ImportedSession` per session, with its status now.
+
+        ``memory`` carries what earlier calls of this import sent (see :class:`ImportMemory`: the caller keeps
+        it between calls, saved by its ``save`` callback). A source an earlier call sent is looked for, study by
+        study, in both places (an archive import that conflicted stays in the prearchive, and a prearchive
+        session may have been archived since); only the studies that did not arrive are sent. Without
+        ``memory``, or for a source it does not hold, a snapshot is taken and remembered before the first POST.
+        Inside one call, :meth:`import_dicom` resolves an ambiguous answer (a gateway's 504 after XNAT did the
+        work) the same way.
+
+        Every source's headers are read, and the project checked, once, before anything is sent: bad input fails
+        with nothing half-imported. The other arguments are :meth:`import_dicom`'s. Statuses come from one
+        listing per project's prearchive (a single prearchive session is looked up alone).
+        """
+        check_import_args(project, destination, overwrite, quarantine, trigger_pipelines)
+        plans = [(src, plan_import(src, subject=subject, experiment=experiment, ignore_unparsable=ignore_unparsable))
+                 for src in sources]
+        self._require_project(project)
+        memory = memory if memory is not None else ImportMemory()
+        options: dict[str, Any] = dict(
+            subject=subject, experiment=experiment, destination=destination, overwrite=overwrite,
+            quarantine=quarantine, trigger_pipelines=trigger_pipelines, ignore_unparsable=ignore_unparsable,
+            settle_seconds=settle_seconds)
+        refs = [(src, ref) for src, plan in plans
+                for ref in self._import_remembered(src, plan, project, memory, options)]
+        return self._imported_sessions(refs)
+
+    def _import_remembered(self, src: Any, plan: ImportPlan, project: str, memory: ImportMemory,
+                           options: dict[str, Any]) -> list[SessionRef]:
+        """One source's sessions: those an earlier call sent (found through ``memory``), then those sent now."""
+        key = _source_key(src)
+        before = memory.snapshot(key)
+        if before is not None:  # an earlier call sent this source: what arrived since its snapshot is its work
+            arrived = self.import_arrived(project, plan, before, destination=options["destination"])
+        else:
+            before, arrived = self.import_snapshot(project, plan), {}
+            memory.remember(key, plan, before)
+        pending = [uid for uid in plan.studies if uid not in arrived]
+        done = [ref for uid in plan.studies for ref in arrived.get(uid, [])]
+        if arrived:
+            log.info("%s: %d of %d studies were imported by an earlier try; not sending them again",
+                     src, len(arrived), len(plan.studies))
+        sent: list[SessionRef] = []
+        if pending:
+            sent = self.import_dicom(src, project, plan=plan, snapshot=before, studies=pending, check_project=False,
+                                     **options)
+            log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
+        return done + sent
+
+    def _imported_sessions(self, refs: list[tuple[Any, SessionRef]]) -> list[ImportedSession]:
+        """Each ref with its status. A project's prearchive is listed once for all its refs (a single ref is
+        looked up alone: cheaper than listing a whole prearchive), never once per ref."""
+        rows: dict[str, PrearchiveSession] = {}
+        by_project: dict[str, list[SessionRef]] = {}
+        for _src, ref in refs:
+            if ref.in_prearchive:
+                by_project.setdefault(ref.project, []).append(ref)
+        for project, mine in by_project.items():
+            if len(mine) == 1:
+                row = self.find_prearchive(mine[0].uri)  # type: ignore[attr-defined]
+                rows.update({row.uri: row} if row else {})
+            else:
+                rows.update((s.uri, s) for s in self.list_prearchive(project))  # type: ignore[attr-defined]
+        out = []
+        for src, ref in refs:
+            row = rows.get(ref.uri)
+            if not ref.in_prearchive:
+                out.append(ImportedSession(str(src), ref, "ARCHIVED", ref.subject))
+            elif row is None:
+                out.append(ImportedSession(str(src), ref, "GONE", ref.subject, ""))
+            else:
+                out.append(ImportedSession(str(src), ref, row.status, row.subject, row.study_uid))
+        return out
+
+    def _require_project(self, project: str) -> None:
+        if not self.project_exists(project):  # type: ignore[attr-defined]
             raise XnatBadInputError(
                 f"Project {project!r} does not exist on {self.transport.base_url} (XNAT would "
                 "silently route the data by its DICOM headers instead)."
             )
-        params: dict[str, str] = {
-            "import-handler": "DICOM-zip",
-            "dest": f"/{destination}/projects/{project}",
-            "project": project,
-        }
-        for key, value in (("subject", subject), ("session", session), ("overwrite", overwrite)):
-            if value:
-                params[key] = value
-        if ignore_unparsable:
-            params["Ignore-Unparsable"] = "true"
-        before = snapshot if snapshot is not None else self.import_snapshot(project, plan)
-        pending = plan.studies
-        found: list[SessionRef] = []
-        for attempt in range(self.transport.config.retries):
+
+    def _send_import(self, project: str, plan: ImportPlan, params: dict[str, str], before: ImportSnapshot,
+                     destination: str, settle: float) -> list[SessionRef]:
+        """POST the plan's studies; after an ambiguous failure, look for what arrived and resend only the rest."""
+        pending, found = plan.studies, []
+        retries = self.transport.config.retries
+        for attempt in range(retries):
             entries = [e for e in plan.entries if e.study_uid in pending]
             try:
-                resp = self.transport.request(
-                    "POST",
-                    "/data/services/import",
-                    params=params,
-                    data=lambda entries=entries: zip_stream(entries),
-                    headers={"Content-Type": "application/zip"},
-                    retry=False,
-                )
+                resp = self.transport.request("POST", IMPORT_PATH, params=params,
+                                              data=lambda entries=entries: zip_stream(entries),
+                                              headers={"Content-Type": "application/zip"}, retry=False)
                 return found + session_refs(resp.text)
             except XnatBadInputError as exc:
-                if is_import_archive_failure(exc.xnat_message or "") and not is_conflict_message(
-                        exc.xnat_message or ""):
-                    # XNAT's fixed answer, without the reason: the failed row and its log say why.
-                    raise self._import_archive_failure(exc, project, pending, before) from exc
-                if is_conflict_message(exc.xnat_message or ""):
-                    # A server whose answer carries the reason: archiving met an existing session; XNAT kept the
-                    # data in the prearchive, in CONFLICT: a conflict, not a bad request.
-                    raise XnatConflictError(
-                        f"{exc}. The session waits in the prearchive in CONFLICT; archive it "
-                        "with overwrite='append' or 'delete', or delete it.",
-                        method=exc.method,
-                        path=exc.path,
-                        status=exc.status,
-                        xnat_message=exc.xnat_message,
-                    ) from exc
-                raise
+                refused = self._import_refused(exc, project, pending, before)
+                if refused is None:
+                    raise
+                raise refused from exc
             except XnatError as exc:
-                ambiguous = is_ambiguous(exc)
-                if not ambiguous or attempt + 1 >= self.transport.config.retries:
+                if not is_ambiguous(exc) or attempt + 1 >= retries:
                     raise
                 if _reached_server(exc):
                     arrived = self.import_arrived(project, plan, before, destination=destination, studies=pending,
-                                                  settle=self._settle(settle_seconds))  # type: ignore[attr-defined]
+                                                  settle=settle)
                     found += [ref for uid in pending for ref in arrived.get(uid, [])]
                     pending = [uid for uid in pending if uid not in arrived]
                     if not pending:
@@ -229,6 +395,22 @@ class ImportMixin:
                 log.warning("Import failed (%s); resending %d of %d studies", exc, len(pending), len(plan.studies))
                 time.sleep(min(self.transport.config.backoff * 2**attempt, self.transport.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _import_refused(self, exc: XnatBadInputError, project: str, pending: Collection[str],
+                        before: ImportSnapshot) -> XnatError | None:
+        """The error to raise for the import service's 400, or None to raise XNAT's own."""
+        message = exc.xnat_message or ""
+        if is_conflict_message(message):
+            # A server whose answer carries the reason: archiving met an existing session; XNAT kept the data in
+            # the prearchive, in CONFLICT: a conflict, not a bad request.
+            return XnatConflictError(
+                f"{exc}. The session waits in the prearchive in CONFLICT; archive it "
+                "with overwrite='append' or 'delete', or delete it.",
+                method=exc.method, path=exc.path, status=exc.status, xnat_message=exc.xnat_message)
+        if is_import_archive_failure(message):
+            # XNAT's fixed answer, without the reason: the failed row and its log say why.
+            return self._import_archive_failure(exc, project, pending, before)
+        return None
 
     def _import_archive_failure(self, exc: XnatBadInputError, project: str, studies: Collection[str],
                                 before: ImportSnapshot) -> XnatError:
@@ -316,46 +498,58 @@ class ImportMixin:
         wanted = list(dict.fromkeys(plan.studies if studies is None else studies))
         deadline = time.monotonic() + settle
         while True:
-            rows: dict[str, list[PrearchiveSession]] = {}
-            for s in self.list_prearchive(project):  # type: ignore[attr-defined]
-                if s.study_uid in wanted and s.uri not in before.prearchive:
-                    rows.setdefault(s.study_uid, []).append(s)
-            experiments = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-            arrived: dict[str, list[SessionRef]] = {}
-            busy: list[str] = []
-            for uid in wanted:
-                new_rows = rows.get(uid, [])
-                if any(s.busy for s in new_rows):
-                    busy += [s.uri for s in new_rows if s.busy]
-                    continue
-                failed = [s for s in new_rows if s.failed]
-                if destination == "prearchive" and new_rows and not failed:
-                    arrived[uid] = [
-                        SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
-                                   timestamp=s.timestamp, in_prearchive=True)
-                        for s in new_rows
-                    ]
-                    continue
-                ref = self._import_archived_ref(project, plan, uid, before, experiments)
-                if ref is not None:
-                    arrived[uid] = [ref]
-                elif failed:
-                    cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
-                    reason = self.prearchive_reason(failed[0])  # type: ignore[attr-defined]
-                    raise cls(
-                        f"POST /data/services/import: the import arrived but could not be archived: "
-                        f"{failed[0].uri} is in {failed[0].status}"
-                        f"{f' (XNAT says {reason!r})' if reason else ''}. Archive it with overwrite='append' or "
-                        "'delete', or delete it.",
-                        method="POST",
-                        path="/data/services/import",
-                    )
+            arrived, busy = self._import_look(project, plan, before, destination, wanted)
             left = deadline - time.monotonic()
             if len(arrived) == len(wanted) or left <= 0:
                 if busy:
                     log.warning("Import: XNAT is still receiving %s; counted as not arrived", ", ".join(busy))
                 return arrived
             time.sleep(min(1.0, left))
+
+    def _import_look(self, project: str, plan: ImportPlan, before: ImportSnapshot, destination: str,
+                     wanted: list[str]) -> tuple[dict[str, list[SessionRef]], list[str]]:
+        """One look at both places: the studies of ``wanted`` that arrived, and the new rows XNAT is still busy
+        with (receiving, building, moving)."""
+        rows: dict[str, list[PrearchiveSession]] = {}
+        for s in self.list_prearchive(project):  # type: ignore[attr-defined]
+            if s.study_uid in wanted and s.uri not in before.prearchive:
+                rows.setdefault(s.study_uid, []).append(s)
+        experiments = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
+        arrived: dict[str, list[SessionRef]] = {}
+        busy: list[str] = []
+        for uid in wanted:
+            new_rows = rows.get(uid, [])
+            if any(s.busy for s in new_rows):
+                busy += [s.uri for s in new_rows if s.busy]
+                continue
+            refs = self._study_arrival(project, plan, uid, before, destination, new_rows, experiments)
+            if refs:
+                arrived[uid] = refs
+        return arrived, busy
+
+    def _study_arrival(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot, destination: str,
+                       new_rows: list[PrearchiveSession], experiments: dict[str, Any]) -> list[SessionRef]:
+        """A settled study's refs, or [] if it did not arrive; raises if its new rows failed to archive and it
+        is not in the archive either."""
+        failed = [s for s in new_rows if s.failed]
+        if destination == "prearchive" and new_rows and not failed:
+            return [SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
+                               timestamp=s.timestamp, in_prearchive=True) for s in new_rows]
+        ref = self._import_archived_ref(project, plan, uid, before, experiments)
+        if ref is not None:
+            return [ref]
+        if failed:
+            cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
+            reason = self.prearchive_reason(failed[0])  # type: ignore[attr-defined]
+            raise cls(
+                f"POST {IMPORT_PATH}: the import arrived but could not be archived: "
+                f"{failed[0].uri} is in {failed[0].status}"
+                f"{f' (XNAT says {reason!r})' if reason else ''}. Archive it with overwrite='append' or "
+                "'delete', or delete it.",
+                method="POST",
+                path=IMPORT_PATH,
+            )
+        return []
 
     def _import_archived_ref(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot,
                       experiments: dict[str, Any]) -> SessionRef | None:

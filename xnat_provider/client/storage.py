@@ -29,13 +29,14 @@ import logging
 import posixpath
 import uuid
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from . import downloads
-from .downloads import BROKEN, CHUNK, Body, DownloadMixin, check_relpath, receive
+from . import destinations
+from .destinations import check_relpath
 from .errors import XnatBadInputError, XnatTransferError
+from .file_downloads import FileDownloadMixin, each_file
+from .hashed_stream import BROKEN, CHUNK, Body, catalog_mismatch, receive
 from .models import Manifest, RemoteFile
 from .progress import NO_PROGRESS, Progress
 from .transport import chained, redacted_cause
@@ -164,7 +165,7 @@ def is_storage(target: object) -> bool:
 
     Looked up on the type where possible: ``ObjectStoragePath.fs`` raises ``ValueError`` (not ``AttributeError``)
     for a scheme no installed provider serves, which must be reported by :func:`as_target`, not lost here."""
-    return downloads.on_storage(target)
+    return destinations.on_storage(target)
 
 
 def as_target(target: Any, what: str = "Transfer target") -> Target:
@@ -188,7 +189,7 @@ def as_target(target: Any, what: str = "Transfer target") -> Target:
 
 
 def join_checked(root: FsPath, rel: str) -> FsPath:
-    """``root / rel``, refusing absolute paths, drives, ``..`` and empty names (as ``downloads.safe_join``)."""
+    """``root / rel``, refusing absolute paths, drives, ``..`` and empty names (as ``destinations.safe_join``)."""
     return root.join("/".join(check_relpath(rel, root).parts))
 
 
@@ -205,7 +206,7 @@ def check_destination(dest: Any) -> Target:
     """A download destination given as a storage path, checked (:func:`check_folder`); a local one (``file://``)
     as the local path checks it."""
     target = as_target(dest, "Download destination")
-    return check_folder(target) if isinstance(target, FsPath) else downloads.check_destination(target)
+    return check_folder(target) if isinstance(target, FsPath) else destinations.check_destination(target)
 
 
 def check_folder(dest: FsPath, what: str = "Download destination") -> FsPath:
@@ -251,7 +252,7 @@ def check_targets(targets: list[FsPath]) -> dict[str, int]:
 
 
 # ---- downloads -----------------------------------------------------------------------------------------------
-def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile, Any]], workers: int | None = None,
+def download_to_storage(client: FileDownloadMixin, files: Iterable[tuple[RemoteFile, Any]], workers: int | None = None,
                         probe: bool = True) -> Manifest:
     """Download (remote, target) pairs where targets may be on storage (local ones take the local path), with a
     bounded pool of workers; returns the manifest, in the order of ``files``. ``probe=False`` when the caller
@@ -260,7 +261,7 @@ def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile,
     stored = [t for _, t in pairs if isinstance(t, FsPath)]
     local = [t for _, t in pairs if isinstance(t, Path)]
     if local:
-        downloads._Destinations().files(local)  # the local checks, as the local path runs them
+        destinations.Destinations().files(local)  # the local checks, as the local path runs them
     known: dict[str, int] = {}
     for fs in {id(t.fs): t.fs for t in stored}.values():
         mine = [t for t in stored if t.fs is fs]
@@ -282,11 +283,7 @@ def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile,
         return download_one(client, remote, target, known, progress)
 
     limit = max(1, min(len(pairs), workers or client.transport.config.workers))
-    if limit == 1:
-        results = [one(p) for p in pairs]
-    else:
-        with ThreadPoolExecutor(max_workers=limit) as pool:
-            results = list(pool.map(one, pairs))
+    results = each_file(one, pairs, limit)
     manifest = Manifest()
     for (remote, _), entry in zip(pairs, results, strict=True):
         manifest.add(entry["path"], entry["size"], entry["md5"], entry["skipped"], uri=remote.uri)
@@ -294,8 +291,8 @@ def download_to_storage(client: DownloadMixin, files: Iterable[tuple[RemoteFile,
     return manifest
 
 
-def download_file_to_storage(client: DownloadMixin, remote: RemoteFile, target: Any) -> dict:
-    """:meth:`DownloadMixin.download_file` to a storage path (a local one takes the local path)."""
+def download_file_to_storage(client: FileDownloadMixin, remote: RemoteFile, target: Any) -> dict:
+    """:meth:`~.file_downloads.FileDownloadMixin.download_file` to a storage path (a local one takes the local path)."""
     target = as_target(target, "Download target")
     if isinstance(target, Path):
         return client.download_file(remote, target)
@@ -366,7 +363,7 @@ class _PartWriter:
         return False
 
 
-def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
+def download_one(client: FileDownloadMixin, remote: RemoteFile, target: FsPath,
                  known: Mapping[str, int] | None = None, progress: Progress = NO_PROGRESS) -> dict:
     """One listed file to ``target`` on storage, verified; skipped when already there with the catalog's MD5.
 
@@ -405,7 +402,7 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
                     f"GET {where}: transfer broke {attempts} times ({type(exc).__name__}); {then}",
                     method="GET", path=where), redacted_cause(exc, client.transport.redact))
                 break
-            problem = client._check_download(remote, out.have, h.hexdigest())
+            problem = catalog_mismatch(remote, out.have, h.hexdigest())
             if problem is None:
                 out.commit(target)
                 progress.file_done()
@@ -423,10 +420,10 @@ def download_one(client: DownloadMixin, remote: RemoteFile, target: FsPath,
     raise broke  # outside the except block: the library's exception is not its context
 
 
-def _receive(client: DownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any,
+def _receive(client: FileDownloadMixin, remote: RemoteFile, out: _PartWriter, h: Any,
              progress: Progress = NO_PROGRESS) -> Any:
     """One request: the rest of the file (from ``out.have``) into ``out``; returns the MD5 of everything written
-    (the same pipeline as a local download: :func:`~.downloads.receive`).
+    (the same pipeline as a local download: :func:`~.hashed_stream.receive`).
 
     A server that ignores Range (200) or refuses it (416) sends the whole file: ``out`` starts again."""
     headers = {"Range": f"bytes={out.have}-"} if out.have else None

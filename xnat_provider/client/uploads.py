@@ -25,8 +25,9 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from .downloads import THREADED_MD5_MIN, Hasher, check_relpath, md5_of
+from .destinations import check_relpath
 from .errors import XnatBadInputError, XnatConflictError, XnatNotFoundError, XnatTransferError
+from .hashed_stream import THREADED_MD5_MIN, Hasher, md5_of
 from .models import Manifest, RemoteFile
 from .progress import NO_PROGRESS, Progress
 from .protocol import q, qpath
@@ -369,7 +370,7 @@ class _HashingReader:
     ``__len__`` gives ``requests`` the Content-Length (no chunked encoding). Each ``read`` fills one buffer of a
     small recycled pool (``readinto``: no new bytes object per block) and returns a view of it, which urllib3 sends
     before it reads again; the buffer goes to the MD5 (a helper thread for big files, in parallel with sending) and
-    back to the pool once hashed. Blocks of :data:`~.downloads.BUFFER` (256 KiB) rather than urllib3's 16 KiB keep
+    back to the pool once hashed. Blocks of :data:`~.hashed_stream.BUFFER` (256 KiB) rather than urllib3's 16 KiB keep
     the per-block Python overhead small, and stay in the CPU's cache from the file through MD5 to the socket.
     """
 

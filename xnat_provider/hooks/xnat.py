@@ -10,7 +10,9 @@ host name with the port field (``https`` unless the ``protocol`` extra says ``ht
 alias token's alias; password the password or the token's secret. Extras (all optional): ``verify_ssl``
 (default true), ``ca_bundle`` (a CA file path), ``connect_timeout`` (10 s), ``read_timeout`` (300 s),
 ``retries`` (5 attempts), ``backoff`` (1 s, doubled up to 60 s), ``workers`` (4 parallel downloads),
-``settle_seconds`` (30 s to look for the effect of a lost import or archive answer before resending).
+``settle_seconds`` (30 s to look for the effect of a lost import or archive answer before resending),
+``progress_interval`` (10 s at least between two progress lines of a long download or upload in the task's log;
+0 logs a line at every tenth of the total, a very large number only the summary at the end).
 
 The connection is checked when it is read, before any request: no host, an extra that is not a number where a
 number is expected (or out of range), an unknown ``protocol``, a ``ca_bundle`` that does not exist, or extras
@@ -38,7 +40,8 @@ from ..client import AliasToken, ClientConfig, XnatBadInputError, XnatClient
 # extra -> (type, smallest allowed value, whether the smallest value itself is allowed)
 EXTRA_NUMBERS: dict[str, tuple[type, float, bool]] = {
     "connect_timeout": (float, 0, False), "read_timeout": (float, 0, False), "retries": (int, 1, True),
-    "backoff": (float, 0, True), "workers": (int, 1, True), "settle_seconds": (float, 0, True)}
+    "backoff": (float, 0, True), "workers": (int, 1, True), "settle_seconds": (float, 0, True),
+    "progress_interval": (float, 0, True)}
 VERIFY_OFF = ("false", "0", "no", "off")
 VERIFY_ON = ("true", "1", "yes", "on")
 PROTOCOLS = ("http", "https")
