@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, AssetAlias, Param, get_current_context, task
@@ -34,20 +33,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from xnat_provider.operators.containers import XCOM_KEY, XnatLaunchContainerOperator
 from xnat_provider.operators.fields import XnatSetFieldsOperator
 from xnat_provider.retry import xnat_retry_policy
+from xnat_provider.runs import run_time
 
 COMMAND = os.environ.get("XNAT_CONVERT_COMMAND", "dcm2niix")
 WRAPPER = os.environ.get("XNAT_CONVERT_WRAPPER", "dcm2niix-session")
 POLL = float(os.environ.get("XNAT_EXAMPLE_POLL_SECONDS", "15"))  # seconds between polls (small in demos/tests)
 PIPELINE = "xnat_container_pipeline 1.0"
-
-
-def run_time(ctx: Any) -> str:
-    """When this run is for, as an ISO timestamp: its logical date where it has one; asset-triggered runs (how this
-    DAG usually starts) and runs triggered with ``logical_date: null`` have none in Airflow 3 (nor ``ts`` or
-    ``ds``): then the time the run became due (``run_after``)."""
-    run = ctx["dag_run"]
-    when = ctx.get("logical_date") or run.run_after or run.start_date
-    return when.isoformat() if when is not None else ctx["run_id"]
 
 
 with DAG(

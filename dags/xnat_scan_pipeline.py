@@ -30,7 +30,6 @@ import struct
 import zlib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, AssetAlias, ObjectStoragePath, Param, get_current_context, task
@@ -39,20 +38,11 @@ from xnat_provider.hooks.xnat import XnatHook
 from xnat_provider.operators.fields import XnatSetFieldsOperator
 from xnat_provider.operators.transfers import XnatDownloadScanOperator, XnatUploadResourceOperator
 from xnat_provider.retry import xnat_retry_policy
+from xnat_provider.runs import run_time
 from xnat_provider.sensors.experiment import XnatExperimentSensor
 
 PIPELINE_VERSION = "1.0"
 POLL = float(os.environ.get("XNAT_EXAMPLE_POLL_SECONDS", "15"))  # seconds between polls (small in demos/tests)
-
-
-def run_time(ctx: Any) -> str:
-    """When this run is for, as an ISO timestamp: its logical date (what ``ts`` gives) where it has one. In
-    Airflow 3 asset-triggered runs (how this DAG usually starts) and runs triggered with ``logical_date: null``
-    have none, and no ``ts``, ``ds`` or data interval either: then the time the run became due (``run_after``:
-    when the triggering event or request came)."""
-    run = ctx["dag_run"]
-    when = ctx.get("logical_date") or run.run_after or run.start_date
-    return when.isoformat() if when is not None else ctx["run_id"]
 
 
 def work_path(location: str, conn_id: str | None = None) -> Path | ObjectStoragePath:

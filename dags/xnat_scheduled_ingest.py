@@ -40,6 +40,7 @@ from xnat_provider.operators.archive import XnatArchiveOperator
 from xnat_provider.operators.fields import XnatSetFieldsOperator
 from xnat_provider.operators.imports import XnatImportOperator
 from xnat_provider.retry import xnat_retry_policy
+from xnat_provider.runs import run_time
 from xnat_provider.sensors.prearchive import XnatPrearchiveSensor
 
 # Seconds between polls, and the quiet period a session needs; small values suit demos and tests.
@@ -53,15 +54,6 @@ DEFAULT_ARGS = {
     "max_retry_delay": timedelta(minutes=10),
     "retry_policy": xnat_retry_policy(),
 }
-
-
-def run_time(ctx: Any) -> str:
-    """When this run is for, as an ISO timestamp: its logical date (what ``ts`` gives) where it has one. In
-    Airflow 3 a run triggered through the REST API or ``airflow dags trigger`` with ``logical_date: null`` has
-    none, and no ``ts``, ``ds`` or data interval either: then the time the run became due (``run_after``)."""
-    run = ctx["dag_run"]
-    when = ctx.get("logical_date") or run.run_after or run.start_date
-    return when.isoformat() if when is not None else ctx["run_id"]
 
 
 def landing_path(location: str, conn_id: str | None = None) -> Path | ObjectStoragePath:

@@ -57,7 +57,7 @@ def archived(server: ContractServer, tmp_path_factory: pytest.TempPathFactory) -
     try:
         study = scratch.new_study(tmp_path_factory.mktemp("archived"))
         with server.client() as c:
-            c.import_dicom(study.folder, server.project, subject=study.subject, session=study.session)
+            c.import_dicom(study.folder, server.project, subject=study.subject, experiment=study.session)
             ref = c.archive(ready_row(c, server, study))
             exp = c.get_experiment(server.project, ref.label)
         yield Archived(study, exp.id)

@@ -36,7 +36,7 @@ def test_a_session_expired_mid_download_is_renewed_by_one_login(
     that login, and the download completes verified."""
     emulator = needs_emulator("it expires every session while a download runs")
     study = scratch.new_study(tmp_path / "dicom", series=((1, "T1"), (2, "T2")), instances=4)
-    client.import_dicom(study.folder, server.project, subject=study.subject, session=study.session,
+    client.import_dicom(study.folder, server.project, subject=study.subject, experiment=study.session,
                         destination="archive")
     expired = threading.Event()
     original = requests.Session.request

@@ -370,24 +370,25 @@ def test_empty_zip_and_bad_zip(emulator, http):
 
 
 # ---- the status machine without dest -------------------------------------------------------------------
-def test_without_dest_receiving_then_building_then_ready(emulator, http, tmp_path):
-    s = make_study(tmp_path / "d", comments="Project: P1")
-    r = do_import(http, emulator, zip_files(s.files, tmp_path / "s.zip"))
-    [uri] = uri_lines(r)
-    seen = [row_for(prearchive_rows(http, emulator, "P1"), uri)["status"]]
-    assert seen == ["RECEIVING"]
-    # Not built yet: the session document is not available.
-    assert http.get(emulator.url + uri, params={"format": "xml"}, timeout=10).status_code == 404
-
-    def ready() -> bool:
-        status = row_for(prearchive_rows(http, emulator, "P1"), uri)["status"]
-        if status != seen[-1]:
-            seen.append(status)
-        return status == "READY"
-
-    wait_for(ready, timeout=5, interval=0.02)
-    assert seen == ["RECEIVING", "BUILDING", "READY"]
-    assert http.get(emulator.url + uri, params={"format": "xml"}, timeout=10).status_code == 200
+def test_without_dest_receiving_then_building_then_ready(http, tmp_path):
+    """On the emulator's clock, moved by hand: each status is seen exactly when it is due, however slow the
+    machine (a real 0.2 s build could pass between two looks)."""
+    clock = ManualClock()
+    with XnatEmulator(data_dir=tmp_path / "x", receiving_idle=300, build_seconds=1, clock=clock) as emulator:
+        s = make_study(tmp_path / "d", comments="Project: P1")
+        r = do_import(http, emulator, zip_files(s.files, tmp_path / "s.zip"))
+        [uri] = uri_lines(r)
+        seen = [row_for(prearchive_rows(http, emulator, "P1"), uri)["status"]]
+        assert seen == ["RECEIVING"]
+        # Not built yet: the session document is not available.
+        assert http.get(emulator.url + uri, params={"format": "xml"}, timeout=10).status_code == 404
+        for step in (299, 2, 0.5, 0.6):  # quiet for 300 s: built, for 1 s: ready
+            clock.advance(step)
+            status = row_for(prearchive_rows(http, emulator, "P1"), uri)["status"]
+            if status != seen[-1]:
+                seen.append(status)
+        assert seen == ["RECEIVING", "BUILDING", "READY"]
+        assert http.get(emulator.url + uri, params={"format": "xml"}, timeout=10).status_code == 200
 
 
 def test_prevent_auto_commit_stays_receiving(http, tmp_path):

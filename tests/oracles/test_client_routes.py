@@ -21,6 +21,7 @@ from tests.support import wait_for
 from xnat_provider.client import XnatClient
 from xnat_provider.client.async_client import AsyncXnatClient
 from xnat_provider.client.import_body import plan_import
+from xnat_provider.client.imports import ImportMemory
 from xnat_provider.client.transport import ClientConfig
 from xnat_provider.testing import XnatEmulator, xnat_routes
 from xnat_provider.testing.containers import hang_until_killed
@@ -65,6 +66,7 @@ def test_every_public_call_uses_routes_xnat_has(emulator: XnatEmulator, study_zi
         plan = plan_import(study_zip)
         before = x.import_snapshot("P2", plan)
         assert x.import_arrived("P2", plan, before) == {}
+        assert x.import_dicom_retry_safe([study_zip], "P2", memory=ImportMemory())[0].status == "READY"
         row = wait_for(lambda: x.find_prearchive(refs[0].uri))
         assert x.get_prearchive(refs[0].uri).name == row.name
         wait_for(lambda: x.list_prearchive("P1", status="READY"))

@@ -5,20 +5,19 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
 from ..client.errors import XnatBadInputError
-from ..client.imports import ImportPlan, ImportSnapshot, check_import_flags, plan_import
-from ..client.models import PrearchiveSession, SessionRef
-from ..client.protocol import check_label
+from ..client.imports import ImportMemory, check_import_args, check_import_flags
 from ..client.storage import FsPath, as_target
 from .base import XnatBaseOperator, logs_out, renamed_argument
 from .transfers import URL, storage_path
 
-STATE_KEY = "xnat_import"
+STATE_KEY = "xnat_import"  # the task state store's key: the client's ImportMemory, what earlier tries sent
 
 
 class XnatImportOperator(XnatBaseOperator):
@@ -37,13 +36,15 @@ class XnatImportOperator(XnatBaseOperator):
     service drops them. Import to the prearchive, then archive with
     ``XnatArchiveOperator(quarantine=True, trigger_pipelines=...)``.
 
-    A retry never creates a second copy. Before sending, the operator records in the task state store (which
-    survives a retry on another worker) the studies it is about to send and what the server held for them (in
-    the prearchive and in the archive); a later try looks, study by study, for what arrived since (in both
-    places: an archive import that conflicted stays in the prearchive, and a prearchive session may have been
-    archived since) and sends only the studies that did not, returning refs for all.
-    Inside one try, the client itself resolves an ambiguous answer (a gateway's 504 after XNAT did the work)
-    the same way. Each source's headers are read once, and the project checked once, for the whole run.
+    A retry never creates a second copy. The client's
+    :meth:`~xnat_provider.client.imports.ImportMixin.import_dicom_retry_safe` records, before sending, the
+    studies it is about to send and what the server held for them (in the prearchive and in the archive); the
+    operator keeps that record (an :class:`~xnat_provider.client.imports.ImportMemory`) in the task state store,
+    which survives a retry on another worker, and hands it back on the next try. A later try looks, study by
+    study, for what arrived since (in both places: an archive import that conflicted stays in the prearchive,
+    and a prearchive session may have been archived since) and sends only the studies that did not, returning
+    refs for all. Inside one try, the client resolves an ambiguous answer (a gateway's 504 after XNAT did the
+    work) the same way. Each source's headers are read once, and the project checked once, for the whole run.
 
     ``source`` may be on object storage (a landing area every worker reaches): an ``ObjectStoragePath`` or a
     URL, a glob allowed (``s3://bucket/landing/*.zip``). Headers are read from the store, and each request body
@@ -101,34 +102,26 @@ class XnatImportOperator(XnatBaseOperator):
 
     def _check(self) -> None:
         """The rendered arguments, checked before anything is read or sent."""
-        if self.destination not in ("prearchive", "archive"):
-            raise XnatBadInputError(f"destination must be 'prearchive' or 'archive', not {self.destination!r}")
         if self.overwrite in ("", "None"):  # what a template that means "no overwrite" renders to
             self.overwrite = None
-        if self.overwrite not in (None, "append", "delete"):
-            raise XnatBadInputError(f"overwrite must be None, 'append' or 'delete', not {self.overwrite!r}")
-        check_import_flags(self.destination, self.quarantine, self.trigger_pipelines)
-        check_label(self.project, "project")
+        check_import_args(self.project, self.destination, self.overwrite, self.quarantine, self.trigger_pipelines)
 
     @logs_out
     def execute(self, context: Any) -> list[dict[str, Any]]:
         self._check()
-        # Every source is read and checked before anything is sent: bad input fails with nothing half-imported.
-        plans = [(src, plan_import(src, subject=self.subject, session=self.experiment,
-                                   ignore_unparsable=self.ignore_unparsable)) for src in self.sources()]
+        sources = self.sources()
         if self.destination == "archive" and self.experiment:
             self.push_experiment_link(context, self.project, self.experiment)
         else:
             self.push_prearchive_link(context, self.project)  # where the prearchive sessions will be
-        client = self.hook.get_conn()
-        if not client.project_exists(self.project):
-            raise XnatBadInputError(f"Project {self.project!r} does not exist on {client.base_url}.")
         store = context.get("task_state_store")
-        state: dict[str, Any] = (store.get(STATE_KEY) if store is not None else None) or {}
-        refs: list[tuple[Path | FsPath, SessionRef]] = []
-        for src, plan in plans:
-            refs += [(src, ref) for ref in self._import_source(client, store, state, src, plan)]
-        results = self._describe(client, refs)
+        memory = ImportMemory(store.get(STATE_KEY) if store is not None else None,
+                              save=partial(store.set, STATE_KEY) if store is not None else None)
+        imported = self.hook.get_conn().import_dicom_retry_safe(
+            sources, self.project, memory=memory, subject=self.subject, experiment=self.experiment,
+            destination=self.destination, overwrite=self.overwrite, quarantine=self.quarantine,
+            trigger_pipelines=self.trigger_pipelines, ignore_unparsable=self.ignore_unparsable)
+        results = [session.to_dict() for session in imported]
         if results:
             first = results[0]
             if first["in_prearchive"]:
@@ -136,61 +129,3 @@ class XnatImportOperator(XnatBaseOperator):
             elif first["label"]:
                 self.push_experiment_link(context, self.project, first["label"])
         return results
-
-    def _import_source(self, client: Any, store: Any, state: dict[str, Any], src: Path | FsPath,
-                       plan: ImportPlan) -> list[SessionRef]:
-        """Import one source's studies, except those an earlier try of this task already sent (found through its
-        snapshot in the task state store); the refs of all of them."""
-        key = str(src.resolve()) if isinstance(src, Path) else str(src)
-        earlier = state.get(key)
-        if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
-            # An earlier try sent this source: what it created since its snapshot is this task's work.
-            before = ImportSnapshot.from_dict(earlier["before"])
-            arrived = client.import_arrived(self.project, plan, before, destination=self.destination)
-        else:
-            before, arrived = client.import_snapshot(self.project, plan), {}
-            state[key] = {"studies": plan.studies, "labels": {u: list(v) for u, v in plan.labels.items()},
-                          "before": before.to_dict()}
-            if store is not None:
-                store.set(STATE_KEY, state)
-        pending = [uid for uid in plan.studies if uid not in arrived]
-        done = [ref for uid in plan.studies for ref in arrived.get(uid, [])]
-        if arrived:
-            self.log.info("%s: %d of %d studies were imported by an earlier try; not sending them again",
-                          src, len(arrived), len(plan.studies))
-        sent: list[SessionRef] = []
-        if pending:
-            sent = client.import_dicom(
-                src, self.project, subject=self.subject, session=self.experiment, destination=self.destination,
-                overwrite=self.overwrite, quarantine=self.quarantine, trigger_pipelines=self.trigger_pipelines,
-                ignore_unparsable=self.ignore_unparsable, plan=plan, snapshot=before, studies=pending,
-                check_project=False)
-            self.log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
-        return done + sent
-
-    @staticmethod
-    def _describe(client: Any, refs: list[tuple[Path | FsPath, SessionRef]]) -> list[dict[str, Any]]:
-        """One dict per ref, with its status. A project's prearchive is listed once for all its refs (a single
-        ref is looked up alone: cheaper than listing a whole prearchive), never once per ref."""
-        rows: dict[str, PrearchiveSession] = {}
-        by_project: dict[str, list[SessionRef]] = {}
-        for _src, ref in refs:
-            if ref.in_prearchive:
-                by_project.setdefault(ref.project, []).append(ref)
-        for project, mine in by_project.items():
-            if len(mine) == 1:
-                row = client.find_prearchive(mine[0].uri)
-                rows.update({row.uri: row} if row else {})
-            else:
-                rows.update((s.uri, s) for s in client.list_prearchive(project))
-        out = []
-        for src, ref in refs:
-            item = ref.to_dict()
-            if ref.in_prearchive:
-                row = rows.get(ref.uri)
-                item.update(status=row.status if row else "GONE", subject=row.subject if row else ref.subject,
-                            study_uid=row.study_uid if row else "")
-            else:
-                item["status"] = "ARCHIVED"
-            out.append({**item, "source": str(src)})
-        return out

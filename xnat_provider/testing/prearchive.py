@@ -347,14 +347,7 @@ class Prearchive:
         without looking at it); a row never built cannot be. ``quarantine`` leaves the experiment quarantined
         (``PrearcSessionArchiver``: ``src.quarantine(user)`` when the ``quarantine`` parameter is true).
         """
-        if is_locked(row["status"]):
-            raise XnatHttpError(403, LOCKED)
-        if row["status"] not in ARCHIVABLE and not row["built_doc"]:
-            raise XnatHttpError(400, f"The prearchive session is not ready to be archived: {row['status']}.")
-        if row["project"] == "Unassigned" and not project:
-            raise XnatHttpError(400, "Sessions in the Unassigned project need a destination project.")
-        if not self.session_dir(row).exists():
-            raise XnatHttpError(404, "The prearchive session's folder is missing.")
+        self._check_archivable(row, project)
         doc = json.loads(row["built_doc"] or "null") or json.loads(self.build(row)["built_doc"] or "null")
         if not doc:
             raise ArchiveConflict("The session document could not be built.", "ERROR")
@@ -378,24 +371,7 @@ class Prearchive:
                                              doc["xsiType"], user, date=doc["date"], time=doc["time"],
                                              UID=doc["UID"], modality=doc["modality"])
                 for s in doc["scans"]:
-                    scan_id = scan_ids.get(s["ID"], s["ID"])
-                    m.create_scan(exp["id"], scan_id, s["xsiType"], type=s["type"],
-                                  series_description=s["series_description"], uid=s["uid"],
-                                  modality=s["modality"], frames=s["frames"])
-                    owner = f"{exp['id']}/{scan_id}"
-                    res = m.resource("scan", owner, "DICOM")  # merged into, never deleted (MergeSessionsA)
-                    if res is None:
-                        res, _ = m.create_resource("scan", owner, "DICOM", format="DICOM", content="RAW")
-                    src_dir = self.session_dir(row) / "SCANS" / s["ID"] / "DICOM"
-                    for f in sorted(src_dir.iterdir()):
-                        if f.name.startswith("."):
-                            continue
-                        size, md5 = md5_file(f)
-                        tmp = m.temp_path(res, f.name)
-                        os.replace(f, tmp)
-                        moved.append((tmp, f))
-                        m.commit_file(res, f.name, tmp, size, md5, overwrite=True, format="DICOM", content="RAW")
-                        moved[-1] = (m.file_path(res, f.name), f)
+                    self._archive_scan(exp, s, scan_ids.get(s["ID"], s["ID"]), row, moved)
                 if quarantine:
                     m.set_experiment_status(exp["id"], "quarantine")
                 self.store.run("DELETE FROM prearchive WHERE project=? AND timestamp=? AND folder=?",
@@ -410,6 +386,41 @@ class Prearchive:
         shutil.rmtree(self.session_dir(row), ignore_errors=True)
         _prune(self.session_dir(row).parent)
         return f"/data/archive/projects/{project}/subjects/{subject}/experiments/{label}"
+
+    def _check_archivable(self, row: dict, project: str | None) -> None:
+        """What the archive service refuses before it reads the session: a locked row (403), a row never built,
+        an Unassigned row without a destination project (400), a row whose folder is gone (404)."""
+        if is_locked(row["status"]):
+            raise XnatHttpError(403, LOCKED)
+        if row["status"] not in ARCHIVABLE and not row["built_doc"]:
+            raise XnatHttpError(400, f"The prearchive session is not ready to be archived: {row['status']}.")
+        if row["project"] == "Unassigned" and not project:
+            raise XnatHttpError(400, "Sessions in the Unassigned project need a destination project.")
+        if not self.session_dir(row).exists():
+            raise XnatHttpError(404, "The prearchive session's folder is missing.")
+
+    def _archive_scan(self, exp: dict, scan: dict, scan_id: str, row: dict, moved: list[tuple[Path, Path]]) -> None:
+        """One scan of the session into the archive (inside the archive's transaction): its row, its DICOM
+        resource (merged into, never deleted: ``MergeSessionsA``) and its files, each move recorded in ``moved``
+        so that a failure puts the files back."""
+        m = self.model
+        m.create_scan(exp["id"], scan_id, scan["xsiType"], type=scan["type"],
+                      series_description=scan["series_description"], uid=scan["uid"],
+                      modality=scan["modality"], frames=scan["frames"])
+        owner = f"{exp['id']}/{scan_id}"
+        res = m.resource("scan", owner, "DICOM")
+        if res is None:
+            res, _ = m.create_resource("scan", owner, "DICOM", format="DICOM", content="RAW")
+        src_dir = self.session_dir(row) / "SCANS" / scan["ID"] / "DICOM"
+        for f in sorted(src_dir.iterdir()):
+            if f.name.startswith("."):
+                continue
+            size, md5 = md5_file(f)
+            tmp = m.temp_path(res, f.name)
+            os.replace(f, tmp)
+            moved.append((tmp, f))
+            m.commit_file(res, f.name, tmp, size, md5, overwrite=True, format="DICOM", content="RAW")
+            moved[-1] = (m.file_path(res, f.name), f)
 
     def _check_merge(self, existing: dict | None, subj: dict, doc: dict, rules: MergeRules,
                      session_dir: Path) -> dict[str, str]:

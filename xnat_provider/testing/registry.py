@@ -9,7 +9,8 @@ there is no circle, TYPE_CHECKING imports included)::
 
     __init__, cli, pytest_plugin -> emulator -> server, control, the API modules (*_api, dicom_import)
     the API modules -> registry -> the state: auth -> access -> prearchive -> model -> store
-                                              containers -> model, store
+                                              containers -> container_runs -> container_records
+                                                 -> container_commands -> model; containers -> store
     all of them -> representations, http -> xnat_routes
 
 Which module serves which part of XNAT's API (paths after ``/data`` or ``/REST``, which ``http.normalise_path``
@@ -36,7 +37,9 @@ folds together with ``/data/archive``):
   ``workflows/{id}`` (``WorkflowResource``), where a launch's workflow leads to its container. The commands,
   launches and containers themselves are ``containers.py`` (``XnatEmulator.containers``), which runs a
   registered Python callable or subprocess as the container and uploads its outputs through the model; what a
-  client sees of the plugin is written up in ``docs/container-service.md``.
+  client sees of the plugin is written up in ``docs/container-service.md``. Its parts: the plugin's vocabulary
+  and command JSON (``container_commands.py``), the records and what a runner gets (``container_records.py``),
+  and a launch's background life, from resolution to finalization (``container_runs.py``).
 - ``control.py``: ``/__emulator__/...``, fault injection and test controls from another process; not XNAT.
 
 Entry points: ``emulator.py`` (:class:`~xnat_provider.testing.XnatEmulator`, which the package exports lazily),

@@ -12,6 +12,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 try:
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -111,33 +112,60 @@ def receive_multipart(req: Request, tmp_dir: Path) -> tuple[list[tuple[str, str]
     if not boundary:
         raise XnatHttpError(400, "Multipart request without a boundary.")
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    fields: list[tuple[str, str]] = []
-    files: list[ReceivedFile] = []
-    state: dict = {}
+    parts = _Parts(tmp_dir)
+    parser = MultipartParser(boundary, parts.callbacks())
+    try:
+        for chunk in req.body.chunks(CHUNK):
+            parser.write(chunk)
+        parser.finalize()
+    except XnatHttpError:
+        cleanup(parts.files, parts.state)
+        raise
+    except Exception as exc:
+        cleanup(parts.files, parts.state)
+        raise XnatHttpError(400, f"Malformed multipart body: {exc}") from exc
+    return parts.fields, parts.files
 
-    def on_part_begin() -> None:
-        state.update(headers={}, name="", value=bytearray(), fh=None, md5=None, size=0, filename=None)
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["hf"] = state.get("hf", b"") + data[start:end]
+class _Parts:
+    """The multipart parser's callbacks: each part's headers, then its bytes into a field or a file."""
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["hv"] = state.get("hv", b"") + data[start:end]
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        self.fields: list[tuple[str, str]] = []
+        self.files: list[ReceivedFile] = []
+        self.state: dict = {}  # the part being read (its open file, for cleanup)
 
-    def on_header_end() -> None:
+    def callbacks(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (
+            "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value", "on_header_end",
+            "on_headers_finished")}
+
+    def on_part_begin(self) -> None:
+        self.state.update(headers={}, name="", value=bytearray(), fh=None, md5=None, size=0, filename=None)
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.state["hf"] = self.state.get("hf", b"") + data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.state["hv"] = self.state.get("hv", b"") + data[start:end]
+
+    def on_header_end(self) -> None:
+        state = self.state
         state["headers"][state.pop("hf", b"").decode("latin-1").lower()] = state.pop("hv", b"")
 
-    def on_headers_finished() -> None:
+    def on_headers_finished(self) -> None:
+        state = self.state
         _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
         state["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
         filename = disp.get(b"filename")
         if filename is not None:
             name = os.path.basename(filename.decode("utf-8", "replace").replace("\\", "/")) or "upload"
-            path = tmp_dir / f".mp-{len(files)}-{os.urandom(4).hex()}.part"
+            path = self.tmp_dir / f".mp-{len(self.files)}-{os.urandom(4).hex()}.part"
             state.update(filename=name, path=path, fh=open(path, "wb"), md5=PipelinedMd5())
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        state, chunk = self.state, data[start:end]
         if state["fh"] is not None:
             state["fh"].write(chunk)
             state["md5"].update(chunk)
@@ -147,30 +175,14 @@ def receive_multipart(req: Request, tmp_dir: Path) -> tuple[list[tuple[str, str]
             if len(state["value"]) > 1 << 20:
                 raise XnatHttpError(413, "Form field too large.")
 
-    def on_part_end() -> None:
+    def on_part_end(self) -> None:
+        state = self.state
         if state["fh"] is not None:
             state["fh"].close()
-            files.append(ReceivedFile(state["name"], state["filename"], state["path"], state["size"],
-                                      state["md5"].hexdigest()))
+            self.files.append(ReceivedFile(state["name"], state["filename"], state["path"], state["size"],
+                                           state["md5"].hexdigest()))
         else:
-            fields.append((state["name"], state["value"].decode("utf-8", "replace")))
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-    })
-    try:
-        for chunk in req.body.chunks(CHUNK):
-            parser.write(chunk)
-        parser.finalize()
-    except XnatHttpError:
-        cleanup(files, state)
-        raise
-    except Exception as exc:
-        cleanup(files, state)
-        raise XnatHttpError(400, f"Malformed multipart body: {exc}") from exc
-    return fields, files
+            self.fields.append((state["name"], state["value"].decode("utf-8", "replace")))
 
 
 def cleanup(files: list[ReceivedFile], state: dict | None = None) -> None:
