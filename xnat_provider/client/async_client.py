@@ -55,7 +55,56 @@ HTTPX_ERRORS = core.LibraryErrors(
     unsendable=(httpx.InvalidURL, httpx.UnsupportedProtocol), reached=_reached_server)
 
 
-class AsyncXnatClient:
+class AsyncReads:
+    """The polling calls: each runs the sync client's lookup (:mod:`.protocol`), every read of it through
+    :meth:`_get`. :class:`AsyncXnatClient` sends each read; a round of the triggers' shared polls answers the same
+    read once for all its triggers (``xnat_provider.triggers.round_reads.RoundReads``), which is why the calls live
+    apart from the transport: both get them, and the same lookups, from here."""
+
+    async def _get(self, path: str, params: dict[str, str]) -> bytes:
+        """The body of ``GET path?params`` (a successful answer), or the typed error."""
+        raise NotImplementedError
+
+    async def _read(self, lookup: Lookup[T]) -> T:
+        """The result of a lookup of :mod:`.protocol`, as the sync client's ``XnatTransport.read``."""
+        run = core.Runner(lookup)
+        while (step := run.step()) is not None:
+            with run.replying():
+                run.reply = step.parse(await self._get(step.path, step.query()))
+        return run.result  # type: ignore[return-value]
+
+    async def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
+                              study_uid: str | None = None) -> list[PrearchiveSession]:
+        return await self._read(prearchive_lookup(project, status, study_uid))
+
+    async def find_prearchive(self, session: PrearchiveSession | str) -> PrearchiveSession | None:
+        return await self._read(or_none(prearchive_row_lookup(session)))
+
+    async def find_experiment(self, project: str, label: str) -> Experiment | None:
+        """As the sync client's: the experiment by label or ID, subject label included (a second GET), or None
+        when the experiment (or the project) is absent."""
+        return await self._read(or_none(experiment_lookup(project, label)))
+
+    async def get_fields(self, project: str, subject: str | None = None,
+                         experiment: str | None = None) -> dict[str, str]:
+        return await self._read(fields_lookup(project, subject, experiment))
+
+    async def experiment_path(self, project: str, experiment: str | Experiment) -> str:
+        """As the sync client's: ``/data/experiments/{ID}``, where XNAT routes an experiment's scans and files
+        (a label costs one GET to learn the ID; an :class:`Experiment` costs none)."""
+        return await self._read(experiment_path_lookup(project, experiment))
+
+    async def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
+        return await self._read(scans_lookup(project, experiment))
+
+    async def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
+        return await self._read(experiments_lookup(project, subject))
+
+    async def list_resources(self, path: str) -> list[dict[str, str]]:
+        return await self._read(listing(f"{path}/resources"))
+
+
+class AsyncXnatClient(AsyncReads):
     """Async access to the calls a trigger polls. Use as ``async with AsyncXnatClient(config) as xnat:``."""
 
     def __init__(self, config: ClientConfig):
@@ -201,44 +250,8 @@ class AsyncXnatClient:
                 run.reply = _answer(resp)
         return resp
 
-    async def _read(self, lookup: Lookup[T]) -> T:
-        """The result of a lookup of :mod:`.protocol`, as the sync client's ``XnatTransport.read``."""
-        run = core.Runner(lookup)
-        while (step := run.step()) is not None:
-            with run.replying():
-                run.reply = step.parse((await self.request("GET", step.path, step.query())).content)
-        return run.result  # type: ignore[return-value]
-
-    # ---- the polling calls: the sync client's lookups ----------------------------------------------
-    async def list_prearchive(self, project: str | None = None, status: str | Iterable[str] | None = None,
-                              study_uid: str | None = None) -> list[PrearchiveSession]:
-        return await self._read(prearchive_lookup(project, status, study_uid))
-
-    async def find_prearchive(self, session: PrearchiveSession | str) -> PrearchiveSession | None:
-        return await self._read(or_none(prearchive_row_lookup(session)))
-
-    async def find_experiment(self, project: str, label: str) -> Experiment | None:
-        """As the sync client's: the experiment by label or ID, subject label included (a second GET), or None
-        when the experiment (or the project) is absent."""
-        return await self._read(or_none(experiment_lookup(project, label)))
-
-    async def get_fields(self, project: str, subject: str | None = None,
-                         experiment: str | None = None) -> dict[str, str]:
-        return await self._read(fields_lookup(project, subject, experiment))
-
-    async def experiment_path(self, project: str, experiment: str | Experiment) -> str:
-        """As the sync client's: ``/data/experiments/{ID}``, where XNAT routes an experiment's scans and files
-        (a label costs one GET to learn the ID; an :class:`Experiment` costs none)."""
-        return await self._read(experiment_path_lookup(project, experiment))
-
-    async def list_scans(self, project: str, experiment: str | Experiment) -> list[Scan]:
-        return await self._read(scans_lookup(project, experiment))
-
-    async def list_experiments(self, project: str, subject: str | None = None) -> list[Experiment]:
-        return await self._read(experiments_lookup(project, subject))
-
-    async def list_resources(self, path: str) -> list[dict[str, str]]:
-        return await self._read(listing(f"{path}/resources"))
+    async def _get(self, path: str, params: dict[str, str]) -> bytes:
+        return (await self.request("GET", path, params)).content
 
     # ---- the Container Service: following a launch (see :mod:`.containers`) -----------------------------
     async def get_workflow(self, workflow_id: str | int) -> Workflow:

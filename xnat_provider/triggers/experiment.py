@@ -35,11 +35,12 @@ def listed(c: ExperimentCriteria, experiments: list[Experiment]) -> bool:
 async def observe(listing: Subscription, c: ExperimentCriteria) -> Verdict:
     """One round: the project's shared experiment listing (one request for every experiment trigger of the
     triggerer on that project), then, only when it shows the experiment, the closer look of
-    :func:`~xnat_provider.conditions.observe_experiment` (its scans, resources, fields) with the shared login."""
+    :func:`~xnat_provider.conditions.observe_experiment` (its scans, resources, fields) through the round's shared
+    reads: every trigger of the round looking at the same experiment sends each of those requests once in all."""
     experiments: list[Experiment] = await listing.next()
     if not listed(c, experiments):
         return experiment_verdict(c, None, 0, [], {})
-    return await observe_experiment(listing.client, c)
+    return await observe_experiment(listing.reads, c)
 
 
 class XnatExperimentTrigger(BaseTrigger):
@@ -53,7 +54,8 @@ class XnatExperimentTrigger(BaseTrigger):
 
     Each round is one read of the project's experiments shared by every experiment trigger of the triggerer on that
     connection and project (:mod:`~xnat_provider.triggers.shared_poll`); the experiment itself (its scans,
-    resources, fields) is read, with the shared login, only once the listing shows it (:func:`listed`).
+    resources, fields) is read only once the listing shows it (:func:`listed`), each of those reads once per round
+    for all the triggers that make it (:mod:`~xnat_provider.triggers.round_reads`).
 
     A trigger serialized by an earlier version (classpath ``xnat_provider.triggers.session.XnatSessionTrigger``,
     criteria with ``session`` for ``experiment``) is still built and run by this class after an upgrade.

@@ -1,4 +1,5 @@
-"""One login per connection and one read per project, per interval, shared by every XNAT trigger of an event loop.
+"""One login per connection, one read per project and one of each closer read, per interval, shared by every XNAT
+trigger of an event loop.
 
 Why: Airflow's triggerer runs all the triggers of a process in one asyncio event loop. Each deferred sensor used to
 log in and poll on its own: 50 prearchive sensors on one project were 50 XNAT logins (50 live HTTP sessions) and
@@ -20,6 +21,12 @@ What is shared, within one running event loop (the registry is keyed by the loop
   it asked. A transient error (5xx, timeout) is one failed round, retried by the client once for everyone, and
   every waiter's own outage clock sees it once. A poll whose last waiter left (its trigger ended or was cancelled,
   as the triggerer does at a deferral's end or on shutdown) sends nothing more and releases its login.
+- the **closer reads of a round** (:class:`~.round_reads.RoundReads`, :attr:`Subscription.reads`): what waiters
+  read after the round's answer, e.g. the experiment that a project's listing shows (its document, scans,
+  resources, fields), each distinct ``GET`` sent once for every waiter of that round that makes it, in flight or
+  done; its error too (one failed request, every waiter's outage clock counting it). K triggers waiting for one
+  experiment, with the same or different criteria, cost one request per distinct read per round, not K. Only for
+  that round: the next one reads again, so nothing read (nor failed) is carried over.
 
 Nothing here must survive: a restarted triggerer rebuilds every trigger from its serialized arguments, and the
 triggers subscribe again. Each event loop has its own registry (pytest-asyncio gives every test its own loop), so
@@ -44,6 +51,7 @@ from typing import Any, Generic, TypeVar
 from ..client import ClientConfig
 from ..client.async_client import AsyncXnatClient
 from ..client.errors import XnatAuthError
+from .round_reads import RoundReads
 
 log = logging.getLogger("xnat_provider.triggers")
 T = TypeVar("T")
@@ -75,9 +83,11 @@ class SharedLogin:
 
 @dataclass(frozen=True)
 class Round:
-    """What one round of a poll saw: its start (loop time) and the answer, or the error it raised."""
+    """What one round of a poll saw: its start (loop time) and the answer, or the error it raised; and the reads
+    its waiters make next (:class:`~.round_reads.RoundReads`), each sent once for all of them, for this round."""
 
     start: float
+    reads: RoundReads
     value: Any = None
     error: BaseException | None = None
 
@@ -89,11 +99,20 @@ class Subscription(Generic[T]):
         self.poll = poll
         self.interval = max(float(interval), 0.0)
         self.due = poll.loop.time()
+        self.taken: Round | None = None
 
     @property
     def client(self) -> AsyncXnatClient:
-        """The shared login's client, for a trigger's own further reads (an experiment's scans, its fields)."""
+        """The shared login's client itself (each call a request of its own)."""
         return self.poll.login.client
+
+    @property
+    def reads(self) -> RoundReads:
+        """The further reads of the round :meth:`next` last gave (an experiment's scans, its fields), each read
+        sent once for every waiter that makes it in that round: the same calls as :attr:`client`."""
+        if self.taken is None:
+            raise RuntimeError("no round taken yet: await next() first")
+        return self.taken.reads
 
     async def next(self) -> T:
         """The next round's answer (raised again here if the round failed), waiting for it as needed. Every waiter
@@ -102,6 +121,7 @@ class Subscription(Generic[T]):
             seen = self.poll.latest
             if seen is not None and seen.start >= self.due - TOLERANCE:
                 self.due = seen.start + self.interval
+                self.taken = seen
                 if seen.error is not None:
                     raise copy.copy(seen.error)  # each waiter its own exception (tracebacks are per raise)
                 return seen.value  # type: ignore[no-any-return]
@@ -170,12 +190,13 @@ class SharedPoll:
                 await asyncio.shield(self.loop.create_task(closing, name="xnat-shared-logout"))
 
     async def _round(self, start: float) -> Round:
+        reads = RoundReads(self.login.client)  # new each round: nothing read in one round answers the next
         try:
-            return Round(start, value=await self.fetch(self.login.client))
+            return Round(start, reads, value=await self.fetch(self.login.client))
         except Exception as exc:  # every waiter sees it once, and decides what it means for its own wait
             if isinstance(exc, XnatAuthError) and self.login.client.credentials_refused:
                 self.registry.refused(self.login.key, exc)
-            return Round(start, error=exc)
+            return Round(start, reads, error=exc)
 
 
 class Registry:
