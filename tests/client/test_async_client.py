@@ -62,7 +62,7 @@ async def test_wrong_password_and_no_secret_in_logs(emulator, caplog) -> None:
 
 
 async def test_polls_do_not_block_the_event_loop(emulator) -> None:
-    emulator.delay("GET", "^/data/prearchive", seconds=0.5)
+    emulator.delay("GET", "^/data/prearchive", seconds=1.5)  # 5 ticks take 0.25 s: 1.25 s to spare
     ticks = 0
 
     async def ticker() -> None:

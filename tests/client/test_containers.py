@@ -115,9 +115,10 @@ def test_a_launch_on_a_session_runs_to_complete(client, emulator, session, conve
     assert p.params == {"session": exp.id} and p.target.path == f"/data/experiments/{exp.id}"
     ui = client.launch_ui("P1", p.wrapper.id, {"session": exp.id})
     assert ui["meta"]["wrapper-name"] == "dcm2niix-session"
-    launch = client.launch(p)
-    assert launch.workflow_id and launch.workflow_id.isdigit() and launch.container_id is None
-    assert client.workflow_container(launch.workflow_id) is None  # queued: no container yet
+    with emulator.containers.held():  # the launch rests queued until released: no container yet, for certain
+        launch = client.launch(p)
+        assert launch.workflow_id and launch.workflow_id.isdigit() and launch.container_id is None
+        assert client.workflow_container(launch.workflow_id) is None  # queued: no container yet
     done = follow(client, ContainerWatch(launch.workflow_id))
     assert done.action == DONE
     c = done.container

@@ -22,11 +22,12 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from tests.support import experiment_url, listing, wait_for
+from tests.support import experiment_url, listing
 from tests.support import prearchive_rows as rows
 from xnat_provider.client import XnatBadInputError, XnatClient, XnatConflictError, XnatServerError
 from xnat_provider.client.import_body import CHUNK, Entry, plan_import, zip_stream
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 from xnat_provider.testing.samples import Study, make_study
 
 IMPORT = "/data/services/import"
@@ -253,7 +254,11 @@ def test_import_conflict_carries_xnat_reason_from_the_prearchive_log(
     """XNAT answers a failed archive-destination import with 400 "unable to archive for the Prearchive session"
     and nothing else (DicomZipImporter.xmlBuild): the client finds the CONFLICT row of the import's studies and
     raises XnatConflictError with the reason from its log. XNAT stops at that study: a later study of the same
-    import stays RECEIVING, unbuilt, and is built (and archived, in an auto-archive project) later."""
+    import stays RECEIVING, unbuilt, and is built (and archived, in an auto-archive project) later.
+
+    On a prearchive clock moved by hand: RECEIVING lasts only ``receiving_idle`` (0.5 s here), which a slow
+    machine could let pass before the client (or the test) looks."""
+    emulator.prearchive.clock = clock = ManualClock()
     emulator.add_project("PX", prearchive=prearchive)
     a = make_study(tmp_path / "src" / "a", patient_name="S01", patient_id="S01_MR1", series=((1, "T1"),),
                    instances=1, uid_seed="a")
@@ -275,11 +280,14 @@ def test_import_conflict_carries_xnat_reason_from_the_prearchive_log(
     assert emulator.request_count("POST", IMPORT) == 2  # a conflict is not resent
 
     # Later, as XNAT's rebuilder would: S02_MR1 is built, and archived if the project auto-archives.
+    clock.advance(emulator.prearchive.receiving_idle)  # quiet for long enough: built...
+    assert {r["name"]: r["status"] for r in rows(http, emulator, "PX")}.get("S02_MR1") == "BUILDING"
+    clock.advance(emulator.prearchive.build_seconds)  # ... and done at the next look
     if prearchive == "manual":
-        wait_for(lambda: {r["name"]: r["status"] for r in rows(http, emulator, "PX")}.get("S02_MR1") == "READY")
+        assert {r["name"]: r["status"] for r in rows(http, emulator, "PX")}.get("S02_MR1") == "READY"
         assert [e["label"] for e in experiments(http, emulator, "PX")] == ["S01_MR1"]
     else:
-        wait_for(lambda: sorted(e["label"] for e in experiments(http, emulator, "PX")) == ["S01_MR1", "S02_MR1"])
+        assert sorted(e["label"] for e in experiments(http, emulator, "PX")) == ["S01_MR1", "S02_MR1"]
         assert [r["name"] for r in rows(http, emulator, "PX")] == ["S01_MR1"]
     assert archive_files(http, emulator, "PX", "S01_MR1") == expected_files(a)
 

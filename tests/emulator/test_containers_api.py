@@ -24,6 +24,7 @@ import requests
 
 from xnat_provider.testing import XnatEmulator
 from xnat_provider.testing.containers import (
+    Containers,
     RunContext,
     exit_with,
     hang_until_killed,
@@ -65,6 +66,16 @@ def in_order(seen: list[str], expected: list[str]) -> bool:
     """``seen`` (what polls saw) is ``expected`` with steps possibly missed between two polls."""
     it = iter(expected)
     return all(any(s == e for e in it) for s in seen)
+
+
+def stepped(steps: Containers, look: Callable[[], str], count: int) -> list[str]:
+    """What ``look()`` says now and after each of ``count`` steps of a held launch, repeats left out."""
+    seen = [look()]
+    for _ in range(count):
+        steps.step()
+        if seen[-1] != (now := look()):
+            seen.append(now)
+    return seen
 
 
 def workflow(http: requests.Session, emu: XnatEmulator, wf_id: str) -> dict:
@@ -257,24 +268,34 @@ def test_launch_ui_lists_inputs_and_the_values_found(http, emulator, session, sc
 def test_launch_on_a_session_runs_to_complete_and_uploads_the_output(http, emulator, session,
                                                                      session_command) -> None:
     wid = session_command["xnat"][0]["id"]
-    emulator.containers.step_seconds = 0.25  # slow enough for the polls below to see every step
-    r = launch(http, emulator, f"/xapi/projects/P1/wrappers/{wid}/root/session/launch", json={"session": session})
-    assert r.status_code == 200, r.text
-    report = r.json()
-    # LaunchReport.Success: the workflow's id, never a container id; command-id 0 on the wrapper-id path
-    assert report == {"status": "success", "params": {"session": session}, "command-id": 0, "wrapper-id": wid,
-                      "workflow-id": report["workflow-id"]}
-    assert report["workflow-id"].isdigit()
+    # Held, the launch rests at each step until the next steps.step(): every status below is seen for certain.
+    with emulator.containers.held() as steps:
+        r = launch(http, emulator, f"/xapi/projects/P1/wrappers/{wid}/root/session/launch",
+                   json={"session": session})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        # LaunchReport.Success: the workflow's id, never a container id; command-id 0 on the wrapper-id path
+        assert report == {"status": "success", "params": {"session": session}, "command-id": 0, "wrapper-id": wid,
+                          "workflow-id": report["workflow-id"]}
+        assert report["workflow-id"].isdigit()
 
-    seen, wf = follow(http, emulator, report["workflow-id"])
-    # queued (with the JMS prefix), then command resolution, then the container's own statuses
-    assert in_order(seen, ["_Queued", "Staging", "Queued", "Created"]) and seen[0] == "_Queued"
-    assert wf["ID"] == session and wf["ExternalID"] == "P1" and wf["data_type"] == "xnat:mrSessionData"
-    assert wf["pipeline_name"] == "sesscount-session" and wf["justification"] == "Container launch"
-    docker_id = wf["comments"]  # the container's backend id, which /xapi/containers/{id} takes as well
-    assert len(docker_id) == 64
+        def workflow_status() -> str:
+            return workflow(http, emulator, report["workflow-id"])["status"]
 
-    statuses, c = until_terminal(http, emulator, docker_id)
+        seen = stepped(steps, workflow_status, 2)  # command resolution, then the container created
+        # queued (with the JMS prefix), then command resolution, then the container's own statuses
+        assert in_order(seen, ["_Queued", "Staging", "Queued", "Created"]) and seen[0] == "_Queued"
+        assert seen == ["_Queued", "Staging", "Created"]
+        wf = workflow(http, emulator, report["workflow-id"])
+        assert wf["ID"] == session and wf["ExternalID"] == "P1" and wf["data_type"] == "xnat:mrSessionData"
+        assert wf["pipeline_name"] == "sesscount-session" and wf["justification"] == "Container launch"
+        docker_id = wf["comments"]  # the container's backend id, which /xapi/containers/{id} takes as well
+        assert len(docker_id) == 64
+
+        # started, its process run, then die, queued for finalizing, finalizing, complete
+        statuses = stepped(steps, lambda: container(http, emulator, docker_id)["status"], 6)
+    _, c = until_terminal(http, emulator, docker_id)
+    assert statuses == ["Created", "Running", "die", "_die", "Finalizing", "Complete"]
     assert c["status"] == "Complete" and c["container-id"] == docker_id
     assert c["workflow-id"] == report["workflow-id"] and c["project"] == "P1" and c["user-id"] == "admin"
     assert in_order(statuses, ["Created", "Running", "die", "_die", "Finalizing", "Complete"])
@@ -374,10 +395,12 @@ def test_killing_a_hanging_container(http, emulator, session) -> None:
     _, wf = follow(http, emulator, r.json()["workflow-id"])
     cid = container(http, emulator, wf["comments"])["id"]
     wait_for(lambda: container(http, emulator, cid)["status"] == "Running", what="Running")
+    # its process runs: what it wrote so far is read live (as soon as it has written it, however slow the machine)
+    live = wait_for(lambda: (got := http.get(f"{emulator.url}/xapi/containers/{cid}/logSince/stdout").json())[
+        "content"] and got, what="the live log")
+    assert live["content"] == "waiting...\n" and live["fromFile"] is False and live["timestamp"].endswith("Z")
     time.sleep(0.2)
     assert container(http, emulator, cid)["status"] == "Running"  # it does not finish on its own
-    live = http.get(f"{emulator.url}/xapi/containers/{cid}/logSince/stdout").json()
-    assert live["content"] == "waiting...\n" and live["fromFile"] is False and live["timestamp"].endswith("Z")
     assert http.get(f"{emulator.url}/xapi/containers?nonfinalized=true").json()[0]["id"] == cid
 
     killed = http.post(f"{emulator.url}/xapi/projects/P1/containers/{cid}/kill", timeout=10)
@@ -397,6 +420,54 @@ def test_killing_a_hanging_container(http, emulator, session) -> None:
     assert again.status_code == 404 and "No such container" in again.text
     assert container(http, emulator, cid)["status"] == "Failed"  # a terminal status stays
     assert http.post(f"{emulator.url}/xapi/containers/424242/kill").status_code == 404
+
+
+def test_held_launches_move_one_step_at_a_time_also_over_the_control_api(http, emulator, session,
+                                                                         session_command) -> None:
+    """The test control behind every assertion on an intermediate status: held, a launch rests at each step until
+    the next step (never later, never sooner), a hanging container rests while it runs, and a release lets every
+    launch run on to its end."""
+    containers = emulator.containers
+    with pytest.raises(RuntimeError, match="not held"):
+        containers.step()
+    ctl = emulator.url + "/__emulator__/containers"
+    assert requests.post(ctl + "/hold", timeout=10).json() == {"held": True}
+    wid = session_command["xnat"][0]["id"]
+    wf_id = launch(http, emulator, f"/xapi/wrappers/{wid}/root/session/launch", json={"session": session}).json()[
+        "workflow-id"]
+    time.sleep(0.3)  # three times what an unheld launch takes to make its container
+    assert workflow(http, emulator, wf_id)["status"] == "_Queued" and containers.containers == {}
+    assert requests.post(ctl + "/step", json={"count": 2}, timeout=30).status_code == 200
+    wf = workflow(http, emulator, wf_id)
+    assert wf["status"] == "Created" and container(http, emulator, wf["comments"])["history"][-1]["status"] == \
+        "Created"
+    requests.post(ctl + "/step", timeout=30).raise_for_status()
+    assert container(http, emulator, wf["comments"])["status"] == "Running"
+    assert requests.post(ctl + "/release", timeout=10).json() == {"held": False}
+    _, c = until_terminal(http, emulator, wf["comments"])
+    assert c["status"] == "Complete"
+    with pytest.raises(RuntimeError, match="not held"):
+        containers.step()
+
+    # A hanging container rests while its process runs; killed, the next step writes its death.
+    hang = containers.register_command(simple_command("hang", context="session"), run=hang_until_killed)
+    with containers.held() as steps:
+        wf_id = launch(http, emulator, f"/xapi/wrappers/{hang['xnat'][0]['id']}/root/session/launch",
+                       params={"session": session}).json()["workflow-id"]
+        steps.step(4)  # staging, created, started, its process running
+        cid = workflow(http, emulator, wf_id)["comments"]
+        wait_for(lambda: http.get(f"{emulator.url}/xapi/containers/{cid}/logs/stdout").text, what="the live log")
+        with pytest.raises(TimeoutError, match="still running"):
+            steps.step(timeout=0.2)  # it does not end on its own: nothing takes the step (withdrawn)
+        assert http.post(f"{emulator.url}/xapi/containers/{cid}/kill", timeout=10).status_code == 200
+        steps.step()  # (the kill ends the process: the step is taken once it has exited)
+        assert [h["status"] for h in container(http, emulator, cid)["history"]][-2:] == ["kill", "die"]
+        steps.step(3)  # queued for finalizing, finalizing, finalized
+        assert container(http, emulator, cid)["status"] == "Failed"
+        with pytest.raises(RuntimeError, match="no launch to step"):
+            steps.step()
+    r = requests.post(ctl + "/step", timeout=10)
+    assert r.status_code == 409 and "not held" in r.text
 
 
 def test_a_subprocess_runner_and_its_kill(http, emulator, session, tmp_path) -> None:

@@ -494,7 +494,9 @@ def test_import_to_archive_with_overwrite_append_merges(emulator, http, tmp_path
 def test_a_failed_study_stops_the_import_later_ones_stay_receiving(emulator, http, tmp_path):
     """xmlBuild builds and archives the import's sessions in order and stops at the first failure: the one
     before it is archived, the failed one is CONFLICT, the one after it stays RECEIVING (unbuilt) until the
-    clock builds it, as XNAT's rebuilder does."""
+    clock builds it, as XNAT's rebuilder does. On a prearchive clock moved by hand: RECEIVING lasts only
+    ``receiving_idle`` (0.5 s here), which a slow machine could let pass before the test looks."""
+    emulator.prearchive.clock = clock = ManualClock()
     a = make_study(tmp_path / "a", patient_name="S01", patient_id="S01_MR1", instances=1)
     b = make_study(tmp_path / "b", patient_name="S02", patient_id="S02_MR1", instances=1)
     c = make_study(tmp_path / "c", patient_name="S03", patient_id="S03_MR1", instances=1)
@@ -506,8 +508,10 @@ def test_a_failed_study_stops_the_import_later_ones_stay_receiving(emulator, htt
     assert statuses == {"S02_MR1": "CONFLICT", "S03_MR1": "RECEIVING"}
     exps = http.get(emulator.url + "/data/projects/P1/experiments", params={"format": "json"}, timeout=10)
     assert sorted(e["label"] for e in exps.json()["ResultSet"]["Result"]) == ["S01_MR1", "S02_MR1"]
-    wait_for(lambda: {x["name"]: x["status"] for x in prearchive_rows(http, emulator, "P1")}.get("S03_MR1")
-             == "READY")
+    clock.advance(emulator.prearchive.receiving_idle)  # quiet for long enough: built...
+    assert {x["name"]: x["status"] for x in prearchive_rows(http, emulator, "P1")}.get("S03_MR1") == "BUILDING"
+    clock.advance(emulator.prearchive.build_seconds)  # ... and done at the next look
+    assert {x["name"]: x["status"] for x in prearchive_rows(http, emulator, "P1")}.get("S03_MR1") == "READY"
 
 
 @pytest.mark.parametrize("flag", ["quarantine", "triggerPipelines"])
@@ -549,13 +553,18 @@ def test_auto_archive_project_archives_after_the_build(emulator, http, tmp_path)
 
 
 def test_files_arriving_while_building_interrupt_the_build(tmp_path):
+    """On the emulator's clock, moved by hand: RECEIVING_INTERRUPT lasts only until the session is quiet again
+    (0.3 s here), which a slow machine could let pass before its next look."""
     s = make_study(tmp_path / "d", comments="Project: P1")
+    clock = ManualClock()
     with XnatEmulator(data_dir=tmp_path / "x", projects=["P1"], receiving_idle=0.3, build_seconds=3,
-                      queue_seconds=0.2) as emu, requests.Session() as http:
+                      queue_seconds=0.2, clock=clock) as emu, requests.Session() as http:
         http.auth = ("admin", "admin")
         [uri] = uri_lines(do_import(http, emu, zip_files(s.series["1"], tmp_path / "1.zip")))
         status = lambda: row_for(prearchive_rows(http, emu, "P1"), uri)["status"]  # noqa: E731
-        wait_for(lambda: status() == "BUILDING")
+        assert status() == "RECEIVING"
+        clock.advance(0.3)  # quiet for receiving_idle: built (for 3 s)
+        assert status() == "BUILDING"
         assert uri_lines(do_import(http, emu, zip_files(s.series["2"], tmp_path / "2.zip"))) == [uri]
         assert status() == "RECEIVING_INTERRUPT"
         assert len(prearchive_rows(http, emu, "P1")) == 1

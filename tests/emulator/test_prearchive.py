@@ -488,6 +488,7 @@ def test_batch_move_queued_then_moved(emulator, http, study, ready):
 
 
 def test_batch_move_json_and_errors(emulator, http, ready):
+    stepped(emulator)  # the move stays queued (not locked) until the delete below, however slow the machine
     assert _batch(http, emulator, "move", ready, newProject="NOPE").status_code == 404
     assert status_of(http, emulator, ready) == "READY"
     r = _batch(http, emulator, "move", ready, newProject="P2", format="json")

@@ -62,7 +62,7 @@ def import_session(emulator: XnatEmulator, http: requests.Session, study_zip: Pa
     return lines[0]
 
 
-def wait_ready(pre, triple: list[str], timeout: float = 4.0) -> str:
+def wait_ready(pre, triple: list[str], timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     status = pre.status(triple)
     while status != "READY" and time.monotonic() < deadline:
@@ -257,7 +257,7 @@ def test_prearchive_delete(emulator: XnatEmulator, http: requests.Session, px, s
     triple = pre.get()[0]
     assert wait_ready(pre, triple) == "READY"
     pre.delete(pre.get_uri(triple))
-    deadline = time.monotonic() + 4
+    deadline = time.monotonic() + 30
     while pre.get() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pre.get() == []

@@ -50,6 +50,14 @@ def hold(emu: XnatEmulator, row: dict[str, str], status: str) -> None:
     emu.hold_prearchive(row["project"], row["timestamp"], row["folderName"], status)
 
 
+def prompt_queue(emu: XnatEmulator) -> None:
+    """Queued prearchive operations run at the emulator's next tick instead of ``queue_seconds`` later: a rebuilt
+    session goes QUEUED_BUILDING, _BUILDING, BUILDING, READY one status per look (or per tick), so a sensor whose
+    stall_timeout is shorter than a second can never find it in one status long enough to call it stalled again
+    (with the fixture's 0.2 s steps only 0.1-0.3 s separate the two, which a loaded machine can eat)."""
+    emu.prearchive.queue_seconds = 0.0
+
+
 def uri(row: dict[str, str]) -> str:
     return f"/data/prearchive/projects/{row['project']}/{row['timestamp']}/{row['folderName']}"
 

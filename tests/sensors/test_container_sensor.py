@@ -137,12 +137,12 @@ def test_a_hanging_container_times_the_sensor_out(xnat_conn, client) -> None:
 
 def test_deferral_trigger_and_execute_complete(xnat_conn, client) -> None:
     register_converter(xnat_conn)
-    xnat_conn.containers.step_seconds = 0.2  # slow enough for the first look to see it running
-    wf = launch(client)
-    s = sensor(workflow_id=wf, deferrable=True, poke_interval=0.1)
     ctx = context()
-    with pytest.raises(TaskDeferred) as d:
-        s.execute(ctx)
+    with xnat_conn.containers.held():  # the launch rests queued: the first look finds it not done, for certain
+        wf = launch(client)
+        s = sensor(workflow_id=wf, deferrable=True, poke_interval=0.1)
+        with pytest.raises(TaskDeferred) as d:
+            s.execute(ctx)
     trigger = roundtrip(d.value.trigger)
     assert (trigger.workflow_id, trigger.poll_interval, trigger.xnat_conn_id) == (wf, 0.1, "xnat_default")
     event = asyncio.run(first_event(trigger, timeout=30))

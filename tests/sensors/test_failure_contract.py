@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import (
 )
 
 from tests.airflow_helpers import FakeStore, context
-from tests.sensors.support import REBUILD, first_event, hold, put_session, status_of, uri
+from tests.sensors.support import REBUILD, first_event, hold, prompt_queue, put_session, status_of, uri
 from xnat_provider.client.errors import XnatAuthError, XnatNotFoundError, XnatServerError
 from xnat_provider.retry import xnat_retry_policy
 from xnat_provider.sensors.base import OUTAGE_KEY
@@ -193,6 +193,7 @@ def test_a_503_during_a_deferred_rebuild_is_ridden_out(xnat_conn, tmp_path) -> N
     """It used to fail the task for good (AirflowFailException: "Could not rebuild a stalled session")."""
     row = put_session(xnat_conn, tmp_path, "S01_MR1")
     hold(xnat_conn, row, "BUILDING")
+    prompt_queue(xnat_conn)  # rebuilt, it is READY within a few looks: never stalled again
     store = FakeStore()
 
     def make(**kw):
@@ -239,6 +240,7 @@ def test_a_rebuild_xnat_keeps_not_answering_ends_at_outage_tolerance(xnat_conn, 
 def test_a_503_during_a_poked_rebuild_is_asked_again(xnat_conn, tmp_path) -> None:
     row = put_session(xnat_conn, tmp_path, "S01_MR1")
     hold(xnat_conn, row, "BUILDING")
+    prompt_queue(xnat_conn)  # rebuilt, it is READY within a few looks: never stalled again
     xnat_conn.fail_next("POST", REBUILD, status=503, count=3)
     store = FakeStore()
     result = prearchive_sensor(stall_timeout=0.3, rebuild_stalled=True).execute(context(store))

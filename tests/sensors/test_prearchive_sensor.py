@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import (
 )
 
 from tests.airflow_helpers import FakeStore, context
-from tests.sensors.support import REBUILD, archive, hold, put_session, status_of, uri
+from tests.sensors.support import REBUILD, archive, hold, prompt_queue, put_session, status_of, uri
 from tests.support import wait_for as wait_until
 from xnat_provider.client.errors import XnatServerError
 from xnat_provider.sensors.prearchive import STATE_KEY, XnatPrearchiveSensor
@@ -153,6 +153,7 @@ def test_soft_fail_skips_a_failed_session(xnat_conn, tmp_path) -> None:
 def test_stalled_session_is_rebuilt_once_then_succeeds(xnat_conn, tmp_path) -> None:
     row = put_session(xnat_conn, tmp_path, "S01_MR1")
     hold(xnat_conn, row, "BUILDING")
+    prompt_queue(xnat_conn)  # rebuilt, it is READY within a few looks: never stalled again
     store = FakeStore()
     result = sensor(stall_timeout=0.5, rebuild_stalled=True).execute(context(store))
     assert [(x["name"], x["status"]) for x in result] == [("S01_MR1", "READY")]

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from tests.airflow_helpers import run_dag
-from tests.sensors.support import REBUILD, hold, put_session, status_of, uri
+from tests.sensors.support import REBUILD, hold, prompt_queue, put_session, status_of, uri
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,6 +31,7 @@ def test_reschedule_deferrable_and_rebuild_in_dag_test(airflow_db, xnat_conn, tm
     emu = xnat_conn
     row = put_session(emu, tmp_path, "S01_MR1")
     hold(emu, row, "BUILDING")  # stalled: the deferrable sensor must have it rebuilt
+    prompt_queue(emu)  # rebuilt, it is READY within a few looks: never stalled again
     put_session(emu, tmp_path, "S02_MR1", subject="S02", archive=True)
     result = run_dag("xnat_test_sensors_modes", {"project": "P1", "experiment": "S01_MR1", "archived": "S02_MR1"})
     assert result.state == "success", result.tis

@@ -16,6 +16,10 @@ What happens after a launch, as the plugin's Docker backend does it (``Container
 5. A kill makes the status ``Failed (Killed)`` at once, then the process dies (exit 137) and the finalization
    makes it ``Failed``.
 
+Between two steps the launch pauses (``step_seconds``, real time), so that a client polling the API sees the
+intermediate statuses. A test that asserts them does not rely on that pause: it holds the launches
+(:class:`StepGate`, through ``Containers.hold``, ``step`` and ``release``) and moves them one step at a time.
+
 :class:`ContainerRuns` is a part of :class:`~xnat_provider.testing.containers.Containers` (a mixin over its
 state: the lock, ids, commands, workflows, the model), split out so that the state and its API read apart from
 the run.
@@ -59,6 +63,103 @@ from .model import md5_file
 
 if TYPE_CHECKING:
     pass
+
+
+class StepGate:
+    """Where a launch stops between two steps while a test holds the Container Service: ``Containers.hold()``,
+    then each ``Containers.step()`` moves a launch on by exactly one step and returns once it has stopped again,
+    so that what the API answers in between is certain whatever the machine's speed; ``release()`` lets every
+    launch run on at its own pace (``step_seconds``).
+
+    A launch stops (it *rests*):
+
+    1. at once after the launch request (workflow ``_Queued``, no container), before command resolution;
+    2. after the resolution started (workflow ``Staging``);
+    3. once its container exists (``Created``: the workflow names the container);
+    4. once the container is started (``Running``), before its process runs;
+    5. while its process runs, and once it has exited, before its ``die`` entry is written (``Running``, or
+       ``Failed (Killed)``): the process ends on its own (a hanging one when it is killed), the next step
+       writes ``die``;
+    6. after ``die``; 7. after ``_die`` (queued for finalizing); 8. after ``Finalizing``;
+    9. at its end (``Complete``, ``Failed``, ``Failed (Upload)``), finalized.
+
+    A launch that fails before its container exists ends at the step that finds it (``Failed (...)``). Stepping
+    several launches at once moves whichever is first to go: hold one launch at a time to know which one moved.
+
+    The counts, under one condition: ``moving`` launch threads (neither resting nor ended), ``parked`` ones (at
+    a stop), ``running`` ones (resting while their process runs), and ``permits`` (steps granted, not taken)."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._cond = threading.Condition()
+        self._stopping = stopping
+        self.held = False
+        self._permits = self._moving = self._parked = self._running = 0
+
+    # ---- the launch threads' side ----
+    def started(self) -> None:
+        """A launch thread is about to start (counted before it runs, so that a step waits for it)."""
+        with self._cond:
+            self._moving += 1
+
+    def ended(self) -> None:
+        with self._cond:
+            self._moving -= 1
+            self._cond.notify_all()
+
+    def stop_here(self) -> bool:
+        """A stop: while held, wait for a step (or the release); False when not held (the caller pauses)."""
+        with self._cond:
+            if not self.held or self._stopping.is_set():
+                return False
+            if self._permits:  # a step was granted before this launch got here: take it, go on
+                self._permits -= 1
+                return True
+            self._moving, self._parked = self._moving - 1, self._parked + 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self.held or self._permits or self._stopping.is_set())
+            self._moving, self._parked = self._moving + 1, self._parked - 1
+            if self.held and self._permits:
+                self._permits -= 1
+            return True
+
+    def process_running(self) -> None:
+        """The launch rests while its container's process runs (until :meth:`process_exited`)."""
+        with self._cond:
+            self._moving, self._running = self._moving - 1, self._running + 1
+            self._cond.notify_all()
+
+    def process_exited(self) -> None:
+        with self._cond:
+            self._moving, self._running = self._moving + 1, self._running - 1
+
+    # ---- the test's side ----
+    def hold(self) -> None:
+        with self._cond:
+            self.held = True
+
+    def release(self) -> None:
+        with self._cond:
+            self.held, self._permits = False, 0
+            self._cond.notify_all()
+
+    def step(self, count: int, timeout: float) -> None:
+        """Grant ``count`` steps, then wait until they are taken and every launch rests again."""
+        with self._cond:
+            if not self.held:
+                raise RuntimeError("the Container Service is not held: call containers.hold() first")
+            for _ in range(count):
+                if not self._moving and not self._parked and not self._running:
+                    raise RuntimeError("no launch to step: every launch has ended")
+                self._permits += 1
+                self._cond.notify_all()
+                if not self._cond.wait_for(lambda: self._stopping.is_set() or (
+                        not self._moving and (not self._permits or not (self._parked or self._running))), timeout):
+                    self._permits = 0  # withdrawn: a later step is not taken early
+                    raise TimeoutError(f"a launch did not reach its next step within {timeout} s (a container "
+                                       "process still running? kill it, or release the Container Service)")
+                if self._permits:  # granted to a launch that ended meanwhile: nothing took it
+                    self._permits = 0
+                    raise RuntimeError("no launch to step: every launch has ended")
 
 
 class ContainerRuns:
@@ -241,9 +342,14 @@ class ContainerRuns:
                 c.exited.set()
 
         threading.Thread(target=target, daemon=True, name=f"xnat-emulator-container-{c.id}").start()
-        while not c.exited.wait(0.02):
-            if c.killed.is_set() or self._stopping.is_set():
-                break
+        self._gate.process_running()
+        try:
+            while not c.exited.wait(0.02):
+                if c.killed.is_set() or self._stopping.is_set():
+                    break
+        finally:
+            self._gate.process_exited()
+        self._gate.stop_here()  # held: the process is over, its death not recorded yet (no pause otherwise)
         code = KILLED_EXIT_CODE if c.killed.is_set() and "code" not in result else str(result.get("code", 137))
         c.exit_code = code
         self._add_history(c, "die", "event", exit_code=code)  # DockerContainerEvent "die", attribute exitCode

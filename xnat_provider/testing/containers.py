@@ -29,7 +29,8 @@ import shutil
 import threading
 import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,16 +71,16 @@ from .container_records import (
     exit_with,
     hang_until_killed,
 )
-from .container_runs import ContainerRuns
+from .container_runs import ContainerRuns, StepGate
 from .model import SESSION_TYPES
 from .store import now_text
 
 # The emulator's Container Service API, from one module (its parts: container_commands, container_records,
 # container_runs).
 __all__ = ["KNOWN_XSI_TYPES", "TERMINAL_PREFIXES", "Container", "ContainerRuns", "Containers", "LogStream",
-           "RegisteredCommand", "ResolutionError", "RunContext", "Runner", "Workflow", "XapiError", "XnatObject",
-           "drop_none", "exit_with", "hang_until_killed", "java_date", "map_status", "matches", "normalise_command",
-           "parse_matcher", "simple_command", "status_is_terminal", "utc_iso", "validate_command"]
+           "RegisteredCommand", "ResolutionError", "RunContext", "Runner", "StepGate", "Workflow", "XapiError",
+           "XnatObject", "drop_none", "exit_with", "hang_until_killed", "java_date", "map_status", "matches",
+           "normalise_command", "parse_matcher", "simple_command", "status_is_terminal", "utc_iso", "validate_command"]
 
 if TYPE_CHECKING:
     from .auth import Auth
@@ -99,6 +100,18 @@ class Containers(ContainerRuns):
 
     :param step_seconds: the pause between two steps of a launch (queue, staging, start, finalizing...), so that a
         client polling the API sees the intermediate statuses; 0 runs through them as fast as possible.
+
+    A test that asserts what a client sees between two steps does not count on that pause (a busy machine can
+    miss a step): it holds the launches and moves them on by hand, each :meth:`step` returning once the launch
+    rests at its next step (the stops are listed in :class:`~xnat_provider.testing.container_runs.StepGate`)::
+
+        with emulator.containers.held() as steps:  # or hold() ... release()
+            workflow_id = launch()                  # rests at once: the workflow is _Queued, no container
+            steps.step()                            # Staging
+            steps.step(2)                           # Created, then Running
+        # released: the launch runs on to its end at its own pace
+
+    Over HTTP: ``POST /__emulator__/containers/hold``, ``.../step`` (``{"count": 1}``), ``.../release``.
     """
 
     def __init__(self, model: Model, auth: Auth, data_dir: Path, step_seconds: float = 0.05):
@@ -109,6 +122,7 @@ class Containers(ContainerRuns):
         self.site_url = ""  # XNAT_HOST in a container's environment; the emulator sets it when it starts
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        self._gate = StepGate(self._stopping)
         self._threads: list[threading.Thread] = []
         self.commands: dict[int, RegisteredCommand] = {}
         self._wrapper_command: dict[int, int] = {}
@@ -132,6 +146,7 @@ class Containers(ContainerRuns):
     def shutdown(self) -> None:
         """Stop every running container (the emulator is stopping)."""
         self._stopping.set()
+        self._gate.release()
         for c in list(self.containers.values()):
             c.killed.set()
             if c.process is not None and c.process.poll() is None:
@@ -386,11 +401,8 @@ class Containers(ContainerRuns):
             else:
                 pipeline = wrapper_name or ""
             workflow = self._new_workflow(xnat_id, root_element or "", pipeline, project or "", user, bulk_launch_id)
-        job = threading.Thread(target=self._run_launch, daemon=True, name="xnat-emulator-container",
-                               args=(project, command_id, wrapper_name, wrapper_id, dict(params), user, workflow))
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [job]
-        job.start()
+        self._start_job(self._run_launch, "xnat-emulator-container",
+                        (project, command_id, wrapper_name, wrapper_id, dict(params), user, workflow))
         report = {"status": "success", "params": dict(params), **report_ids,
                   "workflow-id": str(workflow.id) if workflow else TO_BE_ASSIGNED}
         return 200, report
@@ -420,15 +432,25 @@ class Containers(ContainerRuns):
         successes = []
         for target in targets:
             one = {**params, root_element: str(target)}
-            job = threading.Thread(target=self.launch, daemon=True, name="xnat-emulator-bulk-launch",
-                                   args=(project, command_id, wrapper_name, wrapper_id, root_element, one, user,
-                                         bulk_id))
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()] + [job]
-            job.start()
+            self._start_job(self.launch, "xnat-emulator-bulk-launch",
+                            (project, command_id, wrapper_name, wrapper_id, root_element, one, user, bulk_id))
             successes.append({"status": "success", "params": one, "command-id": command_id,
                               "wrapper-id": wrapper_id, "workflow-id": TO_BE_ASSIGNED})
         return {"bulk-launch-id": bulk_id, "pipeline-name": pipeline, "successes": successes, "failures": []}
+
+    def _start_job(self, target: Any, name: str, args: tuple) -> None:
+        """A launch's background thread, counted by the step gate from before it starts to its end."""
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                self._gate.ended()
+
+        job = threading.Thread(target=run, daemon=True, name=name)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [job]
+        self._gate.started()
+        job.start()
 
     def _new_workflow(self, xnat_id: str, root_element: str, pipeline: str, project: str, user: str,
                       job_id: str | None) -> Workflow:
@@ -460,8 +482,35 @@ class Containers(ContainerRuns):
             wf.details = details or ""
 
     def _pause(self) -> None:
-        if self.step_seconds:
+        """Between two steps of a launch: a stop while held (:meth:`hold`), else ``step_seconds``."""
+        if not self._gate.stop_here() and self.step_seconds:
             self._stopping.wait(self.step_seconds)
+
+    # ---- stepping launches by hand (tests) ------------------------------------------------------------------
+    def hold(self) -> None:
+        """From now on every launch stops at its next step and waits for :meth:`step` (or :meth:`release`):
+        what a client sees between two steps is then certain, whatever the machine's speed. Hold before the
+        launch request to see its first status (``_Queued``)."""
+        self._gate.hold()
+
+    def step(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Move the held launch on by ``count`` steps; returns once it rests at the next one (or has ended).
+        Raises RuntimeError when nothing is held or no launch is left, TimeoutError after ``timeout`` seconds
+        (a container whose process does not end rests while it runs: kill it, or release)."""
+        self._gate.step(count, timeout)
+
+    def release(self) -> None:
+        """Every launch runs on at its own pace (``step_seconds``), held ones included."""
+        self._gate.release()
+
+    @contextmanager
+    def held(self) -> Iterator[Containers]:
+        """:meth:`hold` for a ``with`` block, released at its end (a failing test leaves nothing stopped)."""
+        self.hold()
+        try:
+            yield self
+        finally:
+            self.release()
 
     # ---- reading and killing --------------------------------------------------------------------------------
     def find(self, key: str) -> Container:

@@ -6,6 +6,8 @@ another process. Unauthenticated on purpose: it is a test harness on loopback, n
 - ``POST /__emulator__/sessions/expire``: every HTTP session ends now;
 - ``POST /__emulator__/prearchive/hold`` ``{"project", "timestamp", "folder", "status"}``; ``.../release``;
 - ``POST /__emulator__/files/corrupt`` ``{"uri": "/data/.../files/x.dcm"}``;
+- ``POST /__emulator__/containers/hold``, ``.../step`` ``{"count": 1}`` (answers once the launch rests at its next
+  step), ``.../release``: the Container Service's launches stepped by hand (``Containers.hold``);
 - ``GET /__emulator__/requests?method=GET&path=regex`` a count; ``DELETE`` resets the counts.
 """
 
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from .http import Request, Response, XnatHttpError
 
 if TYPE_CHECKING:
+    from .containers import Containers
     from .faults import Faults
 
 
@@ -26,6 +29,7 @@ class Controlled(Protocol):
     A protocol, not the emulator class, so that this module does not import ``emulator.py``, which imports it."""
 
     faults: Faults
+    containers: Containers
 
     def expire_sessions(self) -> int: ...
 
@@ -84,6 +88,18 @@ class Control:
             elif path == "/__emulator__/files/corrupt" and m == "POST":
                 emu.corrupt_file(self._body(req)["uri"])
                 return _json({"corrupted": True})
+            elif path == "/__emulator__/containers/hold" and m == "POST":
+                emu.containers.hold()
+                return _json({"held": True})
+            elif path == "/__emulator__/containers/step" and m == "POST":
+                try:
+                    emu.containers.step(int(self._body(req).get("count", 1)))
+                except (RuntimeError, TimeoutError) as exc:
+                    raise XnatHttpError(409, str(exc)) from exc
+                return _json({"held": True})
+            elif path == "/__emulator__/containers/release" and m == "POST":
+                emu.containers.release()
+                return _json({"held": False})
             elif path == "/__emulator__/requests":
                 if m == "DELETE":
                     emu.faults.reset_counts()
