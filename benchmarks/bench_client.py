@@ -340,14 +340,12 @@ def big_round(n: int, blob: Path, work: Path, be, data: memoryview) -> dict:
             r["emulator_cpu_s"] = cpu_seconds(emu.pid) - e0
             if target.stat().st_size != size:
                 raise RuntimeError("client download has the wrong size")
-            target.unlink()
             rec["download_client"] = r
 
         def down_curl() -> None:
             r = be._check(curl_to(target, file_url, be), (200,), "curl download")
             if target.stat().st_size != size:
                 raise RuntimeError("curl download has the wrong size")
-            target.unlink()
             rec["download_curl"] = r
 
         def down_curl_md5() -> None:
@@ -359,7 +357,6 @@ def big_round(n: int, blob: Path, work: Path, be, data: memoryview) -> dict:
             seconds = time.perf_counter() - t0
             if target.stat().st_size != size:
                 raise RuntimeError("curl | md5sum download has the wrong size")
-            target.unlink()
             rec["download_curl_md5"] = {"seconds": seconds, "md5": out.stdout.split()[0]}
 
         def md5_here() -> None:
@@ -368,9 +365,12 @@ def big_round(n: int, blob: Path, work: Path, be, data: memoryview) -> dict:
         steps = [down_client, down_curl, down_curl_md5, md5_here]
         k = (n - 1) % len(steps)
         for step in steps[k:] + steps[:k]:
-            # Each download writes 1 GiB and the one before it left 1 GiB to write back: written back now, it
-            # does not run during (and slow down, unevenly) the next contender's measurement.
-            os.sync()
+            if step is not md5_here:
+                # Each download starts right after the previous one's file is deleted and the rest written back:
+                # this VM hands memory left free for ~2 s back to its host (virtio balloon free page reporting),
+                # and a file written into such pages costs every writer 1-2 s more per GiB (bench_download_md5.py).
+                target.unlink(missing_ok=True)
+                os.sync()
             step()
     finally:
         be._stop(emu)
