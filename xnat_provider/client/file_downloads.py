@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .destinations import Destinations, Joiner, check_destination, on_storage, storage_module
-from .errors import XnatTransferError
+from .errors import XnatAuthError, XnatServerError, XnatTransferError
 from .hashed_stream import BROKEN, Body, catalog_mismatch, hash_file, md5_of, receive
 from .models import Manifest, RemoteFile
 from .progress import NO_PROGRESS, Progress
@@ -33,18 +34,49 @@ T = TypeVar("T")
 Pair = tuple[RemoteFile, Path]
 
 
+#: Failures that are the server's or the login's, not one file's: every other file would fail alike (after its own
+#: retries and backoff), so the download stops at once instead of paying them file by file.
+WHOLE_DOWNLOAD = (XnatAuthError, XnatServerError)
+
+
 def each_file(download: Callable[[T], dict], items: list[T], limit: int) -> list[dict]:
-    """``download`` applied to every item, ``limit`` at a time, in the order of ``items``. Every item is tried
-    even when one fails, so that a retry finds every file that could be verified already in place; then the first
-    failure (in the order of ``items``) is raised. One at a time needs no thread."""
-    if limit > 1:
-        with ThreadPoolExecutor(max_workers=limit) as pool:
-            return list(pool.map(download, items))  # the pool runs every item before the error leaves ``with``
+    """``download`` applied to every item, ``limit`` at a time; the results in the order of ``items``.
+
+    A file that fails on its own (its bytes do not match the catalog, it is gone) does not stop the others: every
+    item is tried, so that a retry finds every file that could be verified already in place, and then the first
+    failure in the order of ``items`` is raised. A failure of the whole download (:data:`WHOLE_DOWNLOAD`: XNAT
+    failing, the login refused) is raised at once; files not yet started are not tried."""
+    if limit <= 1:
+        return _each_in_turn(download, items)
+    stop = threading.Event()  # set by the first whole-download failure: no worker starts another file
+
+    def guarded(item: T) -> dict | None:
+        if stop.is_set():
+            return None
+        try:
+            return download(item)
+        except WHOLE_DOWNLOAD:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=limit) as pool:
+        futures = [pool.submit(guarded, item) for item in items]
+    # every file tried or skipped: a whole-download failure first, else the first file's failure in order
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    for error in [e for e in errors if isinstance(e, WHOLE_DOWNLOAD)] or errors:
+        raise error
+    return [f.result() for f in futures]  # type: ignore[misc]  (None only after a failure, raised above)
+
+
+def _each_in_turn(download: Callable[[T], dict], items: list[T]) -> list[dict]:
+    """:func:`each_file` with one worker: no thread."""
     results: list[dict] = []
-    first: BaseException | None = None
+    first: Exception | None = None
     for item in items:
         try:
             results.append(download(item))
+        except WHOLE_DOWNLOAD:
+            raise
         except Exception as exc:
             first = first or exc
     if first is not None:
