@@ -21,11 +21,15 @@ cancelled is cancelled too, and forgotten, so the round's next caller sends it a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ..client.async_client import AsyncReads, AsyncXnatClient
 
 ReadKey = tuple[str, tuple[tuple[str, str], ...]]
+T = TypeVar("T")
 
 
 class _Pending:
@@ -53,7 +57,7 @@ class RoundReads(AsyncReads):
         key: ReadKey = (path, tuple(sorted(params.items())))
         pending = self._reads.get(key)
         if pending is None or pending.task.cancelled():  # (cancelled: only as its loop closes)
-            task = asyncio.get_running_loop().create_task(self._send(path, params), name=f"xnat-read-{path}")
+            task = detached_task(self._send(path, params), f"xnat-read-{path}")
             task.add_done_callback(_retrieved)
             pending = self._reads[key] = _Pending(task)
         pending.callers += 1
@@ -81,14 +85,26 @@ def _retrieved(task: asyncio.Task[bytes]) -> None:
 
 
 def answer(task: asyncio.Task[bytes]) -> bytes:
-    """The body a finished read got, or its error raised as a copy of its own for this caller (a traceback grows
-    with every raise: one exception raised in K triggers would carry all their frames)."""
+    """The body a finished read got, or its error raised as a copy of its own for this caller."""
     error = task.exception()  # CancelledError if the read was cancelled (the loop is closing)
     if error is None:
         return task.result()
+    raise own_copy(error)
+
+
+def own_copy(error: BaseException) -> BaseException:
+    """``error`` copied for one more waiter, with its cause and context (a traceback grows with every raise: one
+    exception raised in K triggers would carry all their frames); ``error`` itself if it cannot be copied."""
     try:
         own = copy.copy(error)
     except Exception:  # pragma: no cover - the client raises its own typed errors, all copyable
-        raise error from error.__cause__
+        return error
     own.__cause__, own.__context__ = error.__cause__, error.__context__
-    raise own
+    return own
+
+
+def detached_task(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """A task for work shared by several triggers (a poll, a read, a logout), in a fresh context: Airflow binds each
+    trigger's ids to its context for logging, and a shared task created by one trigger would otherwise log under
+    that trigger's task log, even after it ended."""
+    return asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())

@@ -36,11 +36,9 @@ pollers and logins never cross loops.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
@@ -51,7 +49,7 @@ from typing import Any, Generic, TypeVar
 from ..client import ClientConfig
 from ..client.async_client import AsyncXnatClient
 from ..client.errors import XnatAuthError
-from .round_reads import RoundReads
+from .round_reads import RoundReads, detached_task, own_copy
 
 log = logging.getLogger("xnat_provider.triggers")
 T = TypeVar("T")
@@ -119,11 +117,13 @@ class Subscription(Generic[T]):
         gets the same answer object: read it, never change it."""
         while True:
             seen = self.poll.latest
-            if seen is not None and seen.start >= self.due - TOLERANCE:
+            # never the round it already took: with an interval of 0 it would be "due" again, returned without a
+            # wait, and the trigger's loop would never yield (the whole triggerer would stop)
+            if seen is not None and seen is not self.taken and seen.start >= self.due - TOLERANCE:
                 self.due = seen.start + self.interval
                 self.taken = seen
                 if seen.error is not None:
-                    raise copy.copy(seen.error)  # each waiter its own exception (tracebacks are per raise)
+                    raise own_copy(seen.error)  # each waiter its own exception (tracebacks are per raise)
                 return seen.value  # type: ignore[no-any-return]
             if self.poll.stopped:
                 raise RuntimeError(f"the shared XNAT poll {self.poll.what} has stopped")
@@ -141,7 +141,7 @@ class SharedPoll:
         self.stopped = False
         self.round_done = asyncio.Event()
         self._wake = asyncio.Event()
-        self.task = self.loop.create_task(self._run(), name=f"xnat-shared-poll-{what}")
+        self.task = detached_task(self._run(), f"xnat-shared-poll-{what}")
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -153,13 +153,19 @@ class SharedPoll:
 
     def discard(self, sub: Subscription) -> None:
         self.waiters.discard(sub)
-        if not self.waiters:
-            self._wake.set()  # the last one left: stop now, not after a long interval
+        self._wake.set()  # the last one left (stop now), or the quickest one (a slower pace from now on)
 
     def next_start(self) -> float:
-        """When the next round is due: the shortest interval after the last one, never before a waiter is due."""
-        last = self.latest.start if self.latest is not None else -math.inf
-        return max(last + min(w.interval for w in self.waiters), min(w.due for w in self.waiters))
+        """When the next round is due: never before a waiter is due, and no sooner after the last round than the
+        shortest interval among the waiters that take every round (a waiter with a longer interval that skipped
+        the last round is paced by its own due time, not held back by rounds it never took)."""
+        latest = self.latest
+        due = min(w.due for w in self.waiters)
+        if latest is None:
+            return due
+        paced = [w.interval for w in self.waiters
+                 if w.taken is None or w.taken is latest or latest.start >= w.due - TOLERANCE]
+        return max(latest.start + min(paced), due) if paced else due
 
     async def _run(self) -> None:
         try:
@@ -187,14 +193,19 @@ class SharedPoll:
             if closing is not None:
                 # In a task of its own, which httpx (anyio) does not see as cancelled when this one is. A loop that
                 # shuts down cancels every task, the logout too: XNAT ends that session when it idles out.
-                await asyncio.shield(self.loop.create_task(closing, name="xnat-shared-logout"))
+                await asyncio.shield(detached_task(closing, "xnat-shared-logout"))
 
     async def _round(self, start: float) -> Round:
         reads = RoundReads(self.login.client)  # new each round: nothing read in one round answers the next
+        logins = self.login.client.login_attempts
         try:
             return Round(start, reads, value=await self.fetch(self.login.client))
         except Exception as exc:  # every waiter sees it once, and decides what it means for its own wait
-            if isinstance(exc, XnatAuthError) and self.login.client.credentials_refused:
+            # A refusal is news only if this round sent the login XNAT refused, with the connection's current
+            # login: a poll still holding a client refused earlier must not block a login that works again.
+            if (isinstance(exc, XnatAuthError) and self.login.client.credentials_refused
+                    and self.login.client.login_attempts > logins
+                    and self.registry.logins.get(self.login.key) is self.login):
                 self.registry.refused(self.login.key, exc)
             return Round(start, reads, error=exc)
 
@@ -225,7 +236,7 @@ class Registry:
         refused = self.refusals.get(key)
         if refused is not None:
             if self.loop.time() - refused[0] < REFUSAL_MEMORY:
-                raise copy.copy(refused[1])
+                raise own_copy(refused[1])
             del self.refusals[key]
         login = self.logins.get(key)
         if login is None or login.client.credentials_refused:
@@ -246,7 +257,7 @@ class Registry:
         """:meth:`release`, the logout sent in the background: a cancelled trigger does not wait for it."""
         closing = self.release(login)
         if closing is not None:
-            task = self.loop.create_task(closing, name="xnat-shared-logout")
+            task = detached_task(closing, "xnat-shared-logout")
             self.closing.add(task)
             task.add_done_callback(self.closing.discard)
 
