@@ -72,6 +72,8 @@ def get_provider_info() -> dict[str, Any]:
                                 "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1}},
                     "progress_interval": {"label": "Seconds between progress lines of a long transfer",
                                           "schema": {"type": ["number", "null"], "default": 10, "minimum": 0}},
+                    "direct_io": {"label": "Write big downloads around the page cache (O_DIRECT)",
+                                  "schema": {"type": ["boolean", "null"], "default": True}},
                 },
             }
         ],

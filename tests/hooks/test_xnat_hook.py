@@ -95,8 +95,10 @@ def test_extras_map_onto_the_client(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_X", json.dumps({
         "conn_type": "xnat", "host": "https://xnat.example.org", "login": "u", "password": "p",
         "extra": {"verify_ssl": True, "ca_bundle": str(ca), "connect_timeout": "3", "read_timeout": 30,
-                  "backoff": 0.5, "workers": 8, "settle_seconds": "12", "progress_interval": "2.5"}}))
+                  "backoff": 0.5, "workers": 8, "settle_seconds": "12", "progress_interval": "2.5",
+                  "direct_io": "off"}}))
     cfg = XnatHook("xnat_x").client_config
+    assert cfg.direct_io is False
     assert cfg.verify == str(ca) and cfg.connect_timeout == 3.0 and cfg.read_timeout == 30.0
     assert cfg.backoff == 0.5 and cfg.workers == 8 and cfg.settle_seconds == 12.0 and cfg.progress_interval == 2.5
     monkeypatch.setenv("AIRFLOW_CONN_XNAT_Y", json.dumps({
@@ -280,6 +282,8 @@ def test_verify_with_the_lab_ca(monkeypatch, tls_xnat, value) -> None:
     ({"settle_seconds": "inf"}, None, "extra 'settle_seconds' must be a number"),
     ({"progress_interval": -1}, None, "extra 'progress_interval' must be at least 0"),
     ({"progress_interval": "often"}, None, "extra 'progress_interval' must be a number"),
+    ({"direct_io": "sometimes"}, None, "extra 'direct_io' must be true or false"),
+    ({"direct_io": 2}, None, "extra 'direct_io' must be true or false"),
     ({"protocol": "ftp"}, "xnat.example.org", "extra 'protocol' must be http or https"),
     ({}, "", "has no host"),
     ({}, "ftp://xnat.example.org", "must start with http:// or https://"),

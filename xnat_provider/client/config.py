@@ -77,6 +77,8 @@ class ClientConfig:
     import or archive whose answer was lost before sending it again (XNAT may still be working on it).
     ``progress_interval`` is the least time in seconds between two progress lines of a long transfer (a line also
     needs another tenth of the total done; ``math.inf``: summaries only, see :mod:`.progress`).
+    ``direct_io`` lets a download of a big file write around the page cache where the file system allows it
+    (see :mod:`.part_file`); False writes every file through the page cache.
     ``on_secret`` is called with every secret the client
     learns (password, token secrets, session ids) so that a host, such as Airflow, can mask it in logs.
 
@@ -98,6 +100,7 @@ class ClientConfig:
     workers: int = 4
     settle_seconds: float = 30.0
     progress_interval: float = 10.0
+    direct_io: bool = True
     user_agent: str = f"airflow-provider-xnat/{__version__}"
     on_secret: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -109,6 +112,8 @@ class ClientConfig:
             _check_number(name, getattr(self, name), positive=True)
         for name in ("backoff", "backoff_max", "settle_seconds"):
             _check_number(name, getattr(self, name), minimum=0)
+        if not isinstance(self.direct_io, bool):
+            raise XnatBadInputError(f"direct_io must be True or False, not {self.direct_io!r}")
         if self.progress_interval != math.inf:
             _check_number("progress_interval", self.progress_interval, minimum=0)
         if not isinstance(self.verify, bool):

@@ -25,6 +25,7 @@ from .destinations import Destinations, Joiner, check_destination, on_storage, s
 from .errors import XnatAuthError, XnatServerError, XnatTransferError
 from .hashed_stream import BROKEN, Body, catalog_mismatch, hash_file, md5_of, receive
 from .models import Manifest, RemoteFile
+from .part_file import DIRECT_MIN, PartFile
 from .progress import NO_PROGRESS, Progress
 from .protocol import q, result_rows
 from .transport import XnatTransport, chained, redacted_cause
@@ -223,7 +224,8 @@ class FileDownloadMixin:
                 have, h = 0, hashlib.md5()
                 state.h = h
             body = Body(resp)
-            with open(part, "ab" if have else "wb") as out:
+            big = body.length is not None and have + body.length >= DIRECT_MIN
+            with PartFile(part, have, direct=big and self.transport.config.direct_io) as out:
 
                 def write(view: memoryview) -> None:
                     out.write(view)

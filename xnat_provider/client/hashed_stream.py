@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import mmap
 import queue
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import requests
 import urllib3
 
 from .models import RemoteFile
+from .part_file import aligned_buffer
 from .progress import NO_PROGRESS, Progress
 
 CHUNK = 1 << 20
@@ -112,10 +114,10 @@ class Hasher:
 
     def __init__(self, h: Any, threaded: bool, size: int = BUFFER, count: int = BUFFERS):
         self.h = h
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(count if threaded else 1):
-            self._free.put(bytearray(size))
-        self._todo: queue.SimpleQueue[tuple[bytearray, int] | None] | None = None
+        self._free: queue.SimpleQueue[bytearray | mmap.mmap] = queue.SimpleQueue()
+        for _ in range(count if threaded else 1):  # page-aligned where big: they may be written with O_DIRECT
+            self._free.put(aligned_buffer(size) if threaded else bytearray(size))
+        self._todo: queue.SimpleQueue[tuple[bytearray | mmap.mmap, int] | None] | None = None
         self._thread: threading.Thread | None = None
         if threaded:
             self._todo = queue.SimpleQueue()
@@ -129,17 +131,17 @@ class Hasher:
             self.h.update(memoryview(buf)[:n])
             self._free.put(buf)
 
-    def take(self) -> bytearray:
+    def take(self) -> bytearray | mmap.mmap:
         return self._free.get()
 
-    def give(self, buf: bytearray, n: int) -> None:
+    def give(self, buf: bytearray | mmap.mmap, n: int) -> None:
         if self._todo is None:
             self.h.update(memoryview(buf)[:n])
             self._free.put(buf)
         else:
             self._todo.put((buf, n))
 
-    def put_back(self, buf: bytearray) -> None:
+    def put_back(self, buf: bytearray | mmap.mmap) -> None:
         self._free.put(buf)
 
     def close(self) -> None:

@@ -12,7 +12,9 @@ alias token's alias; password the password or the token's secret. Extras (all op
 ``retries`` (5 attempts), ``backoff`` (1 s, doubled up to 60 s), ``workers`` (4 parallel downloads),
 ``settle_seconds`` (30 s to look for the effect of a lost import or archive answer before resending),
 ``progress_interval`` (10 s at least between two progress lines of a long download or upload in the task's log;
-0 logs a line at every tenth of the total, a very large number only the summary at the end).
+0 logs a line at every tenth of the total, a very large number only the summary at the end), ``direct_io``
+(default true: a download of a file of 32 MiB or more is written around the page cache where the file system
+allows it, see ``xnat_provider/client/part_file.py``; false writes every file through the page cache).
 
 The connection is checked when it is read, before any request: no host, an extra that is not a number where a
 number is expected (or out of range), an unknown ``protocol``, a ``ca_bundle`` that does not exist, or extras
@@ -47,22 +49,36 @@ VERIFY_ON = ("true", "1", "yes", "on")
 PROTOCOLS = ("http", "https")
 
 
+def _flag(value: Any) -> bool | None:
+    """An extra's true/false: JSON booleans, 0 and 1, or their spellings in any case; None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = value.strip().lower() if isinstance(value, str) else None
+    return True if text in VERIFY_ON else False if text in VERIFY_OFF else None
+
+
 def verify_ssl_extra(value: Any, conn_id: str | None = None) -> bool:
     """The ``verify_ssl`` extra as a bool, failing closed: unset, null or empty means verify; only an explicit
     false (``False``, ``0``, or ``"false"``, ``"0"``, ``"no"``, ``"off"`` in any case) turns verification off;
     anything else is refused rather than guessed."""
-    if value is None or isinstance(value, bool):
-        return value is not False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower() if isinstance(value, str) else None
-    if text == "" or text in VERIFY_ON:
+    if value is None or (isinstance(value, str) and not value.strip()):
         return True
-    if text in VERIFY_OFF:
-        return False
-    raise XnatBadInputError(
-        f"Connection {conn_id!r}: extra 'verify_ssl' must be true or false (false, 0, no or off turn certificate "
-        f"checks off), not {value!r}. To trust a private CA, keep verify_ssl true and set ca_bundle to its file.")
+    flag = _flag(value)
+    if flag is None:
+        raise XnatBadInputError(
+            f"Connection {conn_id!r}: extra 'verify_ssl' must be true or false (false, 0, no or off turn certificate "
+            f"checks off), not {value!r}. To trust a private CA, keep verify_ssl true and set ca_bundle to its file.")
+    return flag
+
+
+def flag_extra(conn_id: str | None, key: str, value: Any) -> bool:
+    """A true/false extra other than ``verify_ssl`` (``direct_io``): spelled as ``verify_ssl`` may be."""
+    flag = _flag(value)
+    if flag is None:
+        raise XnatBadInputError(f"Connection {conn_id!r}: extra {key!r} must be true or false, not {value!r}")
+    return flag
 
 
 def _number_extra(conn_id: str | None, key: str, value: Any) -> float | int:
@@ -186,6 +202,8 @@ def client_config_from_connection(conn: Connection) -> ClientConfig:
     for key in EXTRA_NUMBERS:
         if extra.get(key) not in (None, ""):
             options[key] = _number_extra(conn.conn_id, key, extra[key])
+    if extra.get("direct_io") not in (None, ""):
+        options["direct_io"] = flag_extra(conn.conn_id, "direct_io", extra["direct_io"])
     verify: bool | str = verify_ssl_extra(extra.get("verify_ssl"), conn.conn_id)
     ca_bundle = extra.get("ca_bundle")
     if verify and ca_bundle not in (None, ""):
