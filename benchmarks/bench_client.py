@@ -124,7 +124,7 @@ def _transfer_worker(mode: str, a: dict) -> dict:
     cpu0 = time.process_time()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    with XnatClient(a["url"], LOGIN, PASSWORD) as c:
+    with XnatClient(a["url"], LOGIN, PASSWORD, direct_io=a.get("direct_io", True)) as c:
         if mode == "download":
             remote = next(f for f in c.list_files(a["resource"]) if f.path == a["name"])
             entry = c.download_file(remote, a["target"])
