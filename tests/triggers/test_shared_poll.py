@@ -172,6 +172,10 @@ async def test_refused_credentials_cost_one_failed_login_for_every_waiter(xnat_c
     later = [Running(prearchive_trigger(experiment="S09_MR1")) for _ in range(5)]
     await until(lambda: all(r.task.done() for r in later), "the later sensors' error events")
     assert {r.events[0]["error_type"] for r in later} == {"XnatAuthError"}
+    # Each later sensor's failure says that nothing was sent, and what sends the credentials again.
+    assert all("remembered: XNAT refused these credentials" in r.events[0]["message"]
+               and "at once when the connection's settings change" in r.events[0]["message"] for r in later)
+    assert not any("remembered" in r.events[0]["message"] for r in sensors)
 
     def looks() -> int:  # the watchers' looks at the connection while the refusal lasts (logged, no request)
         return sum("stopped logging in" in r.getMessage() for r in caplog.records)

@@ -70,6 +70,18 @@ def login_key(conn_id: str, config: ClientConfig) -> LoginKey:
     return conn_id, digest
 
 
+
+def remembered(refusal: XnatAuthError, age: float) -> BaseException:
+    """The remembered ``refusal`` for one more trigger, saying that nothing was sent this time, since when, and
+    what sends the credentials again: a person who has just unlocked the account on XNAT reads why the sensor still
+    failed, and that changing the connection (or waiting) is the way on."""
+    own = own_copy(refusal)
+    own.args = (f"{refusal.args[0] if refusal.args else refusal} (remembered: XNAT refused these credentials "
+                f"{age:.0f} s ago, so this triggerer did not send them again; it will after "
+                f"{REFUSAL_MEMORY - age:.0f} s more, or at once when the connection's settings change)",
+                *refusal.args[1:])
+    return own
+
 class SharedLogin:
     """One client (one XNAT login) and how many polls or triggers use it."""
 
@@ -235,8 +247,9 @@ class Registry:
         """The login for ``key``, made if needed; a refusal remembered for ``key`` is raised, nothing sent."""
         refused = self.refusals.get(key)
         if refused is not None:
-            if self.loop.time() - refused[0] < REFUSAL_MEMORY:
-                raise own_copy(refused[1])
+            age = self.loop.time() - refused[0]
+            if age < REFUSAL_MEMORY:
+                raise remembered(refused[1], age)
             del self.refusals[key]
         login = self.logins.get(key)
         if login is None or login.client.credentials_refused:
