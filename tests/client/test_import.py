@@ -316,12 +316,18 @@ def test_import_to_archive_conflict_and_overwrite(
     [row] = rows(http, emulator)
     assert row["status"] == "CONFLICT"
 
-    # A new series of the same study, appended.
+    # A new series of the same study: XNAT adds it to the row in CONFLICT (it joins a row of the study whatever
+    # its status), whose files the archive already has: refused again, the reason named.
     second = make_study(tmp_path / "v2", series=((2, "T2"),), uid_seed="same-study")
-    refs = client.import_dicom(second.files[0].parent, "P1", destination="archive", overwrite="append")
-    assert [r.label for r in refs] == ["S01_MR1"]
+    with pytest.raises(XnatConflictError, match="matching files") as err:
+        client.import_dicom(second.files[0].parent, "P1", destination="archive", overwrite="append")
+    [again] = rows(http, emulator)
+    assert again["status"] == "CONFLICT" and again["url"] == row["url"] and again["url"] in str(err.value)
+
+    # As the message says: archive that row with overwrite='append'; both series are then in the one session.
+    client.archive("/data" + again["url"], overwrite="append")
     assert archive_files(http, emulator, "P1", "S01_MR1") == {**expected_files(first), **expected_files(second)}
-    assert len(experiments(http, emulator)) == 1
+    assert len(experiments(http, emulator)) == 1 and rows(http, emulator) == []
 
 
 def test_import_overwrite_delete_merges_and_deletes_nothing(
@@ -605,17 +611,20 @@ def test_504_after_import_took_effect_gives_one_session(
     assert prearchive_files(http, emulator, refs[0].uri) == expected_files(study)
 
 
-def test_504_after_import_ignores_an_earlier_session_of_the_same_study(
+def test_504_after_a_study_sent_again_lands_in_its_row(
     client: XnatClient, emulator: XnatEmulator, http: requests.Session, study_zip: Path
 ) -> None:
+    """XNAT adds a study sent again to its existing row (``eitherGetOrCreateSession``: every status is
+    interruptable), so after a 504 the client sees no new row: it sends again, which lands in the same row. One
+    row, holding the study once."""
     [earlier] = client.import_dicom(study_zip, "P1")
     emulator.succeed_then_504("POST", IMPORT)
 
-    refs = client.import_dicom(study_zip, "P1", settle_seconds=5)
+    refs = client.import_dicom(study_zip, "P1", settle_seconds=1)
 
-    assert len(refs) == 1 and refs[0].uri != earlier.uri
-    assert {"/data" + r["url"] for r in rows(http, emulator)} == {earlier.uri, refs[0].uri}
-    assert emulator.request_count("POST", IMPORT) == 2
+    assert [r.uri for r in refs] == [earlier.uri]
+    assert [("/data" + r["url"], r["status"]) for r in rows(http, emulator)] == [(earlier.uri, "READY")]
+    assert emulator.request_count("POST", IMPORT) == 3
 
 
 def test_504_after_multi_study_import_returns_every_study(
@@ -737,7 +746,7 @@ def test_import_survives_session_expiry_with_one_relogin(
     refs = client.import_dicom(study_zip, "P1")
 
     assert client.transport.login_attempts == 2
-    assert len(refs) == 1 and len(rows(http, emulator)) == 2
+    assert len(refs) == 1 and len(rows(http, emulator)) == 1  # the study sent again joined its row
 
 
 def test_no_secret_in_logs_or_errors(

@@ -249,6 +249,46 @@ def test_second_upload_joins_a_receiving_session(emulator, http, tmp_path):
     assert len(prearchive_rows(http, emulator, "P1")) == 1
 
 
+@pytest.mark.parametrize("status", ["READY", "CONFLICT", "ERROR"])
+def test_a_study_sent_again_joins_its_settled_row(emulator, http, tmp_path, status):
+    """XNAT 1.8 interrupts a row in any of these statuses for new files of its study and session label
+    (``PrearcUtils.PrearcStatus``: every status is interruptable), sets it RECEIVING and builds it again: one row,
+    holding both uploads' files, not a second row."""
+    s = make_study(tmp_path / "d", comments="Project: P1")
+    [u1] = uri_lines(do_import(http, emulator, zip_files(s.series["1"], tmp_path / "1.zip"),
+                               dest="/prearchive/projects/P1"))
+    row = emulator.prearchive.require(*u1.split("/")[-3:])
+    emulator.prearchive.set_status(row, status)
+    [u2] = uri_lines(do_import(http, emulator, zip_files(s.series["2"], tmp_path / "2.zip"),
+                               dest="/prearchive/projects/P1"))
+    assert u2 == u1
+    assert sorted(dicom_on_disk(session_dir(emulator, u1))) == ["1", "2"]
+    [listed] = prearchive_rows(http, emulator, "P1")
+    assert listed["status"] == "READY"
+
+
+@pytest.mark.parametrize("dest", ["/prearchive/projects/P1", "/archive/projects/P1"])
+def test_a_body_cut_off_mid_upload_leaves_what_arrived_receiving(emulator, http, tmp_path, dest):
+    """XNAT reads an import as it arrives (``ZipInputStream`` over the request): the entries received whole
+    before the break are in the prearchive; the call throws before ``xmlBuild``, so the row stays RECEIVING,
+    unbuilt and unarchived whatever the dest, and nobody gets an answer."""
+    s = make_study(tmp_path / "d", series=((1, "T1"), (2, "T2")), instances=3, comments="Project: P1")
+    body = zip_files(s.files, tmp_path / "s.zip").read_bytes()
+    infos = zipfile.ZipFile(io.BytesIO(body)).infolist()
+    cut = (infos[4].header_offset + infos[5].header_offset) // 2  # inside the fifth entry
+    emulator.cut_request_after("POST", IMPORT, after_bytes=cut)
+    with pytest.raises(requests.ConnectionError):
+        do_import(http, emulator, body, dest=dest)
+    [row] = prearchive_rows(http, emulator, "P1")
+    assert row["status"] == "RECEIVING"
+    by_name = {f.name: f for f in s.files}
+    whole = [by_name[Path(i.filename).name] for i in infos[:4]]
+    on_disk = dicom_on_disk(session_dir(emulator, "/data" + row["url"]))
+    assert sorted(n for names in on_disk.values() for n in names) == sop_uids(whole)
+    assert http.get(emulator.url + "/data/projects/P1/experiments", params={"format": "json"}
+                    ).json()["ResultSet"]["Result"] == []
+
+
 # ---- routing -------------------------------------------------------------------------------------------
 def test_routing_by_request_parameters(emulator, http, tmp_path):
     s = make_study(tmp_path / "d", comments="Project: P1 Subject: FROMCOMMENT Session: FROMCOMMENT_MR")

@@ -20,6 +20,7 @@ from tests.oracles.zips import locals_of, patched, streamed_zip
 from tests.support import listing
 from xnat_provider.client.import_body import plan_import, zip_stream
 from xnat_provider.testing import XnatEmulator
+from xnat_provider.testing.clock import ManualClock
 from xnat_provider.testing.samples import Study, make_study
 
 IMPORT = "/data/services/import"
@@ -93,10 +94,16 @@ def test_an_entry_that_fails_its_crc_stops_the_import_and_keeps_the_earlier_file
     fourth = locals_of(body)[3]
     assert fourth.name == plan.entries[3].name == study.series["2"][0].name
     corrupt = patched(body, fourth.data + 600, bytes([body[fourth.data + 600] ^ 0xFF]))  # CRC-32 no longer matches
+    emulator.prearchive.clock = clock = ManualClock()
 
     resp = post_zip(http, emulator, corrupt)
 
     assert resp.status_code == 400
     assert h3(resp) == "unable to read data from file"
+    # DicomZipImporter.call throws before xmlBuild: the session stays RECEIVING, unbuilt, despite the dest...
+    assert [r["status"] for r in listing(http, f"{emulator.url}/data/prearchive/projects/P1")] == ["RECEIVING"]
+    clock.advance(emulator.prearchive.receiving_idle)  # ... until the rebuilder's idle time has passed
+    listing(http, f"{emulator.url}/data/prearchive/projects/P1")
+    clock.advance(emulator.prearchive.build_seconds)
     assert sessions(http, emulator) == {study.study_uid: stored_names(study.series["1"])}
     assert not list(emulator.data_dir.glob("tmp/imports/.entry-*"))  # the broken entry's spool file is gone

@@ -79,12 +79,13 @@ def test_overwrite_policies_on_the_archive(xnat_conn, server: Server, study, tmp
         run(source=study.files[1], destination="archive")
     assert server.labels() == ["S01_MR1"]
     assert [r["status"] for r in server.prearchive()] == ["CONFLICT"]
-    # append merges the new file in.
+    # append merges the new file in, with the file waiting in CONFLICT: XNAT adds a study sent again to its row
+    # in the prearchive whatever its status, so that row is what gets archived.
     result, _, _ = run(source=study.files[2], destination="archive", overwrite="append")
     assert [r["status"] for r in result] == ["ARCHIVED"]
-    assert server.labels() == ["S01_MR1"]
-    assert len(server.scan_files("S01_MR1", "1")) == 2
-    # delete overrides XNAT's checks and merges too: nothing is deleted, scan 1 now holds all three files.
+    assert server.labels() == ["S01_MR1"] and server.prearchive() == []
+    assert len(server.scan_files("S01_MR1", "1")) == 3
+    # delete overrides XNAT's checks and merges too: nothing is deleted, scan 1 still holds all three files.
     run(source=study.files[1], destination="archive", overwrite="delete")
     assert server.labels() == ["S01_MR1"]
     assert len(server.scan_files("S01_MR1", "1")) == 3

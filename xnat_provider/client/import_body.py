@@ -48,6 +48,7 @@ class Entry:
     size: int
     study_uid: str
     archive: _Archive | None = None
+    instance_uid: str = ""  # SOPInstanceUID: XNAT keeps one file per instance of a study
 
 
 @dataclass
@@ -61,6 +62,11 @@ class ImportPlan:
     @property
     def studies(self) -> list[str]:
         return list(dict.fromkeys(e.study_uid for e in self.entries))
+
+    def instances(self, study_uid: str) -> int:
+        """How many DICOM instances of ``study_uid`` the plan sends: the files XNAT keeps for it (a file sent
+        twice under one SOPInstanceUID is stored once)."""
+        return len({e.instance_uid or e.name for e in self.entries if e.study_uid == study_uid})
 
     def only(self, studies: Collection[str]) -> ImportPlan:
         """The same plan restricted to ``studies`` (study UIDs of this plan); raise on a UID it does not hold."""
@@ -174,7 +180,7 @@ class _Planner:
             return
         uid = str(ds.get("StudyInstanceUID", ""))
         self.plan.labels.setdefault(uid, _route(ds, self.subject, self.experiment))
-        self.plan.entries.append(Entry(name, opener, size, uid, archive))
+        self.plan.entries.append(Entry(name, opener, size, uid, archive, str(ds.get("SOPInstanceUID"))))
 
     def checked(self, src: Target) -> ImportPlan:
         """The plan, or the reason XNAT would refuse it (files that are not DICOM, none at all, sizes its zip

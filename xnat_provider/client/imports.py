@@ -377,7 +377,7 @@ class ImportMixin:
                                               headers={"Content-Type": "application/zip"}, retry=False)
                 return found + session_refs(resp.text)
             except XnatBadInputError as exc:
-                refused = self._import_refused(exc, project, pending, before)
+                refused = self._import_refused(exc, project, plan.only(pending), before)
                 if refused is None:
                     raise
                 raise refused from exc
@@ -396,7 +396,7 @@ class ImportMixin:
                 time.sleep(min(self.transport.config.backoff * 2**attempt, self.transport.config.backoff_max))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _import_refused(self, exc: XnatBadInputError, project: str, pending: Collection[str],
+    def _import_refused(self, exc: XnatBadInputError, project: str, plan: ImportPlan,
                         before: ImportSnapshot) -> XnatError | None:
         """The error to raise for the import service's 400, or None to raise XNAT's own."""
         message = exc.xnat_message or ""
@@ -409,19 +409,22 @@ class ImportMixin:
                 method=exc.method, path=exc.path, status=exc.status, xnat_message=exc.xnat_message)
         if is_import_archive_failure(message):
             # XNAT's fixed answer, without the reason: the failed row and its log say why.
-            return self._import_archive_failure(exc, project, pending, before)
+            return self._import_archive_failure(exc, project, plan, before)
         return None
 
-    def _import_archive_failure(self, exc: XnatBadInputError, project: str, studies: Collection[str],
+    def _import_archive_failure(self, exc: XnatBadInputError, project: str, plan: ImportPlan,
                                 before: ImportSnapshot) -> XnatError:
-        """The error to raise for XNAT's fixed "unable to archive for the Prearchive session": the new prearchive
-        row of one of ``studies`` that XNAT left in CONFLICT or ERROR, with the reason from its log (the same
-        reason :class:`~xnat_provider.sensors.prearchive.XnatPrearchiveSensor` reports)."""
+        """The error to raise for XNAT's fixed "unable to archive for the Prearchive session": the prearchive row
+        of one of the plan's studies that XNAT left in CONFLICT or ERROR, with the reason from its log (the same
+        reason :class:`~xnat_provider.sensors.prearchive.XnatPrearchiveSensor` reports). A row is this import's
+        if it is new, or if it is the row of the study's session label that was there before: XNAT adds files
+        to that row whatever its status (``PrearcDatabase.eitherGetOrCreateSession``)."""
         where: dict[str, Any] = {"method": exc.method, "path": exc.path, "status": exc.status,
                                  "xnat_message": exc.xnat_message}
         try:
             rows = [s for s in self.list_prearchive(project)  # type: ignore[attr-defined]
-                    if s.study_uid in studies and s.uri not in before.prearchive]
+                    if s.study_uid in plan.labels
+                    and (s.uri not in before.prearchive or s.name == plan.labels[s.study_uid][1])]
         except XnatError as look:
             log.warning("Import: could not look for the session XNAT failed to archive (%s)", look)
             rows = []
@@ -533,6 +536,8 @@ class ImportMixin:
         is not in the archive either."""
         failed = [s for s in new_rows if s.failed]
         if destination == "prearchive" and new_rows and not failed:
+            if self._rows_short(plan, uid, new_rows):
+                return []  # sent again: XNAT adds the files to the same row (it joins a settled row of the study)
             return [SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
                                timestamp=s.timestamp, in_prearchive=True) for s in new_rows]
         ref = self._import_archived_ref(project, plan, uid, before, experiments)
@@ -551,16 +556,47 @@ class ImportMixin:
             )
         return []
 
+    @staticmethod
+    def _archived_short(project: str, label: str, want: int, fingerprint: Any) -> None:
+        """Raise when a session this import created holds fewer files than the plan sends: an earlier try was cut
+        off and XNAT archived what had arrived (an auto-archive project archives the rebuilt row). Sending the
+        study again would be refused (the files it has conflict) or, to the prearchive, make a second copy."""
+        have = sum(int(count) for _scan, resources in fingerprint for _label, count, _size in resources
+                   if str(count).isdigit())
+        if have < want:
+            raise XnatConflictError(
+                f"Import into {project}: session {label} is in the archive with {have} of the {want} DICOM files "
+                "this import sends for it. An earlier try was cut off (or XNAT refused some files) and XNAT "
+                "archived what had arrived. Not sending it again: import it again with overwrite='delete' to "
+                "add the missing files (XNAT merges and keeps what it has), or delete the session first.",
+                method="POST", path=IMPORT_PATH)
+
+    def _rows_short(self, plan: ImportPlan, uid: str, rows: list[PrearchiveSession]) -> bool:
+        """Whether the settled new rows of study ``uid`` hold fewer files than the plan sends it: an earlier try
+        was cut off mid-upload and XNAT built what had arrived (its rebuilder does, after the idle time)."""
+        want = plan.instances(uid)
+        have = sum(len(files) for row in rows
+                   for files in self.list_prearchive_files(row).values())  # type: ignore[attr-defined]
+        if have < want:
+            log.warning("Import: %s holds %d of the %d DICOM files this import sends for its study (an earlier try "
+                        "was cut off); sending the study again, which XNAT adds to the same session",
+                        ", ".join(r.uri for r in rows), have, want)
+        return have < want
+
     def _import_archived_ref(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot,
                       experiments: dict[str, Any]) -> SessionRef | None:
-        """The archive session of a study if it is new or changed since ``before``, else None."""
+        """The archive session of a study if it is new or changed since ``before``, else None. A new session
+        that holds fewer files than the plan sends its study raises :class:`XnatConflictError` (see
+        :meth:`_archived_short`)."""
         subj, label = plan.labels[uid]
         exp = experiments.get(label)
-        if exp is None or (
-            label in before.labels
-            and _jsonable(self.session_fingerprint(project, label)) == before.fingerprints.get(label)
-        ):
+        if exp is None:
             return None
+        fingerprint = _jsonable(self.session_fingerprint(project, label))
+        if label in before.labels and fingerprint == before.fingerprints.get(label):
+            return None
+        if label not in before.labels:
+            self._archived_short(project, label, plan.instances(uid), fingerprint)
         subject_label = exp.subject_label or subj
         return SessionRef(
             uri=archived_uri(project, subject_label, label),

@@ -162,9 +162,24 @@ class Importer:
             if handler == "gradual-DICOM" and name == "upload":
                 name = "upload.dcm"
             upload = staging / f".import-{os.urandom(6).hex()}.part"
-            spool(req, upload, digest=False)  # the import never uses the upload's MD5
+            try:
+                spool(req, upload, digest=False, keep_partial=True)  # the import never uses the upload's MD5
+            except XnatHttpError:
+                self._import_cut_body(req, upload, name)
+                raise
         try:
             return self._import(req, upload, name)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def _import_cut_body(self, req: Request, upload: Path, name: str) -> None:
+        """A body that broke off (the client died, the link dropped): XNAT reads the upload as it arrives
+        (``ZipInputStream`` over the request), so every entry received whole before the break is in the
+        prearchive, RECEIVING; the entry being read is lost. No answer reaches the client."""
+        try:
+            self._import(req, upload, name)
+        except XnatHttpError:
+            pass
         finally:
             upload.unlink(missing_ok=True)
 
@@ -202,9 +217,11 @@ class Importer:
         except ZipInputError as exc:  # the entry being read is lost, the ones before it stay
             failure = XnatHttpError(400, UNREADABLE_ZIP)
             failure.__cause__ = exc
-        uris = self._finish(req, list(touched.values()), params)
         if failure:
+            # DicomZipImporter.call throws before xmlBuild: what arrived stays RECEIVING, unbuilt, whatever the
+            # dest, for the clock to build after the idle time (and archive, if the project auto-archives).
             raise failure
+        uris = self._finish(req, list(touched.values()), params)
         if not touched:
             raise XnatHttpError(400, "The upload contained no DICOM files.")
         return rep.uri_list(uris, req.param("format"))

@@ -224,6 +224,11 @@ class XnatEmulator:
         """Cut the connection after ``after_bytes`` bytes of the response body."""
         return self.faults.add("drop", method, path, count, after_bytes=after_bytes)
 
+    def cut_request_after(self, method: str, path: str, after_bytes: int, count: int = 1) -> FaultRule:
+        """The request body breaks off after ``after_bytes`` bytes (the sender died mid-upload): the handler
+        keeps what XNAT would keep of what arrived, and no answer is sent."""
+        return self.faults.add("cut_request", method, path, count, after_bytes=after_bytes)
+
     def delay(self, method: str, path: str, seconds: float, count: int = 1) -> FaultRule:
         return self.faults.add("delay", method, path, count, seconds=seconds)
 

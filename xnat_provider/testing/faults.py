@@ -7,7 +7,10 @@ sent, query string excluded) and applies to the next ``count`` matching requests
 - ``drop``: do the work, then close the connection after ``after_bytes`` bytes of the response body;
 - ``delay``: sleep ``seconds`` before handling;
 - ``error_200``: answer an HTML error page with status 200 (what proxies and some XNAT paths do);
-- ``after_504``: do the work (an import or archive really happens), then answer 504 as a gateway would.
+- ``after_504``: do the work (an import or archive really happens), then answer 504 as a gateway would;
+- ``cut_request``: the request body breaks off after ``after_bytes`` bytes, as when the sender dies or the link
+  drops mid-upload: the handler sees what arrived (an import keeps the entries received whole), no answer is
+  sent, the connection is closed.
 
 Also here: request counts by method and path, for tests and benchmarks. Expiring sessions, holding a
 prearchive session in a status and corrupting a stored file act on other parts of the emulator and are
@@ -22,7 +25,7 @@ import threading
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("fail", "drop", "delay", "error_200", "after_504")
+KINDS = ("fail", "drop", "delay", "error_200", "after_504", "cut_request")
 
 
 @dataclass

@@ -66,6 +66,8 @@ class BodyReader:
         self._chunk_left = 0
         self._done = not chunked and not self._remaining
         self.bytes_read = 0
+        self.cut_at: int | None = None  # a fault: the body breaks off after this many bytes (see faults.py)
+        self.was_cut = False
 
     @property
     def exhausted(self) -> bool:
@@ -87,6 +89,11 @@ class BodyReader:
             return b""
         if n is None or n < 0:
             return b"".join(iter(lambda: self.read(CHUNK), b""))
+        if self.cut_at is not None:
+            if self.bytes_read >= self.cut_at:
+                self.was_cut = True
+                raise XnatHttpError(400, "Incomplete request body.")
+            n = min(n, self.cut_at - self.bytes_read)
         if self._chunked:
             if self._chunk_left == 0:
                 self._next_chunk()

@@ -193,13 +193,22 @@ class Prearchive:
             return self.require(project, ts, folder)
 
     def receiving_row(self, project: str, tag: str, name: str) -> dict | None:
-        """The row new files join: RECEIVING, or waiting to be built (which becomes RECEIVING_INTERRUPT)."""
+        """The row new files of (project, study UID, session label) join, as ``PrearcDatabase
+        .eitherGetOrCreateSession`` finds it: one RECEIVING stays so; one BUILDING becomes RECEIVING_INTERRUPT; one
+        READY, ERROR or CONFLICT becomes RECEIVING again (XNAT 1.8 declares every ``PrearcStatus`` interruptable:
+        its no-argument constructor passes true), so a study sent again lands in its row, not in a second one.
+        Rows in an operation (archiving, moving, deleting, queued) are left alone and the files get a new row,
+        which is what XNAT does for a status it does not interrupt; XNAT would interrupt them too (a race the
+        emulator does not model)."""
         row = self.store.one(
             "SELECT * FROM prearchive WHERE project=? AND tag=? AND name=? AND held=0 AND (status IN "
-            "('RECEIVING', 'RECEIVING_INTERRUPT') OR (status='BUILDING' AND next_op='build')) "
-            "ORDER BY timestamp DESC", project, tag, name)
-        if row and row["status"] == "BUILDING":
-            self.set_status(row, "RECEIVING_INTERRUPT")
+            "('RECEIVING', 'RECEIVING_INTERRUPT', 'READY', 'ERROR', 'CONFLICT') OR "
+            "(status='BUILDING' AND next_op='build')) ORDER BY timestamp DESC", project, tag, name)
+        if row and row["status"] in ("BUILDING", "READY", "ERROR", "CONFLICT"):
+            if row["status"] == "BUILDING":
+                self.set_status(row, "RECEIVING_INTERRUPT")
+            else:
+                self.set_status(row, "RECEIVING")
             row = self.require(row["project"], row["timestamp"], row["folder"])
         return row
 

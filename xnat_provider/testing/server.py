@@ -168,6 +168,11 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             )
             if req.new_session:
                 resp.cookies.append(f"JSESSIONID={req.session_id}; Path=/; HttpOnly")
+        if body.was_cut:  # the sender is gone: nobody to answer; closed with its bytes unread (a reset)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         # Whatever the handler left unread is discarded (bounded), or the connection is closed.
         if not body.exhausted and not body.drain(64 * 1024 * 1024):
             self.close_connection = True
@@ -187,6 +192,8 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
                 return Response.error(rule.status, rule.message)
             elif rule.kind == "error_200":
                 return Response(status=200, body=status_page(500, rule.message), content_type="text/html")
+            elif rule.kind == "cut_request":
+                req.body.cut_at = rule.after_bytes
             else:
                 req.post_faults.append(rule)
         route, params, known = emu.router.match(req.method, req.path)

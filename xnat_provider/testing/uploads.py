@@ -84,8 +84,9 @@ class _NoDigest:
     close = hexdigest
 
 
-def spool(req: Request, dest: Path, digest: bool = True) -> tuple[int, str]:
-    """Write the raw request body to ``dest``; returns (size, md5), the md5 empty when not ``digest``."""
+def spool(req: Request, dest: Path, digest: bool = True, keep_partial: bool = False) -> tuple[int, str]:
+    """Write the raw request body to ``dest``; returns (size, md5), the md5 empty when not ``digest``. A body that
+    breaks off raises, and leaves ``dest`` holding what arrived when ``keep_partial`` (else removes it)."""
     h, size = (PipelinedMd5() if digest else _NoDigest()), 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -96,7 +97,8 @@ def spool(req: Request, dest: Path, digest: bool = True) -> tuple[int, str]:
                 size += len(chunk)
     except BaseException:
         h.close()
-        dest.unlink(missing_ok=True)
+        if not keep_partial:
+            dest.unlink(missing_ok=True)
         raise
     return size, h.hexdigest()
 
