@@ -20,7 +20,6 @@ import pytest
 import requests
 
 from xnat_provider.client import XnatClient, part_file
-from xnat_provider.client import file_downloads as file_downloads_module
 from xnat_provider.testing import XnatEmulator
 
 USER, PASSWORD = "dora", "D1rect-wr1tes!"
@@ -29,8 +28,9 @@ BIG = part_file.DIRECT_MIN + 3 * 4096 + 777  # above the threshold, not a whole 
 pytestmark = pytest.mark.skipif(not part_file.O_DIRECT, reason="O_DIRECT exists on Linux only")
 
 
-def cached_fraction(path: Path) -> float:
-    """The share of ``path``'s pages in the page cache, by ``mincore(2)`` over a mapping that touches none."""
+def cached_fraction(path: Path, start: int = 0, end: int | None = None) -> float:
+    """The share of ``path``'s pages (those from byte ``start`` to ``end``) in the page cache, by ``mincore(2)``
+    over a mapping that touches none."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
     size = path.stat().st_size
@@ -39,9 +39,10 @@ def cached_fraction(path: Path) -> float:
         address = ctypes.addressof(ctypes.c_char.from_buffer(m))
         vec = ctypes.create_string_buffer(pages)
         assert libc.mincore(ctypes.c_void_p(address), size, vec) == 0, os.strerror(ctypes.get_errno())
-        resident = sum(b & 1 for b in vec.raw)
+        first, last = start // mmap.PAGESIZE, (size if end is None else end) // mmap.PAGESIZE
+        resident = sum(b & 1 for b in vec.raw[first:last])
         del address
-    return resident / pages
+    return resident / max(1, last - first)
 
 
 @pytest.fixture
@@ -137,20 +138,50 @@ def test_a_write_refused_as_misaligned_is_written_the_ordinary_way(tmp_path: Pat
 
 
 def test_the_threshold_is_the_whole_file_not_what_is_left(client: XnatClient, big: bytes, emulator: XnatEmulator,
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A resume of a big file with little left still writes around the cache (the file is big), and the bytes are
-    right."""
+                                                          tmp_path: Path) -> None:
+    """A resume of a big file with little left (4 MiB: too little for the helper thread) still writes around the
+    cache (the file is big): the resumed bytes' pages are not cached, and the bytes are right."""
     emulator.range_requests = True
+    have = BIG - (4 << 20) - 777
+    assert have % part_file.ALIGN == 0
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "big.bin.part").write_bytes(big[:BIG - 5 * 4096 - 777])
-    opened: list[bool] = []
-    real = part_file.PartFile.__init__
-
-    def spy(self, path, have, direct):
-        real(self, path, have, direct)
-        opened.append(self.direct)
-
-    monkeypatch.setattr(file_downloads_module.PartFile, "__init__", spy)
+    (tmp_path / "out" / "big.bin.part").write_bytes(big[:have])
     client.download_file(remote_of(client, "big.bin"), tmp_path / "out" / "big.bin")
-    assert opened == [True]
+    assert cached_fraction(tmp_path / "out" / "big.bin", have, BIG - 777) < 0.05  # before reading it back
     assert (tmp_path / "out" / "big.bin").read_bytes() == big
+
+
+def test_a_network_file_system_is_written_through_the_page_cache(
+        client: XnatClient, big: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On NFS, SMB or FUSE every direct write would wait for the server: only local block file systems are
+    written directly."""
+    assert part_file.file_system_type(tmp_path) in part_file.DIRECT_FILE_SYSTEMS  # this machine's disk
+    monkeypatch.setattr(part_file, "file_system_type", lambda folder: "nfs4")
+    client.download_file(remote_of(client, "big.bin"), tmp_path / "out" / "big.bin")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == big
+    assert cached_fraction(tmp_path / "out" / "big.bin") > 0.95
+
+
+def test_a_downloaded_file_gets_the_permissions_the_umask_allows(client: XnatClient, big: bytes,
+                                                                  tmp_path: Path) -> None:
+    """As ``open()`` creates files: 0o666 less the umask (a group-writable lab folder stays group-writable)."""
+    old = os.umask(0o002)
+    try:
+        client.download_file(remote_of(client, "big.bin"), tmp_path / "out" / "big.bin")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "big.bin").stat().st_mode & 0o777 == 0o664
+
+
+def test_a_part_that_cannot_be_positioned_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    (tmp_path / "f.part").write_bytes(b"x" * part_file.ALIGN)
+
+    def refuse(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(part_file.os, "ftruncate", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Input/output"):
+        part_file.PartFile(tmp_path / "f.part", part_file.ALIGN, direct=True)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -231,7 +231,7 @@ class FileDownloadMixin:
                     out.write(view)
                     state.wrote(len(view))
 
-                got = receive(body, write, h, body.length, progress)
+                got = receive(body, write, h, body.length, progress, aligned=out.direct)
             return have + got, h.hexdigest()
 
     # ---- many files --------------------------------------------------------------------------------

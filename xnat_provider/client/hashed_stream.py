@@ -112,11 +112,11 @@ class Hasher:
     the pool once hashed, so at most ``count`` buffers exist. :meth:`close` waits until every buffer given is
     hashed: the digest is then that of every byte written."""
 
-    def __init__(self, h: Any, threaded: bool, size: int = BUFFER, count: int = BUFFERS):
+    def __init__(self, h: Any, threaded: bool, size: int = BUFFER, count: int = BUFFERS, aligned: bool = False):
         self.h = h
         self._free: queue.SimpleQueue[bytearray | mmap.mmap] = queue.SimpleQueue()
-        for _ in range(count if threaded else 1):  # page-aligned where big: they may be written with O_DIRECT
-            self._free.put(aligned_buffer(size) if threaded else bytearray(size))
+        for _ in range(count if threaded else 1):  # page-aligned when they are to be written with O_DIRECT
+            self._free.put(aligned_buffer(size) if aligned else bytearray(size))
         self._todo: queue.SimpleQueue[tuple[bytearray | mmap.mmap, int] | None] | None = None
         self._thread: threading.Thread | None = None
         if threaded:
@@ -152,16 +152,17 @@ class Hasher:
 
 
 def receive(body: Body, write: Callable[[memoryview], Any], h: Any, expected: int | None,
-            progress: Progress = NO_PROGRESS) -> int:
+            progress: Progress = NO_PROGRESS, aligned: bool = False) -> int:
     """The whole body through ``write`` and into the MD5 ``h``; returns the bytes received.
 
     Buffer by buffer: read (filled to the brim), written, then hashed, on a helper thread for a body of
     :data:`THREADED_MD5_MIN` or more (or of unknown length), so that a verified download runs at the rate of MD5
-    alone. Only whole buffers are written, and the last one once the body has ended where ``expected`` says: when the
+    alone; ``aligned`` buffers (page-aligned) for a ``write`` that uses ``O_DIRECT``. Only whole buffers are
+    written, and the last one once the body has ended where ``expected`` says: when the
     transfer breaks, what was written (and hashed: ``h`` is always the MD5 of exactly that) is whole buffers, and
     the bytes of the buffer being filled are dropped. A body shorter than ``expected`` raises
     ``ChunkedEncodingError`` (:data:`BROKEN`) after keeping what came before."""
-    hasher = Hasher(h, threaded=expected is None or expected >= THREADED_MD5_MIN)
+    hasher = Hasher(h, threaded=expected is None or expected >= THREADED_MD5_MIN, aligned=aligned)
     got = 0
     try:
         while True:
