@@ -17,27 +17,25 @@ store. The steps are public too (:meth:`ImportMixin.import_snapshot`, :meth:`Imp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .errors import RedactedCause, XnatBadInputError, XnatConflictError, XnatError, XnatServerError
+from .errors import RedactedCause, XnatBadInputError, XnatConflictError, XnatError
+from .import_arrival import IMPORT_PATH, ImportArrivalMixin, ImportSnapshot
 from .import_body import ImportPlan, check_import_source, experiment_argument, plan_import, zip_stream
 from .models import PrearchiveSession, SessionRef
 from .protocol import (
-    archived_uri,
     check_label,
     is_ambiguous,
     is_conflict_message,
     is_import_archive_failure,
-    q,
     session_refs,
 )
 from .storage import as_target
@@ -46,33 +44,7 @@ from .transport import XnatTransport
 __all__ = ["ImportMemory", "ImportMixin", "ImportPlan", "ImportSnapshot", "ImportedSession", "check_import_flags",
            "check_import_source", "plan_import", "zip_stream"]
 log = logging.getLogger("xnat_provider.client")
-IMPORT_PATH = "/data/services/import"
 
-
-@dataclass
-class ImportSnapshot:
-    """What existed before an import, for its studies: a later look then finds only what the import created.
-
-    JSON-safe through :meth:`to_dict` and :meth:`from_dict` (a task state store keeps it across task tries).
-    """
-
-    prearchive: set[str] = field(default_factory=set)  # URIs of prearchive rows of the import's studies
-    labels: set[str] = field(default_factory=set)  # experiment labels in the project
-    fingerprints: dict[str, Any] = field(default_factory=dict)  # label -> JSON form of session_fingerprint
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"prearchive": sorted(self.prearchive), "labels": sorted(self.labels),
-                "fingerprints": _jsonable(self.fingerprints)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImportSnapshot:
-        return cls(prearchive=set(data.get("prearchive") or ()), labels=set(data.get("labels") or ()),
-                   fingerprints=_jsonable(data.get("fingerprints") or {}))
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as it comes back from JSON (tuples become lists), so that stored and fresh values compare."""
-    return json.loads(json.dumps(value))
 
 @dataclass
 class ImportMemory:
@@ -98,6 +70,19 @@ class ImportMemory:
         if isinstance(earlier, dict) and isinstance(earlier.get("before"), dict):
             return ImportSnapshot.from_dict(earlier["before"])
         return None
+
+    def answered(self, key: str) -> bool:
+        """Whether XNAT answered the last call that sent source ``key`` (success or error): its whole body then
+        reached XNAT, and a study with fewer files there than sent is XNAT's choice, not a cut-off upload."""
+        earlier = (self.data or {}).get(key)
+        return isinstance(earlier, dict) and earlier.get("answered") is True
+
+    def mark_answered(self, key: str) -> None:
+        assert self.data is not None
+        if isinstance(self.data.get(key), dict) and self.data[key].get("answered") is not True:
+            self.data[key]["answered"] = True
+            if self.save is not None:
+                self.save(self.data)
 
     def remember(self, key: str, plan: ImportPlan, before: ImportSnapshot) -> None:
         """Record that source ``key`` is about to be sent, and save: before the POST, never after."""
@@ -190,7 +175,7 @@ def _reached_server(exc: XnatError) -> bool:
         return cause.reached_server
     return not isinstance(cause, requests.exceptions.ConnectTimeout) and "NewConnectionError" not in repr(cause)
 
-class ImportMixin:
+class ImportMixin(ImportArrivalMixin):
     transport: XnatTransport
 
     # import_dicom is long only by its signature and docstring (XNAT's import semantics); its steps follow it.
@@ -316,7 +301,8 @@ class ImportMixin:
         key = _source_key(src)
         before = memory.snapshot(key)
         if before is not None:  # an earlier call sent this source: what arrived since its snapshot is its work
-            arrived = self.import_arrived(project, plan, before, destination=options["destination"])
+            arrived = self.import_arrived(project, plan, before, destination=options["destination"],
+                                          partial_possible=not memory.answered(key))
         else:
             before, arrived = self.import_snapshot(project, plan), {}
             memory.remember(key, plan, before)
@@ -327,8 +313,14 @@ class ImportMixin:
                      src, len(arrived), len(plan.studies))
         sent: list[SessionRef] = []
         if pending:
-            sent = self.import_dicom(src, project, plan=plan, snapshot=before, studies=pending, check_project=False,
-                                     **options)
+            try:
+                sent = self.import_dicom(src, project, plan=plan, snapshot=before, studies=pending,
+                                         check_project=False, **options)
+            except XnatError as exc:
+                if exc.status is not None:  # XNAT answered: the body was not cut off
+                    memory.mark_answered(key)
+                raise
+            memory.mark_answered(key)
             log.info("Imported %s: %s", src, ", ".join(r.uri for r in sent))
         return done + sent
 
@@ -386,7 +378,7 @@ class ImportMixin:
                     raise
                 if _reached_server(exc):
                     arrived = self.import_arrived(project, plan, before, destination=destination, studies=pending,
-                                                  settle=settle)
+                                                  settle=settle, partial_possible=exc.status is None)
                     found += [ref for uid in pending for ref in arrived.get(uid, [])]
                     pending = [uid for uid in pending if uid not in arrived]
                     if not pending:
@@ -428,14 +420,14 @@ class ImportMixin:
         except XnatError as look:
             log.warning("Import: could not look for the session XNAT failed to archive (%s)", look)
             rows = []
-        failed = [s for s in rows if s.failed]
+        failed = sorted((s for s in rows if s.failed), key=lambda s: s.uri in before.prearchive)  # new rows first
         if not failed:
             return XnatBadInputError(f"{exc}. No prearchive session of this import is in CONFLICT or ERROR to say "
                                      "why.", **where)
         row = failed[0]
         reason = self.prearchive_reason(row)  # type: ignore[attr-defined]
         said = f": XNAT says {reason!r}" if reason else " (its prearchive log gives no reason)"
-        left = [s for s in rows if not s.failed]
+        left = [s for s in rows if not s.failed and s.uri not in before.prearchive]
         rest = (f" XNAT stopped at this session: {len(left)} other session(s) of this import "
                 f"({', '.join(f'{s.name} {s.status}' for s in left)}) wait in the prearchive, unbuilt; XNAT builds "
                 "them after its idle time (and archives them if the project auto-archives)." if left else "")
@@ -444,163 +436,3 @@ class ImportMixin:
                 f"{exc}. {row.uri} conflicts with the archive and waits in the prearchive in CONFLICT{said}. "
                 f"Archive it with overwrite='append' or 'delete', or delete it.{rest}", **where)
         return XnatBadInputError(f"{exc}. {row.uri} could not be archived and is in ERROR{said}.{rest}", **where)
-
-    def import_snapshot(self, project: str, plan: ImportPlan) -> ImportSnapshot:
-        """What already exists for the plan's studies, so that a later look finds only what came after.
-
-        Both places are looked at whatever the destination: an archive import that fails to archive stays in
-        the prearchive, and a prearchive import may be archived by then (by someone else, or by a server that
-        forwards prearchive imports; XNAT 1.8 leaves them READY even in an auto-archive project). The result is
-        JSON-safe (:meth:`ImportSnapshot.to_dict`), for a caller that retries in another process.
-        """
-        pre = {s.uri for s in self.list_prearchive(project) if s.study_uid in plan.labels}  # type: ignore[attr-defined]
-        labels = {e.label for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-        prints = {label: _jsonable(self.session_fingerprint(project, label))
-                  for _s, label in plan.labels.values() if label in labels}
-        return ImportSnapshot(pre, labels, prints)
-
-    def session_fingerprint(self, project: str, label: str) -> tuple[Any, ...]:
-        """An archived session's scans and their resources' file counts and sizes (changes when data merges)."""
-        out = []
-        exp_path = self.experiment_path(project, label)  # type: ignore[attr-defined]
-        for scan in self.scans_at(exp_path):  # type: ignore[attr-defined]
-            resources = self.list_resources(f"{exp_path}/scans/{q(scan.id)}")  # type: ignore[attr-defined]
-            out.append(
-                (
-                    scan.id,
-                    tuple(
-                        sorted((r.get("label", ""), r.get("file_count", ""), r.get("file_size", "")) for r in resources)
-                    ),
-                )
-            )
-        return tuple(sorted(out))
-
-    def import_arrived(
-        self,
-        project: str,
-        plan: ImportPlan,
-        before: ImportSnapshot,
-        *,
-        destination: str = "prearchive",
-        studies: Collection[str] | None = None,
-        settle: float = 0.0,
-    ) -> dict[str, list[SessionRef]]:
-        """The sessions an import of ``plan`` created since ``before``, by study UID, for the studies that arrived.
-
-        A study (of ``studies``, by default all of the plan's) has arrived when XNAT is done with it: it has
-        prearchive rows (matched by study UID, not in ``before``) and none of them is still being received,
-        built or moved, or its session is in the archive and new or changed since ``before`` (matched by the
-        label the plan predicts, the archive listing carries no study UID). A prearchive import's refs are its
-        rows (XNAT 1.8 builds them READY and never archives them on this path, even in an auto-archive project),
-        unless they failed, or are gone and the session is in the archive (archived since, by whoever); an
-        archive import's (or a failed row's whose session did reach the archive) is the archive session. Polls
-        for up to ``settle`` seconds until every study has arrived. Raises :class:`XnatConflictError` (or
-        :class:`XnatServerError` for ERROR), with XNAT's reason from the row's log, when a study's new rows
-        failed to archive and it is not in the archive: resending it would only add a second failed copy.
-        """
-        wanted = list(dict.fromkeys(plan.studies if studies is None else studies))
-        deadline = time.monotonic() + settle
-        while True:
-            arrived, busy = self._import_look(project, plan, before, destination, wanted)
-            left = deadline - time.monotonic()
-            if len(arrived) == len(wanted) or left <= 0:
-                if busy:
-                    log.warning("Import: XNAT is still receiving %s; counted as not arrived", ", ".join(busy))
-                return arrived
-            time.sleep(min(1.0, left))
-
-    def _import_look(self, project: str, plan: ImportPlan, before: ImportSnapshot, destination: str,
-                     wanted: list[str]) -> tuple[dict[str, list[SessionRef]], list[str]]:
-        """One look at both places: the studies of ``wanted`` that arrived, and the new rows XNAT is still busy
-        with (receiving, building, moving)."""
-        rows: dict[str, list[PrearchiveSession]] = {}
-        for s in self.list_prearchive(project):  # type: ignore[attr-defined]
-            if s.study_uid in wanted and s.uri not in before.prearchive:
-                rows.setdefault(s.study_uid, []).append(s)
-        experiments = {e.label: e for e in self.list_experiments(project)}  # type: ignore[attr-defined]
-        arrived: dict[str, list[SessionRef]] = {}
-        busy: list[str] = []
-        for uid in wanted:
-            new_rows = rows.get(uid, [])
-            if any(s.busy for s in new_rows):
-                busy += [s.uri for s in new_rows if s.busy]
-                continue
-            refs = self._study_arrival(project, plan, uid, before, destination, new_rows, experiments)
-            if refs:
-                arrived[uid] = refs
-        return arrived, busy
-
-    def _study_arrival(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot, destination: str,
-                       new_rows: list[PrearchiveSession], experiments: dict[str, Any]) -> list[SessionRef]:
-        """A settled study's refs, or [] if it did not arrive; raises if its new rows failed to archive and it
-        is not in the archive either."""
-        failed = [s for s in new_rows if s.failed]
-        if destination == "prearchive" and new_rows and not failed:
-            if self._rows_short(plan, uid, new_rows):
-                return []  # sent again: XNAT adds the files to the same row (it joins a settled row of the study)
-            return [SessionRef(uri=s.uri, project=s.project, subject=s.subject, label=s.name,
-                               timestamp=s.timestamp, in_prearchive=True) for s in new_rows]
-        ref = self._import_archived_ref(project, plan, uid, before, experiments)
-        if ref is not None:
-            return [ref]
-        if failed:
-            cls = XnatConflictError if failed[0].status == "CONFLICT" else XnatServerError
-            reason = self.prearchive_reason(failed[0])  # type: ignore[attr-defined]
-            raise cls(
-                f"POST {IMPORT_PATH}: the import arrived but could not be archived: "
-                f"{failed[0].uri} is in {failed[0].status}"
-                f"{f' (XNAT says {reason!r})' if reason else ''}. Archive it with overwrite='append' or "
-                "'delete', or delete it.",
-                method="POST",
-                path=IMPORT_PATH,
-            )
-        return []
-
-    @staticmethod
-    def _archived_short(project: str, label: str, want: int, fingerprint: Any) -> None:
-        """Raise when a session this import created holds fewer files than the plan sends: an earlier try was cut
-        off and XNAT archived what had arrived (an auto-archive project archives the rebuilt row). Sending the
-        study again would be refused (the files it has conflict) or, to the prearchive, make a second copy."""
-        have = sum(int(count) for _scan, resources in fingerprint for _label, count, _size in resources
-                   if str(count).isdigit())
-        if have < want:
-            raise XnatConflictError(
-                f"Import into {project}: session {label} is in the archive with {have} of the {want} DICOM files "
-                "this import sends for it. An earlier try was cut off (or XNAT refused some files) and XNAT "
-                "archived what had arrived. Not sending it again: import it again with overwrite='delete' to "
-                "add the missing files (XNAT merges and keeps what it has), or delete the session first.",
-                method="POST", path=IMPORT_PATH)
-
-    def _rows_short(self, plan: ImportPlan, uid: str, rows: list[PrearchiveSession]) -> bool:
-        """Whether the settled new rows of study ``uid`` hold fewer files than the plan sends it: an earlier try
-        was cut off mid-upload and XNAT built what had arrived (its rebuilder does, after the idle time)."""
-        want = plan.instances(uid)
-        have = sum(len(files) for row in rows
-                   for files in self.list_prearchive_files(row).values())  # type: ignore[attr-defined]
-        if have < want:
-            log.warning("Import: %s holds %d of the %d DICOM files this import sends for its study (an earlier try "
-                        "was cut off); sending the study again, which XNAT adds to the same session",
-                        ", ".join(r.uri for r in rows), have, want)
-        return have < want
-
-    def _import_archived_ref(self, project: str, plan: ImportPlan, uid: str, before: ImportSnapshot,
-                      experiments: dict[str, Any]) -> SessionRef | None:
-        """The archive session of a study if it is new or changed since ``before``, else None. A new session
-        that holds fewer files than the plan sends its study raises :class:`XnatConflictError` (see
-        :meth:`_archived_short`)."""
-        subj, label = plan.labels[uid]
-        exp = experiments.get(label)
-        if exp is None:
-            return None
-        fingerprint = _jsonable(self.session_fingerprint(project, label))
-        if label in before.labels and fingerprint == before.fingerprints.get(label):
-            return None
-        if label not in before.labels:
-            self._archived_short(project, label, plan.instances(uid), fingerprint)
-        subject_label = exp.subject_label or subj
-        return SessionRef(
-            uri=archived_uri(project, subject_label, label),
-            project=project,
-            subject=subject_label,
-            label=label,
-        )

@@ -197,13 +197,14 @@ class Prearchive:
         .eitherGetOrCreateSession`` finds it: one RECEIVING stays so; one BUILDING becomes RECEIVING_INTERRUPT; one
         READY, ERROR or CONFLICT becomes RECEIVING again (XNAT 1.8 declares every ``PrearcStatus`` interruptable:
         its no-argument constructor passes true), so a study sent again lands in its row, not in a second one.
-        Rows in an operation (archiving, moving, deleting, queued) are left alone and the files get a new row,
-        which is what XNAT does for a status it does not interrupt; XNAT would interrupt them too (a race the
-        emulator does not model)."""
+        Rows in an operation (archiving, moving, deleting, queued) and rows a test holds are left alone and the
+        files get a new row, which is what XNAT does for a status it does not interrupt; XNAT would interrupt
+        them too (a race the emulator does not model). Of several rows, the oldest: XNAT's query has no order,
+        and a database returns rows in the order they were written unless something moved them."""
         row = self.store.one(
             "SELECT * FROM prearchive WHERE project=? AND tag=? AND name=? AND held=0 AND (status IN "
             "('RECEIVING', 'RECEIVING_INTERRUPT', 'READY', 'ERROR', 'CONFLICT') OR "
-            "(status='BUILDING' AND next_op='build')) ORDER BY timestamp DESC", project, tag, name)
+            "(status='BUILDING' AND next_op='build')) ORDER BY timestamp, folder", project, tag, name)
         if row and row["status"] in ("BUILDING", "READY", "ERROR", "CONFLICT"):
             if row["status"] == "BUILDING":
                 self.set_status(row, "RECEIVING_INTERRUPT")

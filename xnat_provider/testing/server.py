@@ -168,14 +168,17 @@ class XnatRequestHandler(BaseHTTPRequestHandler):
             )
             if req.new_session:
                 resp.cookies.append(f"JSESSIONID={req.session_id}; Path=/; HttpOnly")
+        # Whatever the handler left unread is discarded (bounded), or the connection is closed.
+        try:
+            if not body.exhausted and not body.drain(64 * 1024 * 1024):
+                self.close_connection = True
+        except XnatHttpError:  # the body broke off while being discarded
+            self.close_connection = True
         if body.was_cut:  # the sender is gone: nobody to answer; closed with its bytes unread (a reset)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        # Whatever the handler left unread is discarded (bounded), or the connection is closed.
-        if not body.exhausted and not body.drain(64 * 1024 * 1024):
-            self.close_connection = True
         try:
             self._send(resp, drop_after)
         except (ConnectionDropped, BrokenPipeError, ConnectionResetError):
