@@ -35,9 +35,13 @@ _fs_types: dict[int, str] = {}
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
-    """A zeroed, page-aligned buffer of ``size`` bytes (private anonymous memory), usable for direct writes."""
-    private = getattr(mmap, "MAP_PRIVATE", None)
-    return mmap.mmap(-1, size) if private is None else mmap.mmap(-1, size, flags=private)
+    """A zeroed, page-aligned buffer of ``size`` bytes (anonymous memory), usable for direct writes.
+
+    A shared mapping (``mmap``'s default), not a private one: the kernel pins the buffer's pages for every direct
+    write, and private pages cost it more to pin (measured side by side, 3 rounds twice each: 0.94-0.95 of MD5
+    with shared buffers, 0.91-0.92 with private ones, system time 0.52-0.65 s against 0.60-0.75 s per GiB). The
+    pool is 4 MiB; a fork during a download shares it with the child, which never touches it."""
+    return mmap.mmap(-1, size)
 
 
 def file_system_type(folder: Path) -> str:
