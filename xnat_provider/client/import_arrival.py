@@ -238,11 +238,12 @@ class ImportArrivalMixin:
         exp = experiments.get(label)
         if exp is None:
             return None
-        fingerprint = _jsonable(self.session_fingerprint(project, label))
-        if label in before.labels and fingerprint == before.fingerprints.get(label):
-            return None
-        if partial_possible and label not in before.labels:
-            self._archived_short(project, label, plan.instances(uid), fingerprint)
+        if label in before.labels:  # there before: this import's only if it changed
+            if _jsonable(self.session_fingerprint(project, label)) == before.fingerprints.get(label):
+                return None
+        elif partial_possible:  # new: whole, unless the upload was cut off before XNAT archived it
+            self._archived_short(project, label, plan.instances(uid),
+                                 _jsonable(self.session_fingerprint(project, label)))
         subject_label = exp.subject_label or subj
         return SessionRef(
             uri=archived_uri(project, subject_label, label),
