@@ -50,10 +50,11 @@ log = logging.getLogger("xnat_provider.client")
 class ImportMemory:
     """What earlier calls of one retried import sent, so that the next call sends only what did not arrive.
 
-    ``data`` is JSON-safe: by source, the study UIDs and labels it planned and the :class:`ImportSnapshot` taken
-    before its first POST. The client calls ``save(data)`` right after adding a source and before sending it (a
-    try may die between the POST and its answer, and its work must still be recognised); the caller keeps the
-    dict where its next try finds it (:class:`~xnat_provider.operators.imports.XnatImportOperator`: the task
+    ``data`` is JSON-safe: by source, the study UIDs and labels it planned, the :class:`ImportSnapshot` taken
+    before its first POST, and whether XNAT answered it (then nothing was cut off mid-upload). The client calls
+    ``save(data)`` right after adding a source and before sending it (a try may die between the POST and its
+    answer, and its work must still be recognised), and again once XNAT answered; the caller keeps the dict where
+    its next try finds it (:class:`~xnat_provider.operators.imports.XnatImportOperator`: the task
     state store, which survives a retry on another worker) and hands it back as ``ImportMemory(saved, save)``.
     """
 
