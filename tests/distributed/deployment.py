@@ -24,7 +24,10 @@ COMPONENTS = {
     "airflow-apiserver": 1, "airflow-scheduler": 1, "airflow-dag-processor": 1, "airflow-triggerer": 1,
     "airflow-worker": 2,
 }
-WORKER_CONCURRENCY = 2  # per worker: with two workers, four mapped tasks at once on two cores
+# One task slot per worker: with Airflow's Celery defaults (prefetch multiplier 1, late acks) a busy worker takes
+# no other task, so tasks runnable together (the mapped imports, downloads, summaries) run on both workers. With
+# two slots each, one worker could take both of a run's mapped downloads, and did (CI, 08:44: 6 of 6 on one).
+WORKER_CONCURRENCY = 1
 
 # Settings the test adds to the compose environment, and why (all processes share one machine).
 HARNESS_ONLY = {
@@ -37,7 +40,7 @@ HARNESS_ONLY = {
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "a free port (8974 inside the container)",
     "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": "each worker's log server on a port of its own (one host)",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "each worker reports a name of its own, as containers have hostnames",
-    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "two task slots per worker, so mapped tasks spread over both",
+    "AIRFLOW__CELERY__WORKER_CONCURRENCY": "one task slot per worker, so tasks runnable together run on both",
     "XNAT_DIST_WORKER": "the worker name HOSTNAME_CALLABLE returns",
     "XNAT_EXAMPLE_POLL_SECONDS": "the example DAGs poll every few seconds instead of 15",
     "XNAT_EXAMPLE_QUIET_SECONDS": "and need a shorter quiet period",

@@ -8,8 +8,8 @@ the deployment would:
 1. unpauses ``xnat_scan_pipeline`` and ``xnat_scheduled_ingest``, whose scheduled run imports the studies in
    the landing folder; checks that its prearchive sensors were deferred (the triggerer held the wait, no
    worker slot) and resumed;
-2. waits for ``xnat_scan_pipeline``, started by the archive's asset events, and checks that its mapped
-   downloads ran on both workers;
+2. waits for ``xnat_scan_pipeline``, started by the archive's asset events, and checks that its tasks (and the
+   ingest's) ran on both workers;
 3. unpauses ``xnat_prearchive_autoarchive``, sends a new study to the prearchive, and checks that the
    triggerer's watcher started a run that archived it;
 4. checks XNAT's state through the client, and that the XNAT password is in no task log.
@@ -311,9 +311,11 @@ def check_xnat(xnat: Any, labels: list[str], extra: str) -> None:
 
 
 def check_workers_and_logs(d: Deployment, runs: list[tuple[str, dict]]) -> tuple[dict, int]:
-    """Which worker ran each task (its reported hostname), that the mapped downloads used both, and that no
-    try's log holds the XNAT password."""
+    """Which worker ran each task (its reported hostname), that the ingest and the scan pipeline each used both
+    (their mapped tasks, runnable together, cannot share a worker's one slot), and that no try's log holds the
+    XNAT password."""
     by_worker: Counter[str] = Counter()
+    by_dag: dict[str, Counter[str]] = {INGEST: Counter(), PIPELINE: Counter()}
     downloads: Counter[str] = Counter()
     checked, logged_in = 0, 0
     for dag_id, run in runs:
@@ -321,6 +323,8 @@ def check_workers_and_logs(d: Deployment, runs: list[tuple[str, dict]]) -> tuple
             if ti["state"] in (None, "skipped", "upstream_failed", "removed"):
                 continue
             by_worker[ti["hostname"] or "?"] += 1
+            if dag_id in by_dag:
+                by_dag[dag_id][ti["hostname"] or "?"] += 1
             if ti["task_id"] == "download_scan":
                 downloads[ti["hostname"]] += 1
             for attempt in range(1, (ti["try_number"] or 0) + 1):
@@ -329,8 +333,10 @@ def check_workers_and_logs(d: Deployment, runs: list[tuple[str, dict]]) -> tuple
                 checked += 1
                 logged_in += "Logged in to XNAT" in text
     assert logged_in >= 10, f"only {logged_in} task logs show an XNAT login: the logs read are not the tasks' logs"
-    assert set(downloads) == {"worker-1", "worker-2"}, f"mapped downloads by worker: {dict(downloads)}"
-    return {"tasks_by_worker": dict(by_worker), "download_scan_by_worker": dict(downloads)}, checked
+    for dag_id, hosts in by_dag.items():
+        assert set(hosts) == {"worker-1", "worker-2"}, f"{dag_id}'s tasks by worker: {dict(hosts)}"
+    return {"tasks_by_worker": dict(by_worker), "by_dag": {k: dict(v) for k, v in by_dag.items()},
+            "download_scan_by_worker": dict(downloads)}, checked
 
 
 def main(argv: list[str] | None = None) -> int:
