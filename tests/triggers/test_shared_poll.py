@@ -172,10 +172,10 @@ async def test_refused_credentials_cost_one_failed_login_for_every_waiter(xnat_c
     later = [Running(prearchive_trigger(experiment="S09_MR1")) for _ in range(5)]
     await until(lambda: all(r.task.done() for r in later), "the later sensors' error events")
     assert {r.events[0]["error_type"] for r in later} == {"XnatAuthError"}
-    # Each later sensor's failure says that nothing was sent, and what sends the credentials again.
-    assert all("remembered: XNAT refused these credentials" in r.events[0]["message"]
-               and "at once when the connection's settings change" in r.events[0]["message"] for r in later)
-    assert not any("remembered" in r.events[0]["message"] for r in sensors)
+    # Each later sensor's failure says that nothing was sent: from the round of a poll still running (the
+    # watchers keep one) or, with no poll left, from the memory of the refusal (next test).
+    assert all("not sent again" in r.events[0]["message"] or "did not send them again" in r.events[0]["message"]
+               for r in later)
 
     def looks() -> int:  # the watchers' looks at the connection while the refusal lasts (logged, no request)
         return sum("stopped logging in" in r.getMessage() for r in caplog.records)
@@ -190,6 +190,26 @@ async def test_refused_credentials_cost_one_failed_login_for_every_waiter(xnat_c
     assert emu.request_count("POST", LOGIN) == 2
     for w in watchers:
         await w.cancel()
+
+
+async def test_a_sensor_refused_from_the_memory_of_a_refusal_says_so(xnat_conn, monkeypatch) -> None:
+    """With no poll left, a sensor deferred after a refusal is refused without a request, and its error says
+    so: since when, and that changing the connection sends the credentials at once."""
+    emu = xnat_conn
+    emu.auth.max_failed_logins = 3
+    emu.faults.reset_counts()
+    connect(monkeypatch, emu, "Wrong-Password-1")
+    first = Running(prearchive_trigger(experiment="S09_MR1"))
+    await until(lambda: first.task.done(), "the first sensor's error event")
+    await until(lambda: not shared_poll.registry().polls, "its poll ended")
+    later = Running(prearchive_trigger(experiment="S09_MR1"))
+    await until(lambda: later.task.done(), "the later sensor's error event")
+    message = later.events[0]["message"]
+    assert later.events[0]["error_type"] == "XnatAuthError"
+    assert "remembered: XNAT refused these credentials" in message, message
+    assert "at once when the connection's settings change" in message
+    assert "remembered" not in first.events[0]["message"]
+    assert emu.request_count("POST", LOGIN) == 1
 
 
 async def test_a_password_rotated_under_many_waiters_is_one_failed_login(xnat_conn, monkeypatch) -> None:
