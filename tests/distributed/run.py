@@ -134,9 +134,11 @@ class Deployment:
         """What airflow-init does through the image's entrypoint: migrate the database, create the admin user."""
         user = deployment.init_env(settings)
         for args in (["db", "migrate"],
-                     ["users", "create", "--username", user["_AIRFLOW_WWW_USER_USERNAME"], "--password",
-                      user["_AIRFLOW_WWW_USER_PASSWORD"], "--role", "Admin", "--email", "airflow@example.org",
-                      "--firstname", "Airflow", "--lastname", "Admin"]):
+                     # --password=VALUE: a random password may start with "-" (1 in 64), which argparse
+                     # would take for an option ("expected one argument"; it failed a CI run so)
+                     ["users", "create", "--username", user["_AIRFLOW_WWW_USER_USERNAME"],
+                      f"--password={user['_AIRFLOW_WWW_USER_PASSWORD']}", "--role", "Admin",
+                      "--email", "airflow@example.org", "--firstname", "Airflow", "--lastname", "Admin"]):
             done = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"airflow {' '.join(args[:2])} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
