@@ -206,10 +206,7 @@ class Prearchive:
             "('RECEIVING', 'RECEIVING_INTERRUPT', 'READY', 'ERROR', 'CONFLICT') OR "
             "(status='BUILDING' AND next_op='build')) ORDER BY timestamp, folder", project, tag, name)
         if row and row["status"] in ("BUILDING", "READY", "ERROR", "CONFLICT"):
-            if row["status"] == "BUILDING":
-                self.set_status(row, "RECEIVING_INTERRUPT")
-            else:
-                self.set_status(row, "RECEIVING")
+            self.set_status(row, "RECEIVING_INTERRUPT" if row["status"] == "BUILDING" else "RECEIVING")
             row = self.require(row["project"], row["timestamp"], row["folder"])
         return row
 
